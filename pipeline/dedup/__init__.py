@@ -1,0 +1,1 @@
+"""MinHash-LSH near-duplicate detection (see docs/DESIGN.md for the duplicate definition)."""

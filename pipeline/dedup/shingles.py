@@ -37,7 +37,7 @@ def shingle_strings(text: str, n: int = DEFAULT_NGRAM) -> Set[str]:
 
 def shingle_hashes(text: str, n: int = DEFAULT_NGRAM) -> np.ndarray:
     """Sorted unique uint64 hashes of the document's shingles."""
-    hashes = [xxhash.xxh3_64_intdigest(s) for s in shingle_strings(text, n)]
+    hashes = [xxhash.xxh3_64_intdigest(s.encode("utf-8")) for s in shingle_strings(text, n)]
     return np.unique(np.array(hashes, dtype=np.uint64))
 
 

@@ -1,0 +1,92 @@
+"""All stages in one Spark application: ingest -> dedup -> tokenize -> shards -> summary.
+
+    pipeline run --input data/sample-1k/warc --output out/1k            # local[*]
+    spark-submit jobs/run_pipeline.py --input s3://b/warc/ --output s3://b/out/   # EMR
+
+Every stage's own flags are accepted here too (`pipeline run --help` lists them by stage); each stage
+reads the previous stage's output directory, exactly as when the stages are run one by one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional
+
+if __package__ in (None, ""):  # run as a file by spark-submit: make `jobs` and `pipeline` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jobs import dedup, ingest, shards, tokenize  # noqa: E402
+from pipeline import accounting, storage  # noqa: E402
+from pipeline.config import save_config  # noqa: E402
+from pipeline.spark import get_spark  # noqa: E402
+
+# stage name, job module, where its input comes from (None = the run's --input)
+STAGES = [
+    ("ingest", ingest, None),
+    ("dedup", dedup, "docs"),
+    ("tokenize", tokenize, "dedup/kept"),
+    ("shards", shards, "tokens"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="WARC/parquet/jsonl files, directories or globs (local or s3://)")
+    parser.add_argument("--output", required=True, help="output directory (local or s3://)")
+    parser.add_argument("--stages", default=",".join(s[0] for s in STAGES),
+                        help="comma-separated subset of stages to run, in order (default: all)")
+    for name, module, _ in STAGES:
+        group = parser.add_argument_group("%s options" % name)
+        module.Config.add_arguments(group, skip=("input", "output"))
+    return parser
+
+
+def stage_configs(ns: argparse.Namespace) -> List[tuple]:
+    out = []
+    wanted = [s.strip() for s in ns.stages.split(",") if s.strip()]
+    unknown = set(wanted) - {s[0] for s in STAGES}
+    if unknown:
+        raise SystemExit("unknown stage(s): %s" % ", ".join(sorted(unknown)))
+    for name, module, source in STAGES:
+        if name not in wanted:
+            continue
+        inp = tuple(ns.input) if source is None else storage.join(ns.output, source)
+        field_type = {f.name: f for f in module.Config.__dataclass_fields__.values()}["input"].type
+        if source is not None and "Tuple" not in str(field_type) and "tuple" not in str(field_type):
+            cfg = module.Config.from_args(ns, input=inp, output=ns.output)
+        else:
+            cfg = module.Config.from_args(ns, input=inp if source is None else (inp,), output=ns.output)
+        out.append((name, module, cfg))
+    return out
+
+
+def run(spark, ns: argparse.Namespace) -> dict:
+    all_stats = []
+    for name, module, cfg in stage_configs(ns):
+        t0 = time.time()
+        stats = dict(module.run(spark, cfg))
+        stats.setdefault("stage", name)
+        stats.setdefault("seconds", round(time.time() - t0, 3))
+        all_stats.append(stats)
+        print("[%s] %d -> %d records in %.1fs" % (name, stats["records_in"], stats["records_out"],
+                                                   stats["seconds"]), flush=True)
+    summary = accounting.build_summary(all_stats, extra={"input": list(ns.input), "output": ns.output})
+    accounting.write_summary(summary, ns.output)
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ns = build_parser().parse_args(argv)
+    spark = get_spark("pipeline-run")
+    summary = run(spark, ns)
+    print(accounting.format_table(summary))
+    print("summary: %s" % storage.join(ns.output, "summary.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

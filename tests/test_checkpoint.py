@@ -55,7 +55,7 @@ def test_fp32_write_read_is_bit_exact(tmp_path):
     model = tiny_model()
     path = str(tmp_path / "m.bin")
     ck.save_model(model, path)
-    loaded = ck.load_model(path, attention="eager")
+    loaded = ck.load_model(path)
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()
     for k in a:

@@ -7,9 +7,10 @@ and `s3://bucket/x.warc.gz`. S3 access uses boto3, honouring `AWS_ENDPOINT_URL` 
 """
 from __future__ import annotations
 
-import fnmatch
 import glob
+import io
 import os
+import re
 import shutil
 import tempfile
 from typing import IO, List, Optional, Sequence, Tuple
@@ -58,7 +59,46 @@ def _has_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
 
 
+def _glob_regex(pattern: str) -> "re.Pattern[str]":
+    """A key glob with local-glob semantics: `*`, `?`, `[..]` stay within one path segment, `**/`
+    spans any number of directories (fnmatch's `*` would also match `/`)."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _hidden_below(key: str, base: str) -> bool:
+    """Is any path segment of `key` below `base` a metadata name (`_temporary/`, `.spark-staging/`)?
+    Locally os.walk prunes such directories; on S3 they are just key prefixes."""
+    rel = key[len(base):] if key.startswith(base) else key
+    return any(seg.startswith(("_", ".")) for seg in rel.replace(os.sep, "/").split("/") if seg)
+
+
 def _list_s3(pattern: str) -> List[str]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     scheme = pattern.split("://", 1)[0] + "://"
     bucket, key = split_s3(pattern)
     # List under the longest glob-free prefix, then filter with the glob.
@@ -66,15 +106,22 @@ def _list_s3(pattern: str) -> List[str]:
     prefix = key[:cut]
     client = _s3_client()
     keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            keys.append(obj["Key"])
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                keys.append(obj["Key"])
+    except (ClientError, BotoCoreError) as e:  # NoSuchBucket, AccessDenied, no credentials, ...
+        raise InputError("cannot list %s: %s" % (pattern, e)) from e
+    base = prefix[:prefix.rfind("/") + 1]
     if _has_glob(key):
-        keys = [k for k in keys if fnmatch.fnmatchcase(k, key)]
-    elif keys and key not in keys:
-        # A "directory": everything below it.
-        d = key.rstrip("/") + "/"
-        keys = [k for k in keys if k.startswith(d)]
+        rx = _glob_regex(key)
+        keys = [k for k in keys if rx.match(k) and not _hidden_below(k, base)]
+    elif key in keys:
+        keys = [key]  # one object; `x.warc.gz` must not also pick up `x.warc.gz.bak`
+    else:
+        # A "directory" (or the bucket root): everything below it.
+        d = key.rstrip("/") + "/" if key.strip("/") else ""
+        keys = [k for k in keys if k.startswith(d) and not _hidden_below(k, d)]
     return [scheme + bucket + "/" + k for k in keys if not k.endswith("/")]
 
 
@@ -99,7 +146,11 @@ def list_files(patterns: Sequence[str], suffixes: Optional[Sequence[str]] = None
                 dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
                 found.extend(os.path.join(root, f) for f in files)
         elif _has_glob(pattern):
-            found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+            # Like a directory walk (and S3 listing), skip metadata directories such as _temporary/.
+            cut = min(pattern.find(c) for c in "*?[" if c in pattern)
+            base = os.path.dirname(pattern[:cut] + "x")
+            found = [p for p in glob.glob(pattern, recursive=True)
+                     if os.path.isfile(p) and not _hidden_below(os.path.relpath(p, base), "")]
         elif os.path.isfile(pattern):
             found = [pattern]
         else:
@@ -113,15 +164,81 @@ def list_files(patterns: Sequence[str], suffixes: Optional[Sequence[str]] = None
     return sorted(set(out))
 
 
-def open_read(path: str) -> IO[bytes]:
-    """A binary stream; S3 objects are streamed, never loaded whole."""
-    if is_s3(path):
-        bucket, key = split_s3(path)
+class _S3Reader(io.RawIOBase):
+    """Sequential reader of one S3 object that survives dropped connections.
+
+    Hours-long WARC streams on a busy cluster do see resets and read timeouts; instead of failing the
+    file we re-request the rest with a Range GET (up to `retries` times in a row). The object length
+    from the first response tells a real end of file from a connection that closed early.
+    """
+
+    def __init__(self, path: str, retries: int = 3):
+        self._path = path
+        self._bucket, self._key = split_s3(path)
+        self._client = _s3_client()
+        self._retries = retries
+        self._pos = 0
+        self._size = -1
+        self._body = None
+        self._request()
+
+    def _request(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs = {"Bucket": self._bucket, "Key": self._key}
+        if self._pos:
+            kwargs["Range"] = "bytes=%d-" % self._pos
         try:
-            body = _s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-        except Exception as e:  # botocore's errors carry the S3 code; keep the path in the message
-            raise InputError("cannot read %s: %s" % (path, e)) from e
-        return body._raw_stream if hasattr(body, "_raw_stream") else body
+            resp = self._client.get_object(**kwargs)
+        except (ClientError, BotoCoreError) as e:  # the S3 error code is in the message
+            raise InputError("cannot read %s: %s" % (self._path, e)) from e
+        if self._size < 0:
+            self._size = int(resp["ContentLength"])
+        self._body = resp["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError
+
+        if self._pos >= self._size:
+            return 0
+        failures = 0
+        while True:
+            try:
+                data = self._body.read(len(buf))
+            except (BotoCoreError, HTTPError, OSError, ValueError):
+                data = b""  # ValueError: read on a closed stream
+            if data:
+                buf[:len(data)] = data
+                self._pos += len(data)
+                return len(data)
+            failures += 1
+            if failures > self._retries:
+                raise InputError("cannot read %s: connection lost at byte %d of %d"
+                                 % (self._path, self._pos, self._size))
+            self._close_body()
+            self._request()
+
+    def _close_body(self) -> None:
+        if self._body is not None:
+            try:
+                self._body.close()
+            except Exception:  # already broken; nothing left to release
+                pass
+            self._body = None
+
+    def close(self) -> None:
+        self._close_body()
+        super().close()
+
+
+def open_read(path: str) -> IO[bytes]:
+    """A buffered binary stream; S3 objects are streamed (1 MiB reads), never loaded whole."""
+    if is_s3(path):
+        return io.BufferedReader(_S3Reader(path), buffer_size=1 << 20)
     try:
         return open(path, "rb")
     except OSError as e:
@@ -130,8 +247,13 @@ def open_read(path: str) -> IO[bytes]:
 
 def file_size(path: str) -> int:
     if is_s3(path):
+        from botocore.exceptions import BotoCoreError, ClientError
+
         bucket, key = split_s3(path)
-        return int(_s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+        try:
+            return int(_s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except (ClientError, BotoCoreError) as e:
+            raise InputError("cannot read %s: %s" % (path, e)) from e
     return os.path.getsize(path)
 
 
@@ -157,10 +279,20 @@ def read_text(path: str) -> str:
 
 
 def exists(path: str) -> bool:
+    """A file, or a directory with something in it (on S3: the key, or any key below `key/`)."""
     if is_s3(path):
         bucket, key = split_s3(path)
-        resp = _s3_client().list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/"), MaxKeys=1)
-        return resp.get("KeyCount", 0) > 0
+        client = _s3_client()
+        key = key.rstrip("/")
+        if not key:
+            resp = client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            return resp.get("KeyCount", 0) > 0
+        # Prefix `key/`, not `key`: `s3://b/out` must not "exist" because `s3://b/output/x` does.
+        resp = client.list_objects_v2(Bucket=bucket, Prefix=key + "/", MaxKeys=1)
+        if resp.get("KeyCount", 0) > 0:
+            return True
+        resp = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return any(o["Key"] == key for o in resp.get("Contents", []))
     return os.path.exists(path)
 
 
@@ -180,12 +312,19 @@ def remove_tree(path: str) -> None:
     """Delete a directory (or S3 prefix) so that a rerun does not mix old and new files."""
     if is_s3(path):
         bucket, key = split_s3(path)
+        if not key.strip("/"):
+            raise ValueError("refusing to delete a whole bucket: %s" % path)
         client = _s3_client()
         prefix = key.rstrip("/") + "/"
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if objs:
-                client.delete_objects(Bucket=bucket, Delete={"Objects": objs})
+            if objs:  # a page holds at most 1000 keys, DeleteObjects' limit
+                resp = client.delete_objects(Bucket=bucket, Delete={"Objects": objs, "Quiet": True})
+                if resp.get("Errors"):  # partial failures come back as a 200 with a list
+                    e = resp["Errors"][0]
+                    raise OSError("cannot delete s3://%s/%s: %s %s (%d keys failed)"
+                                  % (bucket, e.get("Key"), e.get("Code"), e.get("Message"),
+                                     len(resp["Errors"])))
         return
     if os.path.isdir(path):
         shutil.rmtree(path)

@@ -1,0 +1,274 @@
+"""Fast text generation for `pipeline.gpt.model.GPT`: a pre-allocated KV cache and CUDA graphs.
+
+The engine borrows the model's own modules (embeddings, LayerNorms, Linears, MLPs) and only replaces
+the attention with a cached one, so whatever weights the model holds are the weights that generate.
+
+- KV cache: two tensors of shape (n_layer, max_batch, n_head, max_seq_len, head_dim), allocated once.
+- Prefill: the whole (left-padded) prompt batch in one forward pass, writing cache slots [0, T).
+- Decode: one token per sequence per step, written into slot `cur`, attending to slots [0, cur].
+- Batches of different prompt lengths are LEFT-padded so that every sequence writes the same cache
+  slot at each step; a padded sequence gets position ids that start at 0 at its first real token and
+  a mask that hides its pad slots, so it computes exactly what it would compute alone.
+- On CUDA the decode step is captured once per (batch size, cache window) into a CUDA graph and
+  replayed: a d12 step is ~150 small kernels, and launching them from Python one by one would cost
+  more than running them. The cache window (how many slots attention reads) grows in powers of two,
+  so early steps do not read the whole cache.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+EOT_TOKEN = 50256
+MIN_WINDOW = 64
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling
+
+def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None) -> torch.Tensor:
+    """Logits (..., V) with everything outside the top-k and outside the top-p nucleus set to -inf.
+
+    top-k keeps the k largest logits (ties with the k-th are kept too). top-p keeps the smallest set of
+    most likely tokens whose probability reaches p; the most likely token always survives.
+    """
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # A token goes when the tokens ranked above it already hold >= top_p of the mass.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One next token per row of logits (B, V): argmax when temperature == 0, else a sample."""
+    if temperature <= 0:
+        return torch.argmax(logits, dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference decoder
+
+@torch.no_grad()
+def reference_generate(model, prompt: Sequence[int], max_new_tokens: int,
+                       stop_token: Optional[int] = EOT_TOKEN) -> List[int]:
+    """Greedy decoding the naive way: recompute the full forward pass for every new token (no cache).
+
+    Slow (quadratic work) but obviously right; the engine is tested against it, and the benchmark
+    plots it as the "no KV cache" baseline.
+    """
+    device = next(model.parameters()).device
+    idx = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+    out: List[int] = []
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx)
+        nxt = int(torch.argmax(logits[0, -1]))
+        if stop_token is not None and nxt == stop_token:
+            break
+        out.append(nxt)
+        idx = torch.cat([idx, idx.new_tensor([[nxt]])], dim=1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine
+
+class Engine:
+    """Batched KV-cache generation for a GPT. Build once, call `generate` many times.
+
+    The engine runs in the model's device and dtype (convert the model first, e.g. `.to("cuda",
+    torch.bfloat16)`). `max_batch_size` and `max_seq_len` size the cache; `cuda_graphs=None` means
+    "on when the model is on CUDA".
+    """
+
+    def __init__(self, model, max_batch_size: int = 1, max_seq_len: Optional[int] = None,
+                 cuda_graphs: Optional[bool] = None):
+        self.model = model.eval()
+        cfg = model.config
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.n_layer, self.n_head, self.n_embd = cfg.n_layer, cfg.n_head, cfg.n_embd
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.vocab_size = cfg.vocab_size
+        self.max_batch_size = int(max_batch_size)
+        self.max_seq_len = min(int(max_seq_len or cfg.block_size), cfg.block_size)
+        shape = (self.n_layer, self.max_batch_size, self.n_head, self.max_seq_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        self.cuda_graphs = bool(cuda_graphs)
+        # Static inputs of the decode step: captured graphs read these exact buffers.
+        self._tok = torch.zeros(self.max_batch_size, dtype=torch.long, device=self.device)
+        self._pad = torch.zeros(self.max_batch_size, dtype=torch.long, device=self.device)
+        self._cur = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._graphs: Dict[Tuple[int, int], Tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        if self.device.type == "cuda":
+            self._host_tok = torch.zeros(self.max_batch_size, dtype=torch.long, pin_memory=True)
+
+    # -- the transformer, with cached attention -------------------------------------------------
+
+    def _forward(self, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
+                 mask: Optional[torch.Tensor], window: int) -> torch.Tensor:
+        """Run tokens idx (B, T) at positions pos (B, T), writing their keys/values into cache slots
+        `slots` (T,), attending over cache slots [0, window) under `mask` (B, 1, T, window; None means
+        plain causal). Returns the logits of the last position, (B, vocab_size)."""
+        tr = self.model.transformer
+        B, T = idx.shape
+        H, D, C = self.n_head, self.head_dim, self.n_embd
+        x = tr.wte(idx) + tr.wpe(pos)
+        for layer, block in enumerate(tr.h):
+            q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+            k_cache, v_cache = self.k_cache[layer, :B], self.v_cache[layer, :B]
+            k_cache.index_copy_(2, slots, k)
+            v_cache.index_copy_(2, slots, v)
+            k_all, v_all = k_cache[:, :, :window], v_cache[:, :, :window]
+            if mask is None:
+                y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+            x = x + block.mlp(block.ln_2(x))
+        x = tr.ln_f(x[:, -1])
+        return self.model.lm_head(x)[:, :self.vocab_size]
+
+    def _prefill(self, idx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        steps = torch.arange(T, device=self.device)
+        pos = (steps[None, :] - pad[:, None]).clamp(min=0)
+        if int(pad.max()) == 0:
+            mask = None  # no padding: the flash kernel's causal mode
+        else:
+            causal = steps[None, :] <= steps[:, None]                     # (T, T): key <= query
+            real_key = steps[None, None, :] >= pad[:, None, None]         # (B, 1, T)
+            # Pad queries see only themselves: fully masked rows would give NaNs that leak into
+            # the cache of later layers (0 * NaN is NaN).
+            mask = (causal[None] & real_key) | torch.eye(T, dtype=torch.bool, device=self.device)[None]
+            mask = mask[:, None]
+        return self._forward(idx, pos, steps, mask, T)
+
+    def _decode_step(self, B: int, window: int) -> torch.Tensor:
+        """One decode step for the first B sequences, reading static buffers only (graph-safe)."""
+        tok, pad, cur = self._tok[:B], self._pad[:B], self._cur
+        pos = (cur - pad).clamp(min=0)[:, None]
+        slot = torch.arange(window, device=self.device)
+        mask = (slot[None, :] <= cur) & (slot[None, :] >= pad[:, None])  # (B, window)
+        return self._forward(tok[:, None], pos, cur, mask[:, None, None, :], window)
+
+    def _window(self, cur: int) -> int:
+        """Cache slots the step at `cur` reads: a power of two (>= MIN_WINDOW) covering cur."""
+        if not self.cuda_graphs:
+            return cur + 1  # eager: read exactly what exists
+        w = MIN_WINDOW
+        while w < cur + 1:
+            w *= 2
+        return min(w, self.max_seq_len)
+
+    def _decode(self, B: int, cur: int) -> torch.Tensor:
+        self._cur.fill_(cur)
+        window = self._window(cur)
+        if not self.cuda_graphs:
+            return self._decode_step(B, window)
+        key = (B, window)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(B, window)
+        graph, logits = self._graphs[key]
+        graph.replay()
+        return logits
+
+    def _capture(self, B: int, window: int):
+        # Warm up on a side stream (as torch.cuda.graphs requires). The warm-up step writes the same
+        # cache slot with the same inputs as the real step will, so it changes nothing.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._decode_step(B, window)
+        torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._decode_step(B, window)
+        return graph, logits
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop_token: Optional[int] = EOT_TOKEN,
+                 on_token: Optional[Callable[[int, int], None]] = None) -> List[List[int]]:
+        """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens.
+
+        Returns the new tokens of each prompt, without the stop token. `temperature=0` is greedy.
+        `on_token(i, token)` is called as each token of sequence i is produced (for streaming).
+        """
+        B = len(prompts)
+        if not 1 <= B <= self.max_batch_size:
+            raise ValueError("got %d prompts; this engine takes 1 to %d" % (B, self.max_batch_size))
+        lengths = [len(p) for p in prompts]
+        if min(lengths) < 1:
+            raise ValueError("every prompt needs at least one token (e.g. <|endoftext|>)")
+        T = max(lengths)
+        if max_new_tokens < 1:
+            return [[] for _ in prompts]
+        if T + max_new_tokens - 1 > self.max_seq_len:
+            raise ValueError("prompt of %d tokens + %d new tokens exceeds the engine's %d positions"
+                             % (T, max_new_tokens, self.max_seq_len))
+        pad = torch.tensor([T - n for n in lengths], dtype=torch.long, device=self.device)
+        idx = torch.tensor([[EOT_TOKEN] * (T - len(p)) + list(p) for p in prompts],
+                           dtype=torch.long, device=self.device)
+        self._pad[:B].copy_(pad)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+
+        outputs: List[List[int]] = [[] for _ in prompts]
+        done = [False] * B
+        logits = self._prefill(idx, pad)
+        for step in range(max_new_tokens):
+            tok = sample_next(logits, temperature, top_k, top_p, generator)
+            if self.device.type == "cuda":
+                # Start the copy to the host, then queue the next step before waiting for it: the
+                # GPU computes step t+1 while Python hands token t to the caller.
+                host = self._host_tok[:B]
+                host.copy_(tok, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+            else:
+                host = tok
+            last = step == max_new_tokens - 1
+            if not last:
+                self._tok[:B].copy_(tok)
+                logits = self._decode(B, T + step)
+            if self.device.type == "cuda":
+                ready.synchronize()
+            for i, t in enumerate(host.tolist()):
+                if done[i]:
+                    continue
+                if stop_token is not None and t == stop_token:
+                    done[i] = True
+                    continue
+                outputs[i].append(t)
+                if on_token is not None:
+                    on_token(i, t)
+            if all(done):
+                break
+        return outputs

@@ -1,0 +1,164 @@
+"""The KV-cache engine against the no-cache reference, on tiny random models (CPU; CUDA when present)."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipeline.gpt.engine import (EOT_TOKEN, Engine, filter_logits, reference_generate,  # noqa: E402
+                                 sample_next)
+from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
+
+TINY = GPTConfig(block_size=64, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
+
+
+def tiny_model(seed=0, config=TINY):
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    # GPT-2 init makes a near-uniform next-token distribution; sharper logits make greedy decoding
+    # less sensitive to rounding, so a mismatch here means a real bug, not a coin flip.
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(20)
+    return model
+
+
+def prompts_of(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 50000, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_greedy_matches_full_recompute():
+    model = tiny_model()
+    engine = Engine(model, max_batch_size=1)
+    for prompt in prompts_of([1, 7, 20]):
+        got = engine.generate([prompt], 40, temperature=0, stop_token=None)[0]
+        want = reference_generate(model, prompt, 40, stop_token=None)
+        assert got == want
+
+
+def test_cached_logits_match_full_forward():
+    # Stronger than argmax equality: the logits the engine samples from are the model's logits.
+    model = tiny_model()
+    engine = Engine(model, max_batch_size=1)
+    prompt = prompts_of([9])[0]
+    seen = []
+    orig = engine._decode
+
+    def spy(B, cur):
+        out = orig(B, cur)
+        seen.append(out.clone())
+        return out
+
+    engine._decode = spy
+    new = engine.generate([prompt], 12, temperature=0, stop_token=None)[0]
+    full, _ = model(torch.tensor([prompt + new]))
+    # seen[j] predicts the token after prompt + new[:j + 1]
+    for j, logits in enumerate(seen):
+        torch.testing.assert_close(logits[0], full[0, len(prompt) + j], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_of_different_lengths_equals_each_alone():
+    model = tiny_model()
+    engine = Engine(model, max_batch_size=4)
+    prompts = prompts_of([3, 17, 1, 10])
+    batched = engine.generate(prompts, 30, temperature=0, stop_token=None)
+    alone = [engine.generate([p], 30, temperature=0, stop_token=None)[0] for p in prompts]
+    assert batched == alone
+    assert batched == [reference_generate(model, p, 30, stop_token=None) for p in prompts]
+
+
+def test_stop_token_ends_only_that_sequence():
+    model = tiny_model()
+    engine = Engine(model, max_batch_size=2)
+    prompts = prompts_of([4, 6])
+    free = engine.generate(prompts, 20, temperature=0, stop_token=None)
+    stop = free[0][5]  # make sequence 0 stop at its 6th token
+    got = engine.generate(prompts, 20, temperature=0, stop_token=stop)
+    assert got[0] == free[0][:free[0].index(stop)]
+    want1 = free[1][:free[1].index(stop)] if stop in free[1] else free[1]
+    assert got[1] == want1
+
+
+def test_streaming_callback_sees_every_token_in_order():
+    model = tiny_model()
+    engine = Engine(model, max_batch_size=2)
+    seen = {0: [], 1: []}
+    out = engine.generate(prompts_of([2, 5]), 15, temperature=0.8, seed=3, stop_token=None,
+                          on_token=lambda i, t: seen[i].append(t))
+    assert [seen[0], seen[1]] == out
+
+
+def test_seed_reproducible_and_seed_matters():
+    model = tiny_model()
+    engine = Engine(model, max_batch_size=2)
+    prompts = prompts_of([5, 3])
+    kw = dict(temperature=1.0, top_k=50, top_p=0.95, stop_token=None)
+    a = engine.generate(prompts, 25, seed=1234, **kw)
+    b = engine.generate(prompts, 25, seed=1234, **kw)
+    c = engine.generate(prompts, 25, seed=4321, **kw)
+    assert a == b
+    assert a != c
+
+
+def test_too_long_is_refused():
+    engine = Engine(tiny_model(), max_batch_size=2)
+    with pytest.raises(ValueError, match="exceeds"):
+        engine.generate([[1] * 60], 10)
+    with pytest.raises(ValueError, match="prompts"):
+        engine.generate([[1]] * 3, 4)
+    assert len(engine.generate([[1] * 54], 11, stop_token=None)[0]) == 11  # 54 + 10 fed back = 64
+
+
+def test_top_k_keeps_exactly_k():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0], [0.0, -1.0, 2.0, 1.0, 3.0]])
+    out = filter_logits(logits, top_k=2)
+    assert torch.isfinite(out).tolist() == [[False, True, False, True, False],
+                                            [False, False, True, False, True]]
+    assert torch.equal(out[torch.isfinite(out)], logits[torch.isfinite(out)])
+
+
+def test_top_p_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    keep = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).tolist()[0]  # noqa: E731
+    assert keep(0.5) == [True, False, False, False]   # the top token alone reaches 0.5
+    assert keep(0.6) == [True, True, False, False]
+    assert keep(0.8) == [True, True, False, False]    # 0.5 + 0.3 reaches 0.8
+    assert keep(0.81) == [True, True, True, False]
+    assert keep(0.01) == [True, False, False, False]  # never empty
+    assert keep(1.0) == [True] * 4
+    # order in the vocabulary does not matter
+    perm = torch.tensor([2, 0, 3, 1])
+    assert torch.isfinite(filter_logits(logits[:, perm], top_p=0.6)).tolist()[0] == [False, True, False, True]
+
+
+def test_sampling_respects_filters():
+    logits = torch.zeros(4000, 10)
+    logits[:, 3] = 2.0
+    logits[:, 7] = 1.5
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, 1.0, top_k=2, generator=g).tolist()) == {3, 7}
+    assert set(sample_next(logits, 0.0).tolist()) == {3}
+    # temperature sharpens: the top token's share grows as temperature falls
+    hot = (sample_next(logits, 2.0, generator=g) == 3).float().mean()
+    cold = (sample_next(logits, 0.1, generator=g) == 3).float().mean()
+    assert cold > 0.9 > hot
+
+
+def test_reference_stops_at_eot():
+    model = tiny_model()
+    with torch.no_grad():  # make EOT the only sensible next token
+        model.transformer.wte.weight[EOT_TOKEN].mul_(0).add_(model.transformer.ln_f.bias)
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(torch.randn(32))
+        model.transformer.wte.weight[EOT_TOKEN].copy_(model.transformer.ln_f.bias * 10)
+    assert reference_generate(model, [5, 6], 10) == []
+    assert Engine(model).generate([[5, 6]], 10, temperature=0) == [[]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_engine_matches_reference(graphs):
+    model = tiny_model().cuda()
+    engine = Engine(model, max_batch_size=4, cuda_graphs=graphs)
+    prompts = prompts_of([3, 17, 1, 10])
+    got = engine.generate(prompts, 40, temperature=0, stop_token=None)
+    assert got == [reference_generate(model, p, 40, stop_token=None) for p in prompts]

@@ -3,13 +3,26 @@
 Format (llm.c `dev/data/data_common.py` / `llmc/dataloader.h`): a header of 256 little-endian int32,
 `[20240520, 1, ntok, 0, ...]`, then `ntok` little-endian uint16 token ids. llm.c's loader checks the
 magic number and version, then that the file size equals 256*4 + ntok*2 exactly.
+
+Besides the single-file writer and reader, this module writes one shard from pieces that arrive in any
+order (the Spark shards job, see jobs/shards.py and pipeline/shard_plan.py) and implements
+`pipeline check-shards`.
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
+import json
 import os
-from typing import IO, Union
+import sys
+import tempfile
+from typing import IO, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from pipeline import storage
+from pipeline.bpe import EOT_TOKEN, GPT2_VOCAB_SIZE
 
 MAGIC = 20240520
 VERSION = 1
@@ -81,3 +94,163 @@ def load_tokens(path: str, mmap: bool = True) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(HEADER_BYTES)
         return np.frombuffer(f.read(), dtype="<u2").copy()
+
+
+# --- writing one shard from position-tagged pieces ------------------------------------------------
+
+def _scratch_dir() -> str:
+    """Executors' local disks (YARN: LOCAL_DIRS, standalone/local: SPARK_LOCAL_DIRS), else /tmp."""
+    for var in ("SPARK_LOCAL_DIRS", "LOCAL_DIRS"):
+        for d in os.environ.get(var, "").split(","):
+            if d and os.path.isdir(d):
+                return d
+    return tempfile.gettempdir()
+
+
+def sha256_file(path: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shard_pieces(dest: str, ntok: int, pieces: Iterable[Tuple[int, bool, bytes]]) -> dict:
+    """Write the shard `dest` (local path or s3://) of `ntok` tokens from (position, starts_doc,
+    uint16 little-endian bytes) pieces arriving in any order; return its manifest entry.
+
+    Pieces are written in place with seek, so memory stays at one piece whatever the shard size, and
+    the bytes do not depend on the order Spark delivers them in. The pieces must tile [0, ntok) exactly;
+    anything else is a planning bug and raises rather than producing a shard with holes.
+    """
+    local = not storage.is_s3(dest)
+    if local:
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    # A unique temp name: a retried or speculative task attempt never writes into another's file.
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(dest), suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(dest)) if local else _scratch_dir())
+    spans: List[Tuple[int, int]] = []
+    n_docs = 0
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shards are data for other users and jobs
+        with os.fdopen(fd, "wb") as f:
+            f.write(header_bytes(ntok))
+            f.truncate(HEADER_BYTES + 2 * ntok)
+            for pos, starts_doc, data in pieces:
+                n = len(data) // 2
+                if pos < 0 or pos + n > ntok:
+                    raise ShardError("%s: piece [%d, %d) outside the shard's %d tokens" % (dest, pos, pos + n, ntok))
+                f.seek(HEADER_BYTES + 2 * pos)
+                f.write(data)
+                spans.append((pos, n))
+                n_docs += bool(starts_doc)
+        spans.sort()
+        covered = 0
+        for pos, n in spans:
+            if pos != covered:
+                raise ShardError("%s: pieces leave a gap or overlap at token %d" % (dest, covered))
+            covered += n
+        if covered != ntok:
+            raise ShardError("%s: pieces cover %d of %d tokens" % (dest, covered, ntok))
+        digest = sha256_file(tmp)
+        if local:
+            os.replace(tmp, dest)
+        else:
+            storage.upload_file(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"name": os.path.basename(dest), "n_tokens": ntok, "n_docs": n_docs, "sha256": digest}
+
+
+# --- `pipeline check-shards` ----------------------------------------------------------------------
+
+MANIFEST = "_manifest.json"
+
+
+def check_shard(path: str, vocab_size: int = GPT2_VOCAB_SIZE, chunk_tokens: int = 16 << 20) -> dict:
+    """Validate one shard (local or s3://) the way llm.c's loader does, plus token ids < vocab_size;
+    return {"n_tokens", "n_eot", "sha256"}. Reads the file once, in chunks."""
+    size = storage.file_size(path)
+    h = hashlib.sha256()
+    with storage.open_read(path) as f:
+        raw = _read_exactly(f, HEADER_BYTES)
+        h.update(raw)
+        ntok = read_header(io.BytesIO(raw), name=path)
+        if size != HEADER_BYTES + 2 * ntok:
+            raise ShardError("%s: file is %d bytes but the header promises %d tokens (%d bytes)"
+                             % (path, size, ntok, HEADER_BYTES + 2 * ntok))
+        seen, n_eot = 0, 0
+        while seen < ntok:
+            want = min(chunk_tokens, ntok - seen)
+            data = _read_exactly(f, 2 * want)
+            if len(data) != 2 * want:
+                raise ShardError("%s: truncated after %d of %d tokens" % (path, seen + len(data) // 2, ntok))
+            h.update(data)
+            toks = np.frombuffer(data, dtype="<u2")
+            bad = np.flatnonzero(toks >= vocab_size)
+            if bad.size:
+                raise ShardError("%s: token id %d at position %d is outside the GPT-2 vocabulary (< %d)"
+                                 % (path, toks[bad[0]], seen + int(bad[0]), vocab_size))
+            n_eot += int(np.count_nonzero(toks == EOT_TOKEN))
+            seen += want
+    return {"n_tokens": ntok, "n_eot": n_eot, "sha256": h.hexdigest()}
+
+
+def _read_exactly(f, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        b = f.read(n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+def _manifest_entries(paths: Sequence[str]) -> Dict[str, dict]:
+    """Manifest entries (by shard path) from any `_manifest.json` next to the given shards."""
+    out: Dict[str, dict] = {}
+    for d in sorted({p.rsplit("/", 1)[0] if "/" in p else "" for p in paths}):
+        mpath = storage.join(d, MANIFEST)
+        if not storage.exists(mpath):
+            continue
+        for entry in json.loads(storage.read_text(mpath)).get("shards", []):
+            out[storage.join(d, entry["name"])] = entry
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pipeline check-shards",
+        description="Validate llm.c token shards: magic, version, exact file size, token ids < vocab; "
+                    "also sha256/token counts against a _manifest.json next to them, if present.")
+    parser.add_argument("paths", nargs="+", help="shard files, directories or globs (local or s3://)")
+    parser.add_argument("--vocab-size", type=int, default=GPT2_VOCAB_SIZE, help="(default: %(default)s)")
+    ns = parser.parse_args(argv)
+    try:
+        paths = storage.list_files(ns.paths, suffixes=(".bin",))
+    except storage.InputError as e:
+        print("check-shards: %s" % e, file=sys.stderr)
+        return 1
+    manifest = _manifest_entries(paths)
+    width = max(len(p) for p in paths)
+    print("%s  %13s  %10s  %s" % ("shard".ljust(width), "tokens", "EOT", "status"))
+    problems, total, total_eot = 0, 0, 0
+    for path in paths:
+        try:
+            info = check_shard(path, ns.vocab_size)
+            entry = manifest.get(path)
+            if entry is not None and (entry["sha256"] != info["sha256"] or entry["n_tokens"] != info["n_tokens"]):
+                raise ShardError("%s: contents differ from %s (sha256/token count)" % (path, MANIFEST))
+        except (ShardError, storage.InputError, OSError) as e:
+            problems += 1
+            print("%s  %13s  %10s  FAIL" % (path.ljust(width), "-", "-"))
+            print("check-shards: %s" % e, file=sys.stderr)
+            continue
+        total += info["n_tokens"]
+        total_eot += info["n_eot"]
+        print("%s  %13d  %10d  ok%s" % (path.ljust(width), info["n_tokens"], info["n_eot"],
+                                        " (manifest)" if path in manifest else ""))
+    print("%d shard(s), %d tokens, %d EOT, %d problem(s)" % (len(paths), total, total_eot, problems))
+    return 1 if problems else 0

@@ -1,0 +1,50 @@
+"""The per-partition work of the dedup job, on Arrow record batches (Spark's mapInArrow).
+
+Arrow batches avoid pandas entirely: texts arrive as one Arrow string column, signatures and band keys
+leave as numpy-backed Arrow arrays, so Python touches each document once.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.dedup.minhash import MinHasher, band_keys
+from pipeline.dedup.shingles import jaccard
+
+SIGNATURE_SCHEMA = "id string, n int, length long, shingles binary, bands array<long>"
+VERIFY_SCHEMA = "src string, dst string, jaccard double"
+
+
+def signature_batches(batches: Iterator[pa.RecordBatch], num_perm: int, seed: int, ngram: int,
+                      bands: int, rows: int) -> Iterator[pa.RecordBatch]:
+    """(id, text) -> (id, n = shingle count, length = characters, shingles = sorted uint64 bytes,
+    bands = band keys, or null when the document has no shingles)."""
+    hasher = MinHasher(num_perm, seed, ngram)
+    for batch in batches:
+        texts = batch.column("text").to_pylist()
+        shingles, sigs, nonempty = hasher.signatures(texts)
+        keys = band_keys(sigs, bands, rows)
+        flat = pa.array(keys.reshape(-1), type=pa.int64())
+        offsets = pa.array(np.arange(0, len(texts) * bands + 1, bands, dtype=np.int32))
+        band_col = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~nonempty))
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("id"),
+             pa.array([len(h) for h in shingles], type=pa.int32()),
+             pa.array([len(t) if t is not None else 0 for t in texts], type=pa.int64()),
+             pa.array([h.tobytes() for h in shingles], type=pa.binary()),
+             band_col],
+            names=["id", "n", "length", "shingles", "bands"])
+
+
+def verify_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """(src, dst, a, b) shingle-hash bytes -> (src, dst, exact Jaccard)."""
+    for batch in batches:
+        a = batch.column("a").to_pylist()
+        b = batch.column("b").to_pylist()
+        sims = [jaccard(np.frombuffer(x, dtype=np.uint64), np.frombuffer(y, dtype=np.uint64))
+                for x, y in zip(a, b)]
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("src"), batch.column("dst"), pa.array(sims, type=pa.float64())],
+            names=["src", "dst", "jaccard"])

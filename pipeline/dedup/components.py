@@ -1,0 +1,90 @@
+"""Connected components of an undirected graph given as a Spark DataFrame of edges, without GraphFrames.
+
+Algorithm: alternating large-star / small-star (Kiveris et al., "Connected Components in MapReduce and
+Beyond", SoCC 2014), which needs O(log^2 n) rounds in the worst case and a handful in practice, versus
+O(diameter) rounds for plain min-label propagation (a chain of 1000 near-duplicates would need 1000).
+Node ids are strings compared lexicographically, so each component converges to a star around its
+smallest id -- which is exactly the cluster id we want.
+
+  large-star: every node u links its *larger* neighbours to m(u) = min(u, neighbours of u)
+  small-star: every node u links its *smaller* neighbours, and itself, to m'(u) = min(u, smaller ones)
+
+Both keep the components intact and strictly shrink distances to the minimum. It has converged when
+the graph is a union of stars: every non-root node has exactly one edge, to a root. Each round's
+edges are checkpointed (reliable checkpoint when a checkpoint dir is set, else localCheckpoint)
+so the lineage -- and the query plan -- does not grow with the number of rounds.
+
+Nothing is collected to the driver: the only driver-side values are counts.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+
+def _cut_lineage(df, reliable: bool):
+    return df.checkpoint(eager=True) if reliable else df.localCheckpoint(eager=True)
+
+
+def _large_star(edges):
+    from pyspark.sql import functions as F
+
+    sym = edges.select("src", "dst").union(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
+    mins = sym.groupBy("src").agg(F.min("dst").alias("m"))
+    return (sym.join(mins, "src")
+            .where(F.col("dst") > F.col("src"))
+            .select(F.col("dst").alias("src"), F.least("m", "src").alias("dst"))
+            .distinct())
+
+
+def _small_star(edges):
+    from pyspark.sql import functions as F
+
+    # orient every edge as (hi, lo); the "neighbours smaller than hi" of hi are its lo's
+    oriented = edges.select(F.greatest("src", "dst").alias("hi"), F.least("src", "dst").alias("lo"))
+    mins = oriented.groupBy("hi").agg(F.min("lo").alias("m"))
+    joined = oriented.join(mins, "hi")
+    out = (joined.where(F.col("lo") != F.col("m")).select(F.col("lo").alias("src"), F.col("m").alias("dst"))
+           .union(joined.select(F.col("hi").alias("src"), F.col("m").alias("dst"))))
+    return out.distinct()
+
+
+def _is_star_forest(edges) -> bool:
+    """True when every node that is the larger end of an edge has exactly one edge, to a node that is
+    never the larger end of any edge (a root): then each component is one star around its minimum."""
+    from pyspark.sql import functions as F
+
+    ends = (edges.select(F.greatest("src", "dst").alias("v"), F.lit(1).alias("as_hi"), F.lit(0).alias("as_lo"))
+            .union(edges.select(F.least("src", "dst").alias("v"), F.lit(0).alias("as_hi"), F.lit(1).alias("as_lo"))))
+    per_node = ends.groupBy("v").agg(F.sum("as_hi").alias("hi"), F.max("as_lo").alias("lo"))
+    bad = per_node.where((F.col("hi") > 1) | ((F.col("hi") > 0) & (F.col("lo") > 0)))
+    return bad.limit(1).count() == 0
+
+
+def connected_components(edges, max_iterations: int = 100, checkpoint_dir: Optional[str] = None,
+                         ) -> Tuple[object, int]:
+    """edges: DataFrame (src string, dst string), undirected, any order, duplicates allowed.
+
+    Returns (labels, rounds): labels is a DataFrame (id, cluster_id) with one row for every node that
+    appears in an edge, cluster_id = the smallest id of its component; rounds = large/small-star rounds.
+    """
+    from pyspark.sql import functions as F
+
+    spark = edges.sparkSession
+    reliable = bool(checkpoint_dir)
+    if reliable:
+        spark.sparkContext.setCheckpointDir(checkpoint_dir)
+    cur = _cut_lineage(edges.where(F.col("src") != F.col("dst"))
+                       .select(F.least("src", "dst").alias("src"), F.greatest("src", "dst").alias("dst"))
+                       .distinct(), reliable)
+    rounds = 0
+    while not _is_star_forest(cur):
+        if rounds >= max_iterations:
+            raise RuntimeError("connected components did not converge in %d rounds" % max_iterations)
+        nxt = _cut_lineage(_small_star(_large_star(cur)), reliable)
+        cur.unpersist()
+        cur = nxt
+        rounds += 1
+    # A star forest: every edge is (leaf, root) with root < leaf; roots label themselves.
+    leaves = cur.select(F.greatest("src", "dst").alias("id"), F.least("src", "dst").alias("cluster_id"))
+    roots = cur.select(F.least("src", "dst").alias("id")).distinct().withColumn("cluster_id", F.col("id"))
+    return leaves.union(roots), rounds

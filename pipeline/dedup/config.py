@@ -1,0 +1,37 @@
+"""DedupConfig: the flags of `pipeline dedup` / `spark-submit jobs/dedup.py`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import JobConfig, flag
+from pipeline.dedup.lsh import DEFAULT_FN_WEIGHT, DEFAULT_FP_WEIGHT
+from pipeline.dedup.shingles import DEFAULT_NGRAM
+
+
+@dataclass(frozen=True)
+class DedupConfig(JobConfig):
+    """MinHash-LSH near-duplicate removal: DIR/docs -> DIR/dedup/kept + DIR/dedup/report."""
+    input: str = field(metadata=flag("--input", required=True,
+                                                 help="ingest output (parquet id,url,text,source,warc_date), e.g. DIR/docs"))
+    output: str = field(metadata=flag("--output", required=True,
+                                                  help="output root DIR; writes DIR/dedup/kept and DIR/dedup/report"))
+    threshold: float = field(default=0.8, metadata=flag("--threshold", type=float,
+                                                        help="Jaccard similarity at or above which two documents are duplicates"))
+    ngram: int = field(default=DEFAULT_NGRAM, metadata=flag("--ngram", type=int, help="words per shingle"))
+    num_perm: int = field(default=128, metadata=flag("--num-perm", type=int, help="MinHash permutations"))
+    bands: int = field(default=0, metadata=flag("--bands", type=int, help="LSH bands; 0 = choose from the threshold"))
+    rows: int = field(default=0, metadata=flag("--rows", type=int, help="rows per band; 0 = choose from the threshold"))
+    fp_weight: float = field(default=DEFAULT_FP_WEIGHT, metadata=flag(
+        "--fp-weight", type=float, help="weight of false-positive area when choosing bands x rows"))
+    fn_weight: float = field(default=DEFAULT_FN_WEIGHT, metadata=flag(
+        "--fn-weight", type=float, help="weight of false-negative area when choosing bands x rows"))
+    window: int = field(default=2, metadata=flag(
+        "--window", type=int, help="chain edges per bucket member (to the next N by shingle count)"))
+    seed: int = field(default=1, metadata=flag("--seed", type=int, help="MinHash permutation seed"))
+    partitions: int = field(default=0, metadata=flag(
+        "--partitions", type=int, help="output files per dir; 0 = as many as input partitions"))
+    checkpoint_dir: str = field(default="", metadata=flag(
+        "--checkpoint-dir", help="reliable checkpoints for connected components (e.g. hdfs:///tmp/dedup on EMR "
+                                 "with dynamic allocation); empty = localCheckpoint"))
+    max_iterations: int = field(default=100, metadata=flag(
+        "--max-iterations", type=int, help="connected-components rounds before giving up"))

@@ -22,13 +22,16 @@ from pipeline import accounting, storage  # noqa: E402
 from pipeline.config import save_config  # noqa: E402
 from pipeline.spark import get_spark  # noqa: E402
 
-# stage name, job module, where its input comes from (None = the run's --input)
+# stage name, job module, its config class, where its input comes from (None = the run's --input)
 STAGES = [
-    ("ingest", ingest, None),
-    ("dedup", dedup, "docs"),
-    ("tokenize", tokenize, "dedup/kept"),
-    ("shards", shards, "tokens"),
+    ("ingest", ingest, ingest.IngestConfig, None),
+    ("dedup", dedup, dedup.DedupConfig, "docs"),
+    ("tokenize", tokenize, tokenize.TokenizeConfig, "dedup/kept"),
+    ("shards", shards, shards.ShardsConfig, "tokens"),
 ]
+# where each stage's `_config.json` goes (the directories it writes), relative to --output
+CONFIG_DIRS = {"ingest": ["docs"], "dedup": ["dedup/kept", "dedup/report"], "tokenize": ["tokens"],
+               "shards": ["shards"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output directory (local or s3://)")
     parser.add_argument("--stages", default=",".join(s[0] for s in STAGES),
                         help="comma-separated subset of stages to run, in order (default: all)")
-    for name, module, _ in STAGES:
+    for name, _, config_class, _ in STAGES:
         group = parser.add_argument_group("%s options" % name)
-        module.Config.add_arguments(group, skip=("input", "output"))
+        config_class.add_arguments(group, skip=("input", "output"))
     return parser
 
 
@@ -51,15 +54,11 @@ def stage_configs(ns: argparse.Namespace) -> List[tuple]:
     unknown = set(wanted) - {s[0] for s in STAGES}
     if unknown:
         raise SystemExit("unknown stage(s): %s" % ", ".join(sorted(unknown)))
-    for name, module, source in STAGES:
+    for name, module, config_class, source in STAGES:
         if name not in wanted:
             continue
         inp = tuple(ns.input) if source is None else storage.join(ns.output, source)
-        field_type = {f.name: f for f in module.Config.__dataclass_fields__.values()}["input"].type
-        if source is not None and "Tuple" not in str(field_type) and "tuple" not in str(field_type):
-            cfg = module.Config.from_args(ns, input=inp, output=ns.output)
-        else:
-            cfg = module.Config.from_args(ns, input=inp if source is None else (inp,), output=ns.output)
+        cfg = config_class.from_args(ns, input=inp, output=ns.output)
         out.append((name, module, cfg))
     return out
 
@@ -69,6 +68,8 @@ def run(spark, ns: argparse.Namespace) -> dict:
     for name, module, cfg in stage_configs(ns):
         t0 = time.time()
         stats = dict(module.run(spark, cfg))
+        for rel in CONFIG_DIRS[name]:
+            save_config(cfg, storage.join(ns.output, rel))
         stats.setdefault("stage", name)
         stats.setdefault("seconds", round(time.time() - t0, 3))
         all_stats.append(stats)

@@ -10,14 +10,33 @@ from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 TINY = GPTConfig(block_size=64, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny matmuls: extra threads only add contention on a busy CI box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_model(seed=0, config=TINY):
     torch.manual_seed(seed)
-    model = GPT(config).eval()
-    # GPT-2 init makes a near-uniform next-token distribution; sharper logits make greedy decoding
-    # less sensitive to rounding, so a mismatch here means a real bug, not a coin flip.
-    with torch.no_grad():
-        model.transformer.wte.weight.mul_(20)
-    return model
+    return GPT(config).eval()
+
+
+def record_logits(engine):
+    """Make `engine` keep a copy of every logits tensor it samples from (prefill, then each step)."""
+    seen = []
+    for name in ("_prefill", "_decode"):
+        orig = getattr(engine, name)
+
+        def spy(*args, _orig=orig):
+            out = _orig(*args)
+            seen.append(out.clone())
+            return out
+
+        setattr(engine, name, spy)
+    return seen
 
 
 def prompts_of(lengths, seed=1):
@@ -39,28 +58,27 @@ def test_cached_logits_match_full_forward():
     model = tiny_model()
     engine = Engine(model, max_batch_size=1)
     prompt = prompts_of([9])[0]
-    seen = []
-    orig = engine._decode
-
-    def spy(B, cur):
-        out = orig(B, cur)
-        seen.append(out.clone())
-        return out
-
-    engine._decode = spy
+    seen = record_logits(engine)
     new = engine.generate([prompt], 12, temperature=0, stop_token=None)[0]
     full, _ = model(torch.tensor([prompt + new]))
-    # seen[j] predicts the token after prompt + new[:j + 1]
+    assert len(seen) == 12
+    # seen[j] predicts the token after prompt + new[:j]
     for j, logits in enumerate(seen):
-        torch.testing.assert_close(logits[0], full[0, len(prompt) + j], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(logits[0], full[0, len(prompt) + j - 1], rtol=1e-4, atol=1e-4)
 
 
 def test_batch_of_different_lengths_equals_each_alone():
     model = tiny_model()
     engine = Engine(model, max_batch_size=4)
     prompts = prompts_of([3, 17, 1, 10])
+    seen = record_logits(engine)
     batched = engine.generate(prompts, 30, temperature=0, stop_token=None)
-    alone = [engine.generate([p], 30, temperature=0, stop_token=None)[0] for p in prompts]
+    batched_logits = torch.stack(seen)  # (steps, B, V)
+    alone = []
+    for i, p in enumerate(prompts):
+        seen.clear()
+        alone.append(engine.generate([p], 30, temperature=0, stop_token=None)[0])
+        torch.testing.assert_close(batched_logits[:, i], torch.stack(seen)[:, 0], rtol=1e-4, atol=1e-4)
     assert batched == alone
     assert batched == [reference_generate(model, p, 30, stop_token=None) for p in prompts]
 

@@ -52,9 +52,11 @@ def _ranked_sets(sets: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
     rank_of = np.empty(len(order), dtype=np.int64)
     rank_of[order] = np.arange(len(order), dtype=np.int64)
     ranks = rank_of[inverse.ravel()]
+    # Sort each document's segment by rank: one sort of doc * R + rank (no overflow below ~10^18).
     doc = np.repeat(np.arange(len(sets), dtype=np.int64), lens)
-    ranks = ranks[np.lexsort((ranks, doc))]  # each document's segment sorted by rank
-    return ranks, indptr
+    key = doc * len(order) + ranks
+    key.sort()
+    return key - doc * len(order), indptr
 
 
 def _candidate_pairs(ranks: np.ndarray, indptr: np.ndarray, threshold: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -142,18 +144,21 @@ def exact_clusters(ids: Sequence[str], texts: Iterable[Optional[str]], threshold
     singleton); `has_dup` is True when the component has more than one document. Pairs have columns
     `id_a, id_b, jaccard` with id_a < id_b. Output rows are sorted by id. Ids must be unique.
     """
+    return clusters_from_sets(ids, [shingle_hashes(t or "", ngram) for t in texts], threshold)
+
+
+def clusters_from_sets(ids: Sequence[str], sets: Sequence[np.ndarray], threshold: float = DEFAULT_THRESHOLD):
+    """`exact_clusters` for precomputed shingle sets (`shingle_hashes` output), one per id."""
     import pandas as pd
 
     ids = np.asarray(list(ids), dtype=object)
-    texts = list(texts)
-    if len(ids) != len(texts):
-        raise ValueError("ids and texts differ in length")
+    if len(ids) != len(sets):
+        raise ValueError("ids and shingle sets differ in length")
     order = np.argsort(ids, kind="stable")  # index order == id order, so min index == min id
     ids = ids[order]
     if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
         raise ValueError("duplicate ids, e.g. %r" % ids[1:][ids[1:] == ids[:-1]][0])
-    sets = [shingle_hashes(texts[i] or "", ngram) for i in order]
-    a, b, sims = similar_pairs(sets, threshold)
+    a, b, sims = similar_pairs([sets[i] for i in order], threshold)
     labels = components(len(ids), a, b)
     sizes = np.bincount(labels, minlength=len(ids))
     truth = pd.DataFrame({"id": ids.astype(str), "cluster": ids[labels].astype(str),

@@ -101,7 +101,7 @@ def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.
     """Generate and write the corpus (see module doc). Returns paths, counts and timings."""
     import pyarrow as pa
 
-    from pipeline.exact_jaccard import exact_clusters
+    from pipeline.exact_jaccard import clusters_from_sets
 
     t0 = time.time()
     docs = generate_documents(n_docs, seed)
@@ -135,18 +135,15 @@ def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.
     _write_parquet(docs_path, {"id": [d["id"] for d in docs], "url": [d["url"] for d in docs],
                                "text": [d["text"] for d in docs]},
                    {"id": pa.string(), "url": pa.string(), "text": pa.string()})
-    truth, pairs = exact_clusters([d["id"] for d in docs], [d["text"] for d in docs], threshold, ngram)
+    sets = {d["id"]: shingle_hashes(d["text"], ngram) for d in docs}
+    truth, pairs = clusters_from_sets(list(sets), list(sets.values()), threshold)
     truth_path = os.path.join(out_dir, "truth.parquet")
     _write_parquet(truth_path, {c: truth[c].tolist() for c in ("id", "cluster", "has_dup")},
                    {"id": pa.string(), "cluster": pa.string(), "has_dup": pa.bool_()})
     t_truth = time.time() - t2
 
-    by_id = {d["id"]: d for d in docs}
-    parent_j = []
-    for d in docs:
-        p = by_id.get(d["parent_id"]) if d["parent_id"] else None
-        parent_j.append(None if p is None else
-                        round(jaccard(shingle_hashes(d["text"], ngram), shingle_hashes(p["text"], ngram)), 6))
+    parent_j = [None if d["parent_id"] is None else round(jaccard(sets[d["id"]], sets[d["parent_id"]]), 6)
+                for d in docs]
     families_path = os.path.join(out_dir, "families.parquet")
     _write_parquet(families_path, {"id": [d["id"] for d in docs], "family": [d["family"] for d in docs],
                                    "parent_id": [d["parent_id"] for d in docs], "edit": [d["edit"] for d in docs],

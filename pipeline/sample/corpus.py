@@ -172,9 +172,13 @@ def page_blocks(page: Page) -> List[Tuple[str, object]]:
 
 
 def page_text(page: Page) -> str:
+    # One line per HTML block element, as ingest's extractors emit them: the nav links share a line.
     lines = []
-    for _, content in page_blocks(page):
-        lines.extend(content if isinstance(content, list) else [content])
+    for kind, content in page_blocks(page):
+        if kind == "nav":
+            lines.append(" ".join(content))
+        else:
+            lines.extend(content if isinstance(content, list) else [content])
     return "\n".join(lines)
 
 

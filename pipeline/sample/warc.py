@@ -1,10 +1,10 @@
 """HTML rendering and deterministic WARC writing for the synthetic corpus.
 
-The HTML is deliberately plain: one block element per text block, a newline between elements and a
-space between inline links, no <title>, no scripts. Extractors disagree about <title> (BeautifulSoup
-keeps it, resiliparse drops it) and a tag-gluing extractor would merge "Home" and "About" into one
-word; with this markup every common extractor yields the same words as the document's `text`, so the
-ground truth computed on `text` is the truth for what ingest extracts (tests check it).
+The HTML is deliberately plain: one block element per line of the document's `text`, a newline
+between elements and a space between inline links (a tag-gluing extractor would otherwise merge "Home"
+and "About" into one word), no scripts. The <title> sits in <head>, which ingest's extractors drop.
+So ingest extracts exactly `text`, and the ground truth computed on `text` is the truth for what the
+pipeline sees (tests check this with pipeline.ingest's extractors).
 
 WARC files hold, per document, a `request` record followed by its `response` (HTTP 200, text/html),
 plus a `warcinfo` record per file and a few non-HTML / non-200 responses and a `metadata` record for
@@ -48,7 +48,8 @@ def render_html(blocks: Sequence) -> str:
     nav = " ".join('<a href="/%s">%s</a>' % ("" if c == "Home" else e(c.lower()), e(c)) for c in parts["nav"][0])
     out = ['<!DOCTYPE html>', '<html lang="en">', '<head>', '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           '<link rel="stylesheet" href="/static/site.css">', '</head>', '<body>',
+           '<title>%s</title>' % e(parts["h1"][0]), '<link rel="stylesheet" href="/static/site.css">',
+           '</head>', '<body>',
            '<header>', '<div class="site-title">%s</div>' % e(parts["header"][0]), '<nav>%s</nav>' % nav,
            '</header>', '<main>', '<article>', '<h1>%s</h1>' % e(parts["h1"][0])]
     out += ['<p>%s</p>' % e(p) for p in parts.get("p", [])]

@@ -1,0 +1,208 @@
+"""The dedup evaluator (hand-computed scores) and the exact Jaccard join (against brute force)."""
+import itertools
+import json
+import os
+import random
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import evaluate
+from pipeline.dedup.shingles import jaccard, shingle_hashes
+from pipeline.evaluate import score
+from pipeline.exact_jaccard import components, exact_clusters, similar_pairs
+
+# Truth: A = {a1, a2, a3}, B = {b1, b2}, F = {f1, f2}, singletons c, d, e.
+TRUTH = pd.DataFrame({
+    "id": ["a1", "a2", "a3", "b1", "b2", "c", "d", "e", "f1", "f2"],
+    "cluster": ["a1", "a1", "a1", "b1", "b1", "c", "d", "e", "f1", "f1"],
+})
+# Report: {a1, a2}, {a3, c}, {b1, b2, d}, and e, f1, f2 alone.
+REPORT = pd.DataFrame({
+    "id": ["a1", "a2", "a3", "c", "b1", "b2", "d", "e", "f1", "f2"],
+    "cluster_id": ["a1", "a1", "a3", "a3", "b1", "b1", "b1", "e", "f1", "f2"],
+    "cluster_size": [2, 2, 2, 2, 3, 3, 3, 1, 1, 1],
+    "kept": [True, False, True, False, True, False, False, True, True, True],
+})
+
+
+def test_hand_computed_scores():
+    s = score(REPORT, TRUTH)
+    # Per document: true positives a1 a2 a3 b1 b2; c and d are false positives; f1 f2 are missed.
+    assert (s["has_dup"]["tp"], s["has_dup"]["fp"], s["has_dup"]["fn"]) == (5, 2, 2)
+    assert s["has_dup"]["precision"] == pytest.approx(5 / 7)
+    assert s["has_dup"]["recall"] == pytest.approx(5 / 7)
+    assert s["has_dup"]["f1"] == pytest.approx(10 / 14)
+    # Pairs: true = 3 (A) + 1 (B) + 1 (F) = 5; predicted = 1 + 1 + 3 = 5; shared = a1a2 + b1b2 = 2.
+    p = s["pairs"]
+    assert (p["tp"], p["fp"], p["fn"]) == (2, 3, 3)
+    assert (p["predicted_pairs"], p["true_pairs"]) == (5, 5)
+    assert p["precision"] == pytest.approx(2 / 5) and p["recall"] == pytest.approx(2 / 5)
+    assert p["f1"] == pytest.approx(2 * 2 / (2 * 2 + 3 + 3))
+    c = s["clusters"]
+    assert (c["true"], c["true_with_dups"], c["predicted"], c["predicted_with_dups"]) == (6, 3, 6, 3)
+    assert (c["true_largest"], c["predicted_largest"]) == (3, 3)
+    assert s["docs"]["scored"] == 10 and s["docs"]["missing"] == 0 and s["docs"]["extra"] == 0
+    # One kept per predicted cluster (6); a perfect dedup also keeps 6 (one per true cluster).
+    assert s["kept"] == {"kept": 6, "expected": 6, "clusters_keeping_none": 0, "clusters_keeping_several": 0}
+
+
+def test_has_dup_only_truth():
+    truth = pd.DataFrame({"id": TRUTH["id"], "has_dup": [True] * 5 + [False] * 3 + [True] * 2})
+    s = score(REPORT, truth)
+    assert (s["has_dup"]["tp"], s["has_dup"]["fp"], s["has_dup"]["fn"]) == (5, 2, 2)
+    assert s["pairs"] is None
+    assert "true" not in s["clusters"] and s["kept"]["expected"] is None
+    assert "pairwise scores need truth" in evaluate.format_scores(s)
+
+
+def test_missing_and_extra_ids_are_reported_and_sizes_recomputed():
+    report = pd.concat([REPORT[REPORT["id"] != "f2"],
+                        pd.DataFrame({"id": ["x"], "cluster_id": ["x"], "cluster_size": [1], "kept": [True]})])
+    s = score(report, TRUTH)
+    d = s["docs"]
+    assert (d["truth"], d["report"], d["scored"], d["missing"], d["extra"]) == (10, 10, 9, 1, 1)
+    assert d["missing_ids"] == ["f2"] and d["extra_ids"] == ["x"]
+    # Without f2, f1 has no duplicate left among the scored ids: neither f is a false negative now.
+    assert (s["has_dup"]["tp"], s["has_dup"]["fp"], s["has_dup"]["fn"]) == (5, 2, 0)
+    assert (s["pairs"]["tp"], s["pairs"]["fp"], s["pairs"]["fn"]) == (2, 3, 2)
+    text = evaluate.format_scores(s)
+    assert "1 ids in truth but not in the report" in text and "x" in text
+
+
+def test_perfect_and_empty_predictions():
+    perfect = pd.DataFrame({"id": TRUTH["id"], "cluster_id": TRUTH["cluster"]})
+    s = score(perfect, TRUTH)
+    assert s["has_dup"]["f1"] == 1.0 and s["pairs"]["f1"] == 1.0 and s["pairs"]["fp"] == 0
+    nothing = pd.DataFrame({"id": TRUTH["id"], "cluster_id": TRUTH["id"]})
+    s = score(nothing, TRUTH)
+    assert s["has_dup"]["precision"] is None  # no predicted positives: undefined, not 0 or 1
+    assert s["has_dup"]["recall"] == 0.0 and s["has_dup"]["f1"] == 0.0
+    assert s["pairs"]["precision"] is None and s["pairs"]["fn"] == 5
+
+
+def test_duplicate_report_rows_counted():
+    s = score(pd.concat([REPORT, REPORT.iloc[:2]]), TRUTH)
+    assert s["docs"]["duplicate_report_ids"] == 2 and s["docs"]["scored"] == 10
+    assert s["pairs"]["tp"] == 2
+
+
+def test_bad_columns_rejected():
+    with pytest.raises(ValueError, match="cluster_id"):
+        score(REPORT.drop(columns=["cluster_id"]), TRUTH)
+    with pytest.raises(ValueError, match="truth needs"):
+        score(REPORT, TRUTH.drop(columns=["cluster"]))
+
+
+def _write_parts(directory, df, parts=2):
+    """A Spark-style output directory: part files plus _SUCCESS and .crc files the reader must skip."""
+    os.makedirs(directory)
+    for i, chunk in enumerate(np.array_split(np.arange(len(df)), parts)):
+        pq.write_table(pa.Table.from_pandas(df.iloc[chunk], preserve_index=False),
+                       os.path.join(directory, "part-%05d.snappy.parquet" % i))
+        open(os.path.join(directory, ".part-%05d.snappy.parquet.crc" % i), "wb").write(b"\0crc")
+    open(os.path.join(directory, "_SUCCESS"), "w").close()
+
+
+def test_cli_reads_part_directories_and_writes_json(tmp_path, capsys):
+    _write_parts(str(tmp_path / "report"), REPORT)
+    pq.write_table(pa.Table.from_pandas(TRUTH, preserve_index=False), str(tmp_path / "truth.parquet"))
+    out = tmp_path / "scores.json"
+    rc = evaluate.main(["--report", str(tmp_path / "report"), "--truth", str(tmp_path / "truth.parquet"),
+                        "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "same cluster (pairs)" in printed and "0.4000" in printed
+    saved = json.loads(out.read_text())
+    assert saved["pairs"]["tp"] == 2 and saved["has_dup"]["fn"] == 2 and saved["docs"]["scored"] == 10
+
+
+def test_cli_exact_truth_from_docs(tmp_path, capsys):
+    base = " ".join("word%d" % i for i in range(40))
+    docs = pd.DataFrame({
+        "id": ["d1", "d2", "d3", "d4"],
+        "text": [base, base.replace("word20", "changed"),  # J = 31/41 (< 0.8) with d1
+                 base + " tail", "something else entirely here"],  # d3: J = 36/37 with d1
+    })
+    _write_parts(str(tmp_path / "docs"), docs, parts=2)
+    report = pd.DataFrame({"id": ["d1", "d2", "d3", "d4"], "cluster_id": ["d1", "d1", "d1", "d4"]})
+    pq.write_table(pa.Table.from_pandas(report, preserve_index=False), str(tmp_path / "report.parquet"))
+    assert evaluate.main(["--report", str(tmp_path / "report.parquet"), "--truth", "exact", "--docs",
+                          str(tmp_path / "docs"), "--json", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert (s["has_dup"]["tp"], s["has_dup"]["fp"], s["has_dup"]["fn"]) == (2, 1, 0)
+    assert (s["pairs"]["tp"], s["pairs"]["fp"], s["pairs"]["fn"]) == (1, 2, 0)
+    # A lower threshold makes d2 a true duplicate too.
+    assert evaluate.main(["--report", str(tmp_path / "report.parquet"), "--truth", "exact", "--docs",
+                          str(tmp_path / "docs"), "--threshold", "0.7", "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["pairs"]["f1"] == 1.0
+
+
+# ---------------------------------------------------------------- exact Jaccard vs brute force
+
+def _random_corpus(n, seed):
+    """Small texts over a small vocabulary, many derived from earlier ones by a few word edits."""
+    rng = random.Random(seed)
+    words = ["w%d" % i for i in range(60)]
+    texts = []
+    for _ in range(n):
+        if texts and rng.random() < 0.6:
+            t = rng.choice(texts).split()
+            for _ in range(rng.randint(0, 4)):
+                op = rng.randrange(3)
+                if op == 0 and t:
+                    t[rng.randrange(len(t))] = rng.choice(words)
+                elif op == 1:
+                    t.insert(rng.randint(0, len(t)), rng.choice(words))
+                elif t:
+                    del t[rng.randrange(len(t))]
+        else:
+            t = [rng.choice(words) for _ in range(rng.choice([0, 2, 4, 5, 8, 20, 40]))]
+        texts.append(" ".join(t))
+    return texts
+
+
+def _brute_components(n, edges):
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    return [min(j for j in range(n) if find(j) == find(i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("threshold,ngram", [(0.8, 5), (0.5, 3), (0.9, 1), (1.0, 5)])
+def test_exact_jaccard_matches_brute_force(threshold, ngram):
+    texts = _random_corpus(300, seed=int(threshold * 100) + ngram)
+    sets = [shingle_hashes(t, ngram) for t in texts]
+    a, b, sims = similar_pairs(sets, threshold)
+    brute = {(i, j): jaccard(sets[i], sets[j]) for i, j in itertools.combinations(range(len(sets)), 2)}
+    expected = sorted(p for p, j in brute.items() if j >= threshold)
+    assert list(zip(a.tolist(), b.tolist())) == expected
+    assert len(expected) > 20  # the corpus really has near-duplicates at this threshold
+    assert np.allclose(sims, [brute[p] for p in expected])
+    assert components(len(sets), a, b).tolist() == _brute_components(len(sets), expected)
+
+
+def test_exact_clusters_ids_and_empty_texts():
+    base = " ".join("t%d" % i for i in range(30))
+    ids = ["z", "m", "a", "q", "e1", "e2"]
+    texts = [base, base + " x", "unrelated words only here now", base + " x y", "", None]
+    truth, pairs = exact_clusters(ids, texts)
+    assert truth["id"].tolist() == sorted(ids)
+    got = dict(zip(truth["id"], truth["cluster"]))
+    assert got["z"] == got["m"] == got["q"] == "m"  # smallest id of the component
+    assert got["a"] == "a" and got["e1"] == "e1" and got["e2"] == "e2"  # empty texts match nothing
+    assert truth.set_index("id")["has_dup"].to_dict() == {"a": False, "e1": False, "e2": False, "m": True,
+                                                          "q": True, "z": True}
+    assert (pairs["id_a"] < pairs["id_b"]).all() and len(pairs) == 3
+    with pytest.raises(ValueError, match="duplicate ids"):
+        exact_clusters(["a", "a"], ["x", "y"])

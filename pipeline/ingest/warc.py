@@ -12,7 +12,6 @@ before its first record is not a WARC at all: one `unreadable_file`.
 """
 from __future__ import annotations
 
-import sys
 from typing import IO, Iterator, Optional, Tuple
 
 from pipeline.ingest import charset
@@ -21,6 +20,7 @@ from pipeline.ingest.extract import get_extractor
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 _CHUNK = 1 << 16
+_MAX_TRAILING_BYTES = 4  # an uncompressed WARC ends with the CRLF CRLF after its last record
 
 
 class _CountingReader:
@@ -43,6 +43,11 @@ class _CountingReader:
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass
+
+
+def _printable(s: str) -> str:
+    """Error text without the binary junk some parser messages quote."""
+    return " ".join("".join(ch if ch.isprintable() and ord(ch) < 0x250 else "?" for ch in s).split())
 
 
 def _mime(content_type: Optional[str]) -> str:
@@ -111,7 +116,7 @@ def _response(rec, block: _CountingReader, opts: IngestOptions) -> Tuple[str, Op
 def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[Record]:
     from warcio.archiveiterator import ArchiveIterator
 
-    n = 0
+    n, last_end = 0, 0
     it = None
     try:
         it = ArchiveIterator(stream, no_record_parse=True)
@@ -134,23 +139,27 @@ def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[R
                 reason, text, detail = _response(rec, block, opts)
             block.drain()
             pos = it.get_record_offset()
-            if rec.length is None:
-                yield dropped(source, pos, "bad_record", "record at offset %d has no Content-Length"
-                              % pos, rid, url, date)
-                continue
-            if block.count < rec.length:
+            if rec.length is None or block.count < rec.length:
                 # warcio reached end of file inside this record: the broken tail of a truncated file.
                 yield dropped(source, pos, "bad_record", "truncated file: record at offset %d has %d of "
-                              "%s bytes" % (pos, block.count, rec.length), rid, url, date)
+                              "%s bytes" % (pos, block.count, rec.length or "?"), rid, url, date)
                 return
             if reason == "ok":
                 yield kept(source, pos, rid, url, text, date)
             else:
                 yield dropped(source, pos, reason, detail, rid, url, date)
+            last_end = pos + it.member_info[1]
+        # warcio also stops quietly at a gzip member cut off inside its header: look for leftovers.
+        size = it.fh.tell()
+        if n == 0 and size > 0:
+            raise ValueError("no WARC record in %d bytes" % size)
+        if n > 0 and size - last_end > _MAX_TRAILING_BYTES:
+            yield dropped(source, last_end, "bad_record", "truncated file: %d bytes after the last "
+                          "complete record (offset %d) are not a record" % (size - last_end, last_end))
     except Exception as e:
-        msg = "%s: %s" % (type(e).__name__, " ".join(str(e).split())[:300])
+        # warcio quotes the unparseable first line (binary junk, for a non-WARC file): leave it out.
+        msg = "%s: %s" % (type(e).__name__, _printable(str(e).split(" first line:")[0])[:200])
         if n == 0:
-            print("ingest: unreadable file %s (not a WARC?): %s" % (source, msg), file=sys.stderr)
             yield dropped(source, 0, "unreadable_file", "not a readable WARC: %s" % msg)
         else:
             offset = it.offset if it is not None else -1

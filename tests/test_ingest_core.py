@@ -1,0 +1,300 @@
+"""Ingest's plain-Python core on real bytes: charsets, extractors, WARC and JSON-lines streams."""
+import gzip
+import io
+import os
+import random
+
+import pytest
+
+from ingest_inputs import WarcBuilder, html_page, page_bytes, write_jsonl
+from pipeline.ingest import charset, core, tabular
+from pipeline.ingest.extract import EXTRACTORS, get_extractor
+from pipeline.ingest.warc import iter_warc
+
+OPTS = core.IngestOptions()
+
+
+def warc_records(data: bytes, **opts):
+    return list(iter_warc(io.BytesIO(data), "mem.warc.gz", core.IngestOptions(**opts)))
+
+
+# --- charsets -------------------------------------------------------------------------------------
+
+JA = "日本語のテキストです。①"  # ① exists in cp932 (what pages labelled shift_jis really use)
+
+
+@pytest.mark.parametrize("text,encoding,http_label", [
+    ("naïve café — “quoted” €5", "cp1252", "windows-1252"),
+    ("naïve café — “quoted” €5", "cp1252", "iso-8859-1"),  # browsers read latin-1 labels as cp1252
+    (JA, "cp932", "shift_jis"),
+    ("Ünïcödé ✓ 中文", "utf-8", "utf-8"),
+    ("Привет, мир", "koi8-r", "KOI8-R"),
+])
+def test_declared_charset_in_http_header(text, encoding, http_label):
+    body = html_page("t", [text]).encode(encoding)
+    decoded, _ = charset.decode_html(body, http_label)
+    assert text in decoded
+
+
+def test_meta_charset_when_http_header_has_none():
+    body = html_page("t", [JA], charset="shift_jis").encode("cp932")
+    assert JA in charset.decode_html(body, None)[0]
+    http_equiv = ('<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1252">'
+                  '</head><body>café</body></html>').encode("cp1252")
+    assert "café" in charset.decode_html(http_equiv, None)[0]
+
+
+def test_wrong_declarations_fall_back_to_what_the_bytes_are():
+    utf8 = html_page("t", ["naïve café 中文"]).encode("utf-8")
+    # servers' default "ISO-8859-1" on a UTF-8 page: UTF-8 wins, no mojibake
+    assert "naïve café 中文" in charset.decode_html(utf8, "iso-8859-1")[0]
+    # declared shift_jis, really UTF-8: the strict shift_jis decode fails, UTF-8 fits
+    assert "naïve café 中文" in charset.decode_html(utf8, "shift_jis")[0]
+    # declared UTF-8, really cp1252: decodes as cp1252 instead of replacement characters
+    cp = html_page("t", ["naïve café"]).encode("cp1252")
+    text, used = charset.decode_html(cp, "utf-8")
+    assert "naïve café" in text and used == "cp1252"
+    # unknown and non-text labels are ignored
+    assert "naïve" in charset.decode_html(utf8, "x-no-such-charset")[0]
+    assert "naïve" in charset.decode_html(utf8, "base64")[0]
+
+
+def test_no_declaration_utf8_then_cp1252_with_replacement():
+    assert charset.decode_html("plain ✓ text".encode("utf-8"))[0] == "plain ✓ text"
+    assert charset.decode_html("café".encode("cp1252"))[0] == "café"
+    # a byte undefined in cp1252 becomes U+FFFD, it does not fail the record
+    text, _ = charset.decode_html(b"caf\xe9 \x81 ok")
+    assert text.startswith("café") and "\ufffd" in text and text.endswith("ok")
+
+
+def test_bom_wins_over_declarations():
+    with_bom = b"\xef\xbb\xbf" + "ok ✓".encode("utf-8")
+    assert charset.decode_html(with_bom, "iso-8859-1") == ("ok ✓", "utf-8")
+    assert charset.decode_html(b"\xff\xfe" + "hi ✓".encode("utf-16-le"))[0] == "hi ✓"
+
+
+def test_binary_bytes_are_a_decode_error_but_text_with_stray_controls_is_not():
+    with pytest.raises(charset.DecodeError):
+        charset.decode_html(random.Random(1).randbytes(5000), "utf-8")
+    with pytest.raises(charset.DecodeError):
+        charset.decode_html(gzip.compress(page_bytes(1) * 20))
+    text, _ = charset.decode_html(b"<p>fine\x07 text\x00 with two stray controls in a long enough page</p>")
+    assert "fine" in text
+
+
+# --- extractors -----------------------------------------------------------------------------------
+
+MESSY = """<!DOCTYPE html><html><head><title>Title</title><style>p {color: red}</style>
+<script>var secret = "script text";</script></head><body>
+<nav><a href="/">Home</a></nav>
+<h1>Main   heading</h1>
+<p>First paragraph
+   continues on a second source line with <b>bold</b> and <a href="#">a link</a>.</p>
+<!-- an html comment -->
+<noscript>enable javascript</noscript><template><p>template text</p></template>
+<svg><text>svg text</text></svg>
+<ul><li>one</li><li>two</li></ul>
+<table><tr><td>cell a</td><td>cell b</td></tr></table>
+<pre>line 1
+line 2</pre>
+<div>x<br>y</div>
+<p>unclosed paragraph <div>inside div
+</body></html>"""
+
+
+@pytest.mark.parametrize("name", ["bs4", "resiliparse"])
+def test_extractors_keep_blocks_and_drop_non_prose(name):
+    text = get_extractor(name)(MESSY)
+    lines = text.split("\n")
+    assert "Main heading" in lines
+    assert "First paragraph continues on a second source line with bold and a link." in lines
+    assert "one" in lines and "two" in lines
+    assert "line 1" in lines and "line 2" in lines
+    assert "x" in lines and "y" in lines
+    assert any("cell a" in line and "cell b" in line for line in lines)
+    for junk in ("secret", "color", "html comment", "enable javascript", "template text", "svg text",
+                 "<", ">"):
+        assert junk not in text, junk
+    assert all(line == line.strip() and "  " not in line for line in lines) and "" not in lines
+
+
+def test_extractor_registry():
+    assert {"bs4", "resiliparse", "resiliparse-main"} <= set(EXTRACTORS)
+    with pytest.raises(ValueError, match="unknown extractor"):
+        get_extractor("nope")
+    assert get_extractor("bs4")("<p>a</p><p>b</p>") == "a\nb"
+    assert get_extractor("resiliparse-main")(html_page("t", ["main content here " * 20])).strip()
+
+
+# --- WARC -----------------------------------------------------------------------------------------
+
+def mixed_warc(gz=True):
+    b = WarcBuilder(gzip=gz)
+    expect = {}
+    expect[b.warcinfo()] = "not_response"
+    expect[b.request("http://ex.com/")] = "not_response"
+    expect[b.response("http://ex.com/ok", page_bytes(1))] = None
+    expect[b.response("http://ex.com/404", b"<html>gone</html>", status="404 Not Found")] = "http_status"
+    expect[b.response("http://ex.com/301", b"", status="301 Moved Permanently")] = "http_status"
+    expect[b.response("http://ex.com/png", b"\x89PNG\r\n\x1a\n" + bytes(300), content_type="image/png")] = "not_html"
+    expect[b.response("http://ex.com/junk", os.urandom(6000), content_type="text/html")] = "decode_error"
+    expect[b.response("http://ex.com/empty", b"<html><body><script>x()</script></body></html>")] = "empty_text"
+    expect[b.response("http://ex.com/big", b"<html><body>" + b"<p>word</p>" * 200000 + b"</body></html>")] = "too_large"
+    expect[b.raw_response("http://ex.com/broken", b"NOT-HTTP garbage\r\n\r\n<p>hi</p>")] = "bad_record"
+    expect[b.response("http://ex.com/xhtml", b"<html><body><p>xhtml page</p></body></html>",
+                      content_type="application/xhtml+xml")] = None
+    expect[b.response("http://ex.com/notype", b"<!DOCTYPE html><html><body><p>sniffed</p></body></html>",
+                      content_type=None)] = None
+    expect[b.response("http://ex.com/gz", gzip.compress(page_bytes(2)), headers=[("Content-Encoding", "gzip")])] = None
+    expect[b.response("http://ex.com/sjis", html_page("ja", [JA], charset="shift_jis").encode("cp932"),
+                      content_type="text/html")] = None
+    return b, expect
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_warc_every_record_is_kept_or_dropped_for_its_reason(gz):
+    b, expect = mixed_warc(gz)
+    recs = warc_records(b.bytes(), max_record_bytes=1 << 20)
+    assert [r.id for r in recs] == b.ids  # one output per record, in file order
+    assert {r.id: r.reason for r in recs} == expect
+    positions = [r.pos for r in recs]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    by_url = {r.url: r for r in recs}
+    assert by_url["http://ex.com/ok"].text.startswith("Page 1\n")
+    assert by_url["http://ex.com/ok"].warc_date and by_url["http://ex.com/ok"].source == "mem.warc.gz"
+    assert by_url["http://ex.com/gz"].text.startswith("Page 2\n")
+    assert JA in by_url["http://ex.com/sjis"].text
+    assert by_url["http://ex.com/notype"].text == "sniffed"
+    assert "too_large" == by_url["http://ex.com/big"].reason and "max-record-bytes" in by_url["http://ex.com/big"].detail
+
+
+def test_min_chars_and_max_record_bytes():
+    b = WarcBuilder()
+    b.response("http://ex.com/short", b"<p>tiny</p>")
+    b.response("http://ex.com/long", page_bytes(3))
+    recs = warc_records(b.bytes(), min_chars=50, max_record_bytes=len(page_bytes(3)))
+    assert [r.reason for r in recs] == ["too_short", None]
+    recs = warc_records(b.bytes(), max_record_bytes=100)
+    assert [r.reason for r in recs] == [None, "too_large"]
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("keep", [0.35, 0.6, 0.97])
+def test_truncated_warc_counts_records_before_the_break_and_one_bad_tail(gz, keep):
+    b = WarcBuilder(gzip=gz)
+    for i in range(8):
+        b.response("http://ex.com/%d" % i, page_bytes(i, words=300))
+    data = b.bytes()
+    recs = warc_records(data[:int(len(data) * keep)])
+    good = [r for r in recs if r.reason is None]
+    assert len(recs) == len(good) + 1 and recs[-1].reason == "bad_record"
+    assert "truncated" in recs[-1].detail
+    assert [r.id for r in good] == b.ids[:len(good)] and 0 < len(good) < 8
+
+
+def test_file_that_is_not_a_warc_is_one_unreadable_file_record():
+    for junk in (os.urandom(5000), gzip.compress(b"just some text\n" * 50), b"hello, world\n" * 10):
+        recs = warc_records(junk)
+        assert len(recs) == 1 and recs[0].reason == "unreadable_file" and recs[0].source == "mem.warc.gz"
+    assert warc_records(b"") == []
+
+
+def test_garbage_after_valid_records_is_one_bad_tail():
+    b = WarcBuilder()
+    for i in range(3):
+        b.response("http://ex.com/%d" % i, page_bytes(i))
+    recs = warc_records(b.bytes() + os.urandom(3000))
+    assert [r.reason for r in recs] == [None, None, None, "bad_record"]
+
+
+# --- JSON lines -----------------------------------------------------------------------------------
+
+def jsonl_records(path, **opts):
+    return list(core.process_file(path, "jsonl", core.IngestOptions(**opts)))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_jsonl_rows(tmp_path, compress):
+    path = write_jsonl(str(tmp_path / ("a.jsonl.gz" if compress else "a.jsonl")), [
+        {"id": "x1", "text": "first doc", "url": "http://u/1"},
+        {"text": "no id here", "url": "http://u/2"},
+        {"id": 42, "text": "integer id"},
+        b"",
+        {"text": None},
+        {"text": ["not", "a", "string"]},
+        b"{not json",
+        b"[1, 2]",
+        {"id": "x2", "text": "   "},
+        {"body": "wrong field"},
+        {"id": "x3", "text": "lone \ud800 surrogate"},
+    ], compress=compress)
+    recs = jsonl_records(path)
+    assert [r.reason for r in recs] == [None, None, None, "bad_record", "bad_record", "bad_record",
+                                        "bad_record", "empty_text", "bad_record", None]
+    assert [r.pos for r in recs] == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]  # line numbers; blank line 4 skipped
+    assert recs[0].id == "x1" and recs[0].url == "http://u/1"
+    assert recs[1].id == tabular.content_id("http://u/2", "no id here")
+    assert recs[2].id == "42"
+    assert recs[8].detail.startswith(tabular.MISSING_FIELD) and "body" in recs[8].detail
+    assert recs[9].text == "lone \ufffd surrogate"
+
+
+def test_jsonl_text_col_options_and_limits(tmp_path):
+    path = write_jsonl(str(tmp_path / "b.jsonl"), [{"key": "k", "content": "x" * 100, "link": "L"},
+                                                   {"key": "k2", "content": "short"}])
+    recs = jsonl_records(path, text_col="content", id_col="key", url_col="link", min_chars=10)
+    assert [(r.id, r.url, r.reason) for r in recs] == [("k", "L", None), ("k2", None, "too_short")]
+    recs = jsonl_records(path, text_col="content", max_record_bytes=50)
+    assert [r.reason for r in recs] == ["too_large", None]
+
+
+def test_truncated_jsonl_gz_is_one_bad_tail(tmp_path):
+    rows = [{"text": "document number %d " % i * 20} for i in range(200)]
+    data = gzip.compress(b"".join(tabular.json.dumps(r).encode() + b"\n" for r in rows))
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(data[:len(data) // 2])
+    recs = jsonl_records(str(path))
+    assert all(r.reason is None for r in recs[:-1]) and len(recs) > 2
+    assert recs[-1].reason == "bad_record" and "broken tail" in recs[-1].detail
+
+
+def test_binary_or_missing_jsonl_file_is_unreadable(tmp_path):
+    (tmp_path / "bin.jsonl").write_bytes(os.urandom(3000))
+    (tmp_path / "badgz.jsonl.gz").write_bytes(b"\x1f\x8b" + os.urandom(3000))
+    for name in ("bin.jsonl", "badgz.jsonl.gz", "missing.jsonl"):
+        recs = jsonl_records(str(tmp_path / name))
+        assert [r.reason for r in recs] == ["unreadable_file"], name
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+def test_plan_inputs_by_extension(tmp_path):
+    for name in ("a.warc.gz", "b.WARC", "c.parquet", "d.jsonl.gz", "e.json", "notes.txt", "_SUCCESS"):
+        (tmp_path / name).write_bytes(b"x")
+    plan, skipped = core.plan_inputs([str(tmp_path)])
+    assert [os.path.basename(p) for p in plan["warc"]] == ["a.warc.gz", "b.WARC"]
+    assert [os.path.basename(p) for p in plan["parquet"]] == ["c.parquet"]
+    assert [os.path.basename(p) for p in plan["jsonl"]] == ["d.jsonl.gz", "e.json"]
+    assert [os.path.basename(p) for p in skipped] == ["notes.txt"]
+    plan, skipped = core.plan_inputs([str(tmp_path / "*.txt")], "warc")
+    assert len(plan["warc"]) == 1 and not skipped
+
+
+def test_warc_streamed_from_s3(monkeypatch):
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    b, expect = mixed_warc()
+    with moto.mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="crawl")
+        s3.put_object(Bucket="crawl", Key="cc/part-0.warc.gz", Body=b.bytes())
+        plan, _ = core.plan_inputs(["s3://crawl/cc/"])
+        assert plan["warc"] == ["s3://crawl/cc/part-0.warc.gz"]
+        recs = list(core.process_file(plan["warc"][0], "warc", core.IngestOptions(max_record_bytes=1 << 20)))
+    assert {r.id: r.reason for r in recs} == expect
+    assert all(r.source == "s3://crawl/cc/part-0.warc.gz" for r in recs)

@@ -169,8 +169,12 @@ def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.
                     "total": round(time.time() - t0, 2)},
     }
     with open(os.path.join(out_dir, "_sample.json"), "w") as f:
-        # Timings vary between runs; keep them out of the file so reruns are byte-identical.
-        json.dump({k: v for k, v in result.items() if k != "seconds"}, f, indent=2, sort_keys=True)
+        # Paths relative to OUT and no timings, so that reruns (anywhere) are byte-identical.
+        meta = {k: v for k, v in result.items() if k not in ("seconds", "out")}
+        for k in ("docs", "truth", "families"):
+            meta[k] = os.path.relpath(meta[k], out_dir)
+        meta["warc"] = [os.path.relpath(w, out_dir) for w in meta["warc"]]
+        json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
     return result
 

@@ -138,8 +138,12 @@ class GPT(nn.Module):
                 with torch.no_grad():
                     module.weight[self.config.vocab_size:].zero_()
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor = None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets, the mean loss."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor = None, return_logits: bool = True):
+        """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets, the mean loss.
+
+        The trainer passes `return_logits=False`: under torch.compile the (B, T, 50304) logits then
+        never have to be written out as an output, only consumed by the fused loss kernel.
+        """
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError("sequence of %d tokens exceeds block size %d" % (T, self.config.block_size))
@@ -151,9 +155,23 @@ class GPT(nn.Module):
             else:
                 x = block(x)
         x = self.transformer.ln_f(x)
-        # The padded rows are not real tokens: drop them before softmax/loss.
-        logits = self.lm_head(x)[..., :self.config.vocab_size]
+        logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+            loss = self.loss(logits, targets)
+        # The padded rows are not real tokens: callers only ever see the real vocabulary.
+        return (logits[..., :self.config.vocab_size] if return_logits else None), loss
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the real vocabulary, computed on the full padded width.
+
+        Padded columns get -inf (softmax weight 0, gradient 0), exactly like slicing them off as
+        llm.c's classifier does, but the 50304-wide tensor keeps its aligned shape: no strided copy,
+        and the float32 upcast fuses into the loss kernel under torch.compile.
+        """
+        V, Vp = self.config.vocab_size, logits.size(-1)
+        logits = logits.float()
+        if Vp > V:
+            pad = torch.arange(Vp, device=logits.device) >= V
+            logits = logits.masked_fill(pad, float("-inf"))
+        return F.cross_entropy(logits.view(-1, Vp), targets.reshape(-1))

@@ -441,3 +441,117 @@ def test_bootstrap_script_is_valid_bash_and_names_uploaded_artifacts():
             if l.strip() and not l.startswith("#")]
     assert "pyspark" not in reqs and {"pandas", "numpy", "pyarrow", "tiktoken", "warcio", "lxml",
                                       "beautifulsoup4", "xxhash", "boto3"} <= set(reqs)
+
+
+# --- bootstrap.sh, executed for real against a loopback moto S3 -----------------------------------
+# The node-side commands are stand-ins: `aws` is a few lines of boto3 (same S3 calls, talking to the
+# moto server), `sudo` just runs the command, and the python wrapper records `pip` calls instead of
+# installing (no internet here) while running everything else, including the import check, for real.
+
+AWS_STUB = '''#!%(python)s
+import os, sys, boto3
+args = [a for a in sys.argv[1:] if a != "--quiet"]
+recursive = "--recursive" in args
+args = [a for a in args if a != "--recursive"]
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+def split(uri):
+    b, _, k = uri[5:].partition("/")
+    return b, k
+if args[:2] == ["s3", "ls"]:
+    b, k = split(args[2])
+    sys.exit(0 if s3.list_objects_v2(Bucket=b, Prefix=k).get("KeyCount", 0) else 1)
+assert args[:2] == ["s3", "cp"], args
+(b, k), dst = split(args[2]), args[3]
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=b, Prefix=k).get("Contents", [])] if recursive else [k]
+try:
+    for key in keys:
+        target = os.path.join(dst, key[len(k):]) if recursive else dst
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        s3.download_file(b, key, target)
+except Exception as e:
+    print("download failed: %%s" %% e, file=sys.stderr)
+    sys.exit(1)
+'''
+
+PY_STUB = '''#!/bin/bash
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+    [ "$3" = "--version" ] && { echo "pip (stub)"; exit 0; }
+    echo "${*:3}" >> "%(log)s/pip.log"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -r) cp "$2" "%(log)s/requirements.txt" ;;
+            --find-links) ls "$2" > "%(log)s/wheels.txt" ;;
+        esac
+        shift
+    done
+    exit 0
+fi
+exec %(python)s "$@"
+'''
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    """A fake EMR node: stub commands on PATH, a loopback moto S3, the launcher pointed at it."""
+    import sys
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = "http://%s:%d" % server.get_host_and_port()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    stubs = {"aws": AWS_STUB % {"python": sys.executable}, "sudo": '#!/bin/sh\nexec "$@"\n',
+             "python3": PY_STUB % {"python": sys.executable, "log": log}}
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"]),
+               PIPELINE_PYTHON=str(bin_dir / "python3"),
+               PIPELINE_TIKTOKEN_DIR=str(tmp_path / "opt" / "pipeline" / "tiktoken"))
+    env.pop("TIKTOKEN_CACHE_DIR", None)  # the node must use what bootstrap.sh installed
+    yield env, log, tmp_path
+    server.stop()
+
+
+def _bootstrap(env, code_uri):
+    return subprocess.run(["bash", package.BOOTSTRAP_SH, code_uri], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bootstrap_installs_requirements_and_offline_bpe(node, capsys):
+    env, log, tmp = node
+    assert launch.main(["upload", "--s3-prefix", PREFIX, "--bpe-file", _bpe_file()]) == 0
+    res = _bootstrap(env, "s3://%s/pipeline/code/" % BUCKET)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (log / "pip.log").read_text().split()[:3] == ["install", "--quiet", "-r"]
+    assert (log / "requirements.txt").read_bytes() == open(package.REQUIREMENTS, "rb").read()
+    cached = tmp / "opt" / "pipeline" / "tiktoken" / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == R50K_SHA256
+    assert "GPT-2 BPE ok" in res.stdout and "[bootstrap] done" in res.stdout
+
+
+def test_bootstrap_uses_the_wheelhouse_offline(node, capsys):
+    env, log, tmp = node
+    wheels = tmp / "wheels"
+    wheels.mkdir()
+    (wheels / "xxhash-3.5.0-cp39-cp39-manylinux_2_17_x86_64.whl").write_bytes(b"w")
+    assert launch.main(["upload", "--s3-prefix", PREFIX, "--bpe-file", _bpe_file(),
+                        "--wheelhouse", str(wheels)]) == 0
+    res = _bootstrap(env, "s3://%s/pipeline/code" % BUCKET)
+    assert res.returncode == 0, res.stdout + res.stderr
+    pip_args = (log / "pip.log").read_text().split()
+    assert pip_args[:4] == ["install", "--quiet", "--no-index", "--find-links"]
+    assert (log / "wheels.txt").read_text().split() == ["xxhash-3.5.0-cp39-cp39-manylinux_2_17_x86_64.whl"]
+
+
+def test_bootstrap_fails_the_node_when_nothing_was_uploaded(node):
+    env, log, _ = node
+    res = _bootstrap(env, "s3://%s/not-uploaded/code" % BUCKET)
+    assert res.returncode != 0
+    assert not (log / "pip.log").exists()

@@ -131,6 +131,15 @@ def upload(cfg: LaunchConfig) -> Dict:
 
 # --- cluster --------------------------------------------------------------------------------------
 
+def resolve_region(cfg: LaunchConfig) -> LaunchConfig:
+    """Fill --region from the AWS config/environment (no network), so the cluster's nodes get it."""
+    if cfg.region:
+        return cfg
+    import boto3
+
+    return dataclasses.replace(cfg, region=boto3.session.Session().region_name)
+
+
 def create_cluster(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
     req = spec.run_job_flow_request(cfg, steps)
     out = {"request": req}
@@ -215,7 +224,11 @@ def fetch_logs(emr, cfg: LaunchConfig) -> Dict[str, str]:
 # --- CLI ------------------------------------------------------------------------------------------
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     command, cfg = parse(sys.argv[1:] if argv is None else argv)
+    if command in ("create-cluster", "run"):
+        cfg = resolve_region(cfg)
     _log("config: %s" % json.dumps(cfg.to_dict(), sort_keys=True))
     try:
         if command == "bundle":
@@ -250,6 +263,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except spec.ConfigError as e:
         print("emr.launch %s: %s" % (command, e), file=sys.stderr)
         return 2
+    except (BotoCoreError, ClientError, storage.InputError) as e:  # AWS said no: say what, no traceback
+        print("emr.launch %s: %s" % (command, e), file=sys.stderr)
+        return 1
     return 0
 
 

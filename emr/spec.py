@@ -119,14 +119,19 @@ def configurations(cfg: LaunchConfig) -> List[Dict]:
         "spark.speculation": "false",
     }
     defaults.update(spark_sizing(cfg))
+    env = {"PYSPARK_PYTHON": NODE_PYTHON, "PYSPARK_DRIVER_PYTHON": NODE_PYTHON,
+           "TIKTOKEN_CACHE_DIR": NODE_TIKTOKEN_DIR}
+    if cfg.region:
+        # boto3 on the nodes (storage.py) has no region otherwise and would go through S3 redirects.
+        env["AWS_DEFAULT_REGION"] = cfg.region
+        defaults["spark.executorEnv.AWS_DEFAULT_REGION"] = cfg.region
+        defaults["spark.yarn.appMasterEnv.AWS_DEFAULT_REGION"] = cfg.region
     return [
         {"Classification": "spark",
          "Properties": {"maximizeResourceAllocation": "true" if cfg.maximize_resource_allocation else "false"}},
         {"Classification": "spark-defaults", "Properties": dict(sorted(defaults.items()))},
         {"Classification": "spark-env", "Configurations": [
-            {"Classification": "export",
-             "Properties": {"PYSPARK_PYTHON": NODE_PYTHON, "PYSPARK_DRIVER_PYTHON": NODE_PYTHON,
-                            "TIKTOKEN_CACHE_DIR": NODE_TIKTOKEN_DIR}}]},
+            {"Classification": "export", "Properties": env}]},
     ]
 
 

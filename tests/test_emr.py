@@ -195,7 +195,10 @@ def test_create_cluster_requests_what_we_asked_for(aws, capsys):
     assert props["spark.executor.cores"] == "2"
     assert props["spark.executor.memory"] == "6g" and props["spark.executor.memoryOverhead"] == "4g"
     assert props["spark.pyspark.python"] == "/usr/bin/python3"
-    assert conf["spark-env"]["Configurations"][0]["Properties"]["PYSPARK_PYTHON"] == "/usr/bin/python3"
+    env = conf["spark-env"]["Configurations"][0]["Properties"]
+    assert env["PYSPARK_PYTHON"] == "/usr/bin/python3"
+    # The region came from the environment (AWS_DEFAULT_REGION) and is handed to the nodes' boto3.
+    assert env["AWS_DEFAULT_REGION"] == props["spark.executorEnv.AWS_DEFAULT_REGION"] == "us-east-1"
 
     groups = {g["InstanceGroupType"]: g for g in emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]}
     assert (groups["MASTER"]["InstanceType"], groups["MASTER"]["RequestedInstanceCount"]) == ("r5.xlarge", 1)
@@ -322,6 +325,12 @@ def test_status_wait_terminate(aws, capsys):
     assert emr.describe_cluster(ClusterId=cid)["Cluster"]["Status"]["State"] == "TERMINATED"
     # The cluster ended with the step unfinished: that is a failure, reported at once.
     assert launch.wait(emr, dataclasses.replace(cfg, step_id=step_id), sleep=sleep)[0] == 1
+
+
+def test_aws_errors_are_one_line_and_exit_1(aws, capsys):
+    assert launch.main(["status", "--cluster-id", "j-DOESNOTEXIST"]) == 1
+    err = capsys.readouterr().err
+    assert "emr.launch status:" in err and "Traceback" not in err
 
 
 def test_logs_prints_step_stderr(aws, capsys):

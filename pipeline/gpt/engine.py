@@ -159,17 +159,22 @@ class Engine:
             real_key = steps[None, None, :] >= pad[:, None, None]         # (B, 1, T)
             # Pad queries see only themselves: fully masked rows would give NaNs that leak into
             # the cache of later layers (0 * NaN is NaN).
-            mask = (causal[None] & real_key) | torch.eye(T, dtype=torch.bool, device=self.device)[None]
-            mask = mask[:, None]
+            keep = (causal[None] & real_key) | torch.eye(T, dtype=torch.bool, device=self.device)[None]
+            mask = self._additive(keep[:, None])
         return self._forward(idx, pos, steps, mask, T)
+
+    def _additive(self, keep: torch.Tensor) -> torch.Tensor:
+        # Built once per step in the compute dtype, so SDPA does not convert a bool mask in every layer.
+        zeros = torch.zeros(keep.shape, dtype=self.dtype, device=self.device)
+        return zeros.masked_fill(~keep, float("-inf"))
 
     def _decode_step(self, B: int, window: int) -> torch.Tensor:
         """One decode step for the first B sequences, reading static buffers only (graph-safe)."""
         tok, pad, cur = self._tok[:B], self._pad[:B], self._cur
         pos = (cur - pad).clamp(min=0)[:, None]
         slot = torch.arange(window, device=self.device)
-        mask = (slot[None, :] <= cur) & (slot[None, :] >= pad[:, None])  # (B, window)
-        return self._forward(tok[:, None], pos, cur, mask[:, None, None, :], window)
+        keep = (slot[None, :] <= cur) & (slot[None, :] >= pad[:, None])  # (B, window)
+        return self._forward(tok[:, None], pos, cur, self._additive(keep[:, None, None, :]), window)
 
     def _window(self, cur: int) -> int:
         """Cache slots the step at `cur` reads: a power of two (>= MIN_WINDOW) covering cur."""

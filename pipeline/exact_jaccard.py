@@ -47,11 +47,13 @@ def _ranked_sets(sets: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, dtype=np.int64), indptr
     flat = np.concatenate([np.asarray(s, dtype=np.uint64) for s in sets])
     _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    del flat
     # Rarest first; ties broken by hash value (np.unique sorted them), so the order is deterministic.
     order = np.argsort(counts, kind="stable")
     rank_of = np.empty(len(order), dtype=np.int64)
     rank_of[order] = np.arange(len(order), dtype=np.int64)
     ranks = rank_of[inverse.ravel()]
+    del inverse
     # Sort each document's segment by rank: one sort of doc * R + rank (no overflow below ~10^18).
     doc = np.repeat(np.arange(len(sets), dtype=np.int64), lens)
     key = doc * len(order) + ranks

@@ -128,6 +128,8 @@ def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.
             records[k] = records.get(k, 0) + v
         warc_paths.append(path)
     t_warc = time.time() - t1
+    for d in docs:  # the HTML is in the WARC files now; free it before the truth needs memory
+        del d["html"]
 
     t2 = time.time()
     docs.sort(key=lambda d: d["id"])

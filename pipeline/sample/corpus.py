@@ -37,7 +37,14 @@ EDITS: Sequence[Tuple[str, float]] = (
 )
 
 
+_IRREGULAR = {"child": "children", "person": "people", "woman": "women", "people": "peoples",
+              "knife": "knives", "shelf": "shelves", "leaf": "leaves", "mouse": "mice", "goose": "geese",
+              "foot": "feet", "tooth": "teeth", "wolf": "wolves", "half": "halves", "life": "lives"}
+
+
 def _plural(noun: str) -> str:
+    if noun in _IRREGULAR:
+        return _IRREGULAR[noun]
     if noun.endswith(("s", "sh", "ch", "x", "z")):
         return noun + "es"
     if noun.endswith("y") and noun[-2:-1] not in "aeiou":
@@ -136,7 +143,7 @@ def make_sites(n_sites: int, seed: int) -> List[Dict[str, object]]:
         topic = topics[i % len(topics)]
         g = Grammar(rng, topic)
         name = "%s %s" % (a.capitalize(), b.capitalize())
-        sections = [rng.choice(vocab.TOPICS[topic]).capitalize() for _ in range(rng.randint(2, 4))]
+        sections = [w.capitalize() for w in rng.sample(vocab.TOPICS[topic], rng.randint(2, 4))]
         sites.append({
             "host": host,
             "name": name,
@@ -246,10 +253,11 @@ def _variant(rng: random.Random, parent: Page, sites: Sequence[Dict[str, object]
     site = parent["site"]
     g = Grammar(rng, site["topic"])
     # Every member lives at its own URL: re-posts, tracking parameters, mirrors, AMP/print versions.
+    tracking = "utm_source=%s&ref=%d" % (rng.choice(("feed", "mail", "social")), serial)
     page["url"] = rng.choice((
-        parent["url"].split("?")[0] + "?utm_source=%s&ref=%d" % (rng.choice(("feed", "mail", "social")), serial),
+        parent["url"] + ("&" if "?" in parent["url"] else "?") + tracking,
         _url(rng, site, page["title"], serial),
-        parent["url"].rstrip("/") + ("/amp" if rng.random() < 0.5 else "/print") + "-%d" % serial))
+        parent["url"] + ("&" if "?" in parent["url"] else "?") + "%s=%d" % (rng.choice(("amp", "print")), serial)))
     if edit == "exact_copy":
         return page
     if edit in ("word_edits", "word_edits+comments"):

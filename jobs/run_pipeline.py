@@ -30,7 +30,7 @@ STAGES = [
     ("shards", shards, shards.ShardsConfig, "tokens"),
 ]
 # where each stage's `_config.json` goes (the directories it writes), relative to --output
-CONFIG_DIRS = {"ingest": ["docs"], "dedup": ["dedup/kept", "dedup/report"], "tokenize": ["tokens"],
+CONFIG_DIRS = {"ingest": ["docs", "ingest/dropped"], "dedup": ["dedup/kept", "dedup/report"], "tokenize": ["tokens"],
                "shards": ["shards"]}
 
 

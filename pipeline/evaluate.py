@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -176,7 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pipeline evaluate", description="Score a dedup report against ground truth.")
     p.add_argument("--report", required=True, help="dedup report parquet (file or dir): id, cluster_id[, kept]")
     p.add_argument("--truth", required=True,
-                   help="truth parquet (id, cluster or id, has_dup), or 'exact' to compute it from --docs")
+                   help="truth parquet (id, cluster or id, has_dup; a `pipeline sample` dir works too), "
+                        "or 'exact' to compute it from --docs")
     p.add_argument("--docs", help="documents parquet (id, text) for --truth exact")
     p.add_argument("--threshold", type=float, default=0.8, help="Jaccard threshold for --truth exact (default 0.8)")
     p.add_argument("--ngram", type=int, default=5, help="shingle size in words for --truth exact (default 5)")
@@ -189,7 +191,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error("--truth exact needs --docs")
         truth = exact_truth(args.docs, args.threshold, args.ngram)
     else:
-        truth = _read_parquet(args.truth, ["id", "cluster", "has_dup"])
+        truth_path = args.truth
+        if os.path.isdir(truth_path) and os.path.isfile(os.path.join(truth_path, "truth.parquet")):
+            truth_path = os.path.join(truth_path, "truth.parquet")  # a `pipeline sample` output dir
+        truth = _read_parquet(truth_path, ["id", "cluster", "has_dup"])
     scores = score(report, truth)
     scores["inputs"] = {"report": args.report, "truth": args.truth, "docs": args.docs,
                         "threshold": args.threshold if args.truth == "exact" else None,

@@ -118,6 +118,14 @@ def test_cli_reads_part_directories_and_writes_json(tmp_path, capsys):
     assert "same cluster (pairs)" in printed and "0.4000" in printed
     saved = json.loads(out.read_text())
     assert saved["pairs"]["tp"] == 2 and saved["has_dup"]["fn"] == 2 and saved["docs"]["scored"] == 10
+    # a `pipeline sample` output directory stands for its truth.parquet
+    os.makedirs(str(tmp_path / "sample" / "parquet"))
+    os.rename(str(tmp_path / "truth.parquet"), str(tmp_path / "sample" / "truth.parquet"))
+    pq.write_table(pa.table({"id": ["a1"], "url": ["u"], "text": ["t"]}),
+                   str(tmp_path / "sample" / "parquet" / "docs.parquet"))
+    assert evaluate.main(["--report", str(tmp_path / "report"), "--truth", str(tmp_path / "sample"),
+                          "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["pairs"]["tp"] == 2
 
 
 def test_cli_exact_truth_from_docs(tmp_path, capsys):

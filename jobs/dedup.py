@@ -62,10 +62,12 @@ def run(spark, cfg: DedupConfig) -> Dict:
                                bands=bands, rows=rows), SIGNATURE_SCHEMA)
            .persist(StorageLevel.MEMORY_AND_DISK))
     records_in = sig.count()
+    phases = {"signatures": time.time() - t0}
 
     buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
     candidates = candidate_edges(buckets, cfg.window).localCheckpoint(eager=True)
     candidate_pairs = candidates.count()
+    phases["candidates"] = time.time() - t0 - sum(phases.values())
 
     shingles = sig.select("id", "shingles")
     pairs = (candidates
@@ -76,6 +78,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
                 .where(F.col("jaccard") >= cfg.threshold).select("src", "dst")
                 .localCheckpoint(eager=True))
     verified_pairs = verified.count()
+    phases["verify"] = time.time() - t0 - sum(phases.values())
 
     labels, cc_rounds = connected_components(verified, cfg.max_iterations, cfg.checkpoint_dir or None)
     clusters = (labels.join(sig.select("id", "length"), "id")
@@ -85,6 +88,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
     members = (labels.join(clusters, "cluster_id")
                .select("id", "cluster_id", "cluster_size", (F.col("id") == F.col("kept_id")).alias("kept"))
                .localCheckpoint(eager=True))
+    phases["components"] = time.time() - t0 - sum(phases.values())
 
     report = (sig.select("id").join(members, "id", "left")
               .select("id", F.coalesce("cluster_id", "id").alias("cluster_id"),
@@ -95,6 +99,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
     removed = members.where(~F.col("kept")).select("id")
     _write_sorted(docs.join(removed, "id", "left_anti").select(*docs.columns), dirs["kept"], partitions)
 
+    phases["write"] = time.time() - t0 - sum(phases.values())
     summary = (members.agg(F.count("*").alias("in_clusters"),
                            F.sum(F.when(F.col("kept"), 0).otherwise(1)).alias("removed"),
                            F.sum(F.col("kept").cast("int")).alias("clusters"),
@@ -121,6 +126,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
         "num_perm": cfg.num_perm,
         "bands": bands,
         "rows": rows,
+        "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
     }
 
 

@@ -24,16 +24,21 @@ def signature_batches(batches: Iterator[pa.RecordBatch], num_perm: int, seed: in
     hasher = MinHasher(num_perm, seed, ngram)
     for batch in batches:
         texts = batch.column("text").to_pylist()
-        shingles, sigs, nonempty = hasher.signatures(texts)
+        flat, offsets, sigs = hasher.signatures(texts)
+        sizes = np.diff(offsets)
         keys = band_keys(sigs, bands, rows)
-        flat = pa.array(keys.reshape(-1), type=pa.int64())
-        offsets = pa.array(np.arange(0, len(texts) * bands + 1, bands, dtype=np.int32))
-        band_col = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~nonempty))
+        band_col = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, len(texts) * bands + 1, bands, dtype=np.int32)),
+            pa.array(keys.reshape(-1), type=pa.int64()),
+            mask=pa.array(sizes == 0))
+        # shingles as one binary value per document, sliced straight out of the flat uint64 buffer
+        shingle_col = pa.BinaryArray.from_buffers(
+            pa.binary(), len(texts), [None, pa.py_buffer((offsets * 8).astype(np.int32)), pa.py_buffer(flat)])
         yield pa.RecordBatch.from_arrays(
             [batch.column("id"),
-             pa.array([len(h) for h in shingles], type=pa.int32()),
+             pa.array(sizes.astype(np.int32)),
              pa.array([len(t) if t is not None else 0 for t in texts], type=pa.int64()),
-             pa.array([h.tobytes() for h in shingles], type=pa.binary()),
+             shingle_col,
              band_col],
             names=["id", "n", "length", "shingles", "bands"])
 

@@ -4,7 +4,7 @@ Permutation i maps a 64-bit shingle hash x to `(a_i * x + b_i) mod 2**64` with a
 the 64-bit space whose high bits form a (multiply-add-shift) universal hash family. A document's
 signature value for permutation i is the minimum over its shingles, and we keep the high 32 bits
 (orders by the high bits first, so `min(...) >> 32` is the min of the shifted values). numpy does the
-whole (shingles x permutations) product in three passes over a block that fits in cache; datasketch
+whole (permutations x shingles) product in three passes over a block that fits in cache; datasketch
 does the same job per document with a Mersenne-prime modulo, which is several times slower.
 
 The a_i, b_i come from xxh3 of ("minhash", seed, i): the same parameters on every executor, Python
@@ -12,12 +12,12 @@ version and numpy version (numpy's RNG streams are not promised to stay stable a
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import xxhash
 
-from pipeline.dedup.shingles import DEFAULT_NGRAM, shingle_hashes
+from pipeline.dedup.shingles import DEFAULT_NGRAM, shingle_hashes_batch
 
 # Shingles per block of the (shingles x permutations) product: 2048 x 128 x 8 bytes = 2 MiB.
 _BLOCK = 2048
@@ -43,25 +43,45 @@ class MinHasher:
         """uint32[num_perm] signature of one sorted-unique shingle-hash array (must be non-empty)."""
         sig = None
         for start in range(0, len(hashes), _BLOCK):
-            block = np.multiply.outer(hashes[start:start + _BLOCK], self.a)
-            block += self.b
-            m = block.min(axis=0)
+            block = np.multiply.outer(self.a, hashes[start:start + _BLOCK])
+            block += self.b[:, None]
+            m = block.min(axis=1)
             sig = m if sig is None else np.minimum(sig, m, out=sig)
         return (sig >> np.uint64(32)).astype(np.uint32)
 
-    def signatures(self, texts: Iterable[str]) -> Tuple[List[np.ndarray], np.ndarray, np.ndarray]:
-        """For a batch of texts: (shingle-hash arrays, uint32 signatures [docs x perms], has_shingles).
+    def signatures(self, texts: Sequence[Optional[str]]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a batch of texts: (flat, offsets, sigs) -- document i's sorted unique shingle hashes are
+        flat[offsets[i]:offsets[i+1]] and its uint32 signature is sigs[i].
 
-        Documents without words get an all-zero signature row and has_shingles False; callers must not
-        put them into LSH buckets (an empty set is nobody's duplicate).
+        Documents without words get an all-zero signature row; callers must not put them into LSH
+        buckets (an empty set is nobody's duplicate).
         """
-        shingles = [shingle_hashes(t or "", self.ngram) for t in texts]
-        sigs = np.zeros((len(shingles), self.num_perm), dtype=np.uint32)
-        nonempty = np.array([len(h) > 0 for h in shingles], dtype=bool)
-        for i, h in enumerate(shingles):
-            if len(h):
-                sigs[i] = self.signature(h)
-        return shingles, sigs, nonempty
+        flat, offsets = shingle_hashes_batch(texts, self.ngram)
+        sizes = np.diff(offsets)
+        sigs = np.zeros((len(sizes), self.num_perm), dtype=np.uint32)
+        # Consecutive documents are grouped into blocks of ~_BLOCK shingles; one outer product per
+        # block and a segmented min (reduceat) give all their signatures at once. A document larger
+        # than a block is done alone, block by block.
+        docs = np.flatnonzero(sizes > 0)
+        i = 0
+        while i < len(docs):
+            j, total = i, 0
+            while j < len(docs) and (j == i or total + sizes[docs[j]] <= _BLOCK):
+                total += sizes[docs[j]]
+                j += 1
+            group = docs[i:j]
+            if j - i == 1:
+                d = group[0]
+                sigs[d] = self.signature(flat[offsets[d]:offsets[d + 1]])
+            else:
+                lo, hi = offsets[group[0]], offsets[group[-1] + 1]
+                block = np.multiply.outer(self.a, flat[lo:hi])
+                block += self.b[:, None]
+                # group members are consecutive non-empty docs, but empty docs in between own no rows
+                mins = np.minimum.reduceat(block, offsets[group] - lo, axis=1)
+                sigs[group] = (mins.T >> np.uint64(32)).astype(np.uint32)
+            i = j
+        return flat, offsets, sigs
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:

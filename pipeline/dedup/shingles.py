@@ -16,16 +16,25 @@ correspondence with `shingle_strings` (up to 64-bit collisions), so Jaccard valu
 from __future__ import annotations
 
 import re
-from typing import List, Set
+from itertools import chain
+from typing import List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import xxhash
 
 DEFAULT_NGRAM = 5
 _NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
-# ASCII fast path: bytes.translate maps every ASCII non-alphanumeric to a space and lowercases
-# letters in one C pass, ~5x faster than the regex; for pure-ASCII text it gives the same words.
-_ASCII_TABLE = bytes((c if chr(c).isalnum() and c < 128 else 32) for c in range(256)).lower()
+# Fast path: one C pass of bytes.translate over the utf-8 text turns every ASCII non-alphanumeric byte
+# into a space and lowercases ASCII letters (bytes >= 0x80 pass through; utf-8 continuation bytes are
+# never ASCII, so splitting on ASCII spaces never cuts a character). Before that, only the runs of
+# non-ASCII characters go through the Unicode regex. Same words as normalize_words, ~5x faster.
+_TABLE = bytes((c if c >= 128 or chr(c).isalnum() else 32) for c in range(256)).lower()
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+
+
+def _fix_run(m) -> str:
+    return _NON_ALNUM.sub(" ", m.group())
+
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _FIN1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -39,9 +48,10 @@ def normalize_words(text: str) -> List[str]:
 
 def _word_bytes(text: str) -> List[bytes]:
     """normalize_words(text), utf-8 encoded (what the hashes are computed over)."""
-    if text.isascii():
-        return text.encode("ascii").translate(_ASCII_TABLE).split()
-    return [w.encode("utf-8") for w in normalize_words(text)]
+    low = text.lower()
+    if not low.isascii():
+        low = _NON_ASCII_RUN.sub(_fix_run, low)
+    return low.encode("utf-8").translate(_TABLE).split()
 
 
 def shingle_strings(text: str, n: int = DEFAULT_NGRAM) -> Set[str]:
@@ -55,26 +65,59 @@ def shingle_strings(text: str, n: int = DEFAULT_NGRAM) -> Set[str]:
 
 def shingle_hashes(text: str, n: int = DEFAULT_NGRAM) -> np.ndarray:
     """Sorted unique uint64 hashes of the document's shingles (one per element of shingle_strings)."""
-    words = _word_bytes(text)
-    if not words:
-        return _EMPTY
-    if len(words) < n:
-        return np.array([xxhash.xxh3_64_intdigest(b" ".join(words))], dtype=np.uint64)
-    wh = np.fromiter((xxhash.xxh3_64_intdigest(w) for w in words), dtype=np.uint64, count=len(words))
-    m = len(words) - n + 1
-    h = wh[:m].copy()
+    flat, offsets = shingle_hashes_batch([text], n)
+    return flat
+
+
+def shingle_hashes_batch(texts: Sequence[Optional[str]], n: int = DEFAULT_NGRAM) -> Tuple[np.ndarray, np.ndarray]:
+    """shingle_hashes of many documents at once: (flat, offsets) with document i's sorted unique
+    hashes in flat[offsets[i]:offsets[i+1]] (None counts as empty text).
+
+    One numpy pass over the whole batch instead of ~20 small numpy calls per document.
+    """
+    words = [_word_bytes(t) if t else [] for t in texts]
+    nwords = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+    starts = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum(nwords, out=starts[1:])
+    total = int(starts[-1])
+    wh = np.fromiter(map(xxhash.xxh3_64_intdigest, chain.from_iterable(words)), dtype=np.uint64, count=total)
+    # One n-gram hash per word position (padding past the end; those are discarded below).
+    wh = np.concatenate([wh, np.zeros(n - 1, dtype=np.uint64)])
+    h = wh[:total].copy()
     # Order-dependent fold of the n word hashes, then a splitmix64 finaliser so that every output bit
     # depends on every input word (numpy uint64 arithmetic wraps mod 2**64, which is intended).
     for j in range(1, n):
         h *= _MIX
         h ^= h >> np.uint64(29)
-        h ^= wh[j:j + m]
+        h ^= wh[j:j + total]
     h ^= h >> np.uint64(30)
     h *= _FIN1
     h ^= h >> np.uint64(27)
     h *= _FIN2
     h ^= h >> np.uint64(31)
-    return np.unique(h)
+    # n-gram at position p of document d is valid when it ends inside d.
+    doc_of = np.repeat(np.arange(len(words), dtype=np.int64), nwords)
+    valid = np.arange(total, dtype=np.int64) + (n - 1) < starts[1:][doc_of]
+    # Documents with 1..n-1 words: one shingle of all their words (hashed as the joined string),
+    # stored at the document's first position.
+    short = np.flatnonzero((nwords > 0) & (nwords < n))
+    if len(short):
+        h[starts[short]] = np.array([xxhash.xxh3_64_intdigest(b" ".join(words[i])) for i in short],
+                                    dtype=np.uint64)
+        valid[starts[short]] = True
+    h, doc_of = h[valid], doc_of[valid]
+    offsets = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(doc_of, minlength=len(words)), out=offsets[1:])
+    # Sort each document's segment in place (a per-document loop of in-place sorts is ~10x faster
+    # than one lexsort over (document, hash)), then drop repeats within a document.
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        if b - a > 1:
+            h[a:b].sort()
+    keep = np.ones(len(h), dtype=bool)
+    keep[1:] = (h[1:] != h[:-1]) | (doc_of[1:] != doc_of[:-1])
+    h, doc_of = h[keep], doc_of[keep]
+    np.cumsum(np.bincount(doc_of, minlength=len(words)), out=offsets[1:])
+    return h, offsets
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

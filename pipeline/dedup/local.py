@@ -1,0 +1,91 @@
+"""The whole dedup stage in one process, without Spark: the same signatures, buckets, candidate-edge
+rule, verification, components and keep rule as jobs/dedup.py.
+
+Used as the single-process reference in tests (the Spark job must give the same report) and in
+bench/bench_dedup.py ("pure-Python core"). Buckets live in dicts here, so it is for corpora that fit
+in one machine's memory.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeline.dedup.keep import keep_key
+from pipeline.dedup.lsh import resolve_bands_rows
+from pipeline.dedup.minhash import MinHasher, band_keys
+from pipeline.dedup.shingles import DEFAULT_NGRAM, jaccard
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: float = 0.8,
+                ngram: int = DEFAULT_NGRAM, num_perm: int = 128, bands: int = 0, rows: int = 0,
+                seed: int = 1, window: int = 2, batch_size: int = 1000) -> Tuple[List[Dict], Dict]:
+    """Returns (report rows {id, cluster_id, cluster_size, kept} in input order, stats)."""
+    t0 = time.time()
+    bands, rows = resolve_bands_rows(threshold, num_perm, bands, rows)
+    hasher = MinHasher(num_perm, seed, ngram)
+    shingles: List[np.ndarray] = []
+    buckets: Dict[Tuple[int, int], List[int]] = {}
+    for start in range(0, len(texts), batch_size):
+        flat, offsets, sigs = hasher.signatures(texts[start:start + batch_size])
+        keys = band_keys(sigs, bands, rows).tolist()
+        for i in range(len(offsets) - 1):
+            shingles.append(flat[offsets[i]:offsets[i + 1]])
+            if offsets[i + 1] > offsets[i]:
+                for band, key in enumerate(keys[i]):
+                    buckets.setdefault((band, key), []).append(start + i)
+
+    # Same edge rule as lsh.candidate_edges: bucket min id + next `window` members by (size, id).
+    edges = set()
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        first = min(members, key=lambda d: ids[d])
+        ordered = sorted(members, key=lambda d: (len(shingles[d]), ids[d]))
+        for pos, d in enumerate(ordered):
+            for other in [first] + ordered[pos + 1:pos + 1 + window]:
+                if other != d:
+                    edges.add((min(d, other), max(d, other)))
+
+    uf = _UnionFind(len(ids))
+    order = sorted(range(len(ids)), key=lambda d: ids[d])
+    rank = {d: r for r, d in enumerate(order)}  # union by id order -> root = smallest id
+    verified = 0
+    for a, b in edges:
+        if jaccard(shingles[a], shingles[b]) >= threshold:
+            verified += 1
+            uf.union(rank[a], rank[b])
+    clusters: Dict[int, List[int]] = {}
+    for d in range(len(ids)):
+        clusters.setdefault(uf.find(rank[d]), []).append(d)
+    report: List[Dict] = [{}] * len(ids)
+    for root, members in clusters.items():
+        kept = min(members, key=lambda d: keep_key(len(texts[d] or ""), ids[d]))
+        for d in members:
+            report[d] = {"id": ids[d], "cluster_id": ids[order[root]], "cluster_size": len(members),
+                         "kept": d == kept}
+    n_kept = len(clusters)
+    stats = {"stage": "dedup", "seconds": round(time.time() - t0, 3), "records_in": len(ids),
+             "records_out": n_kept, "duplicates_removed": len(ids) - n_kept, "dropped": {},
+             "clusters": sum(1 for m in clusters.values() if len(m) > 1),
+             "candidate_pairs": len(edges), "verified_pairs": verified, "bands": bands, "rows": rows}
+    return report, stats

@@ -27,8 +27,10 @@ class WarcBuilder:
         self.buf = io.BytesIO()
         self.writer = WARCWriter(self.buf, gzip=gzip)
         self.ids: List[str] = []
+        self.offsets: List[int] = []  # where each record starts in the file
 
     def _add(self, rec) -> str:
+        self.offsets.append(self.buf.tell())
         self.writer.write_record(rec)
         rid = rec.rec_headers.get_header("WARC-Record-ID")
         self.ids.append(rid)

@@ -192,6 +192,16 @@ def test_truncated_warc_counts_records_before_the_break_and_one_bad_tail(gz, kee
     assert [r.id for r in good] == b.ids[:len(good)] and 0 < len(good) < 8
 
 
+def test_gzip_member_cut_inside_its_trailer_is_still_truncated():
+    b = WarcBuilder()
+    for i in range(3):
+        b.response("http://ex.com/%d" % i, page_bytes(i))
+    data = b.bytes()
+    for cut in (2, 8):  # the body is complete, only the CRC/size trailer is missing
+        recs = warc_records(data[:-cut])
+        assert [r.reason for r in recs] == [None, None, "bad_record"]
+
+
 def test_file_that_is_not_a_warc_is_one_unreadable_file_record():
     for junk in (os.urandom(5000), gzip.compress(b"just some text\n" * 50), b"hello, world\n" * 10):
         recs = warc_records(junk)
@@ -298,3 +308,11 @@ def test_warc_streamed_from_s3(monkeypatch):
         recs = list(core.process_file(plan["warc"][0], "warc", core.IngestOptions(max_record_bytes=1 << 20)))
     assert {r.id: r.reason for r in recs} == expect
     assert all(r.source == "s3://crawl/cc/part-0.warc.gz" for r in recs)
+
+
+def test_warc_gzipped_as_a_whole_is_read_through(tmp_path):
+    b, expect = mixed_warc(gz=False)
+    path = tmp_path / "whole.warc.gz"
+    path.write_bytes(gzip.compress(b.bytes()))
+    recs = list(core.process_file(str(path), "warc", core.IngestOptions(max_record_bytes=1 << 20)))
+    assert [r.id for r in recs] == b.ids and {r.id: r.reason for r in recs} == expect

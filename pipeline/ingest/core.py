@@ -109,7 +109,7 @@ def process_file(path: str, fmt: str, opts: IngestOptions) -> Iterator[Record]:
         return
     try:
         if fmt == "warc":
-            yield from warc.iter_warc(stream, path, opts)
+            yield from warc.iter_warc(stream, path, opts, reopen=lambda: storage.open_read(path))
         elif fmt == "jsonl":
             yield from tabular.iter_jsonl(_buffered(stream), path, opts)
         else:

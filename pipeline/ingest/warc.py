@@ -12,7 +12,8 @@ before its first record is not a WARC at all: one `unreadable_file`.
 """
 from __future__ import annotations
 
-from typing import IO, Iterator, Optional, Tuple
+import gzip
+from typing import IO, Callable, Iterator, Optional, Tuple
 
 from pipeline.ingest import charset
 from pipeline.ingest.core import IngestOptions, Record, dropped, kept, text_problem
@@ -113,7 +114,30 @@ def _response(rec, block: _CountingReader, opts: IngestOptions) -> Tuple[str, Op
     return "ok", text, encoding
 
 
-def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[Record]:
+class _WholeFileGzip(Exception):
+    """warcio's complaint about a WARC gzipped as one stream instead of one member per record."""
+
+    def __init__(self, done: int):
+        super().__init__("gzip of the whole file")
+        self.done = done
+
+
+def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions,
+              reopen: Optional[Callable[[], IO[bytes]]] = None) -> Iterator[Record]:
+    """Records of one WARC stream. `reopen` (a fresh stream of the same file) lets a WARC that was
+    gzipped as a whole (`gzip x.warc`, which warcio refuses) be read on through Python's gzip."""
+    try:
+        yield from _iter_archive(stream, source, opts, skip=0)
+    except _WholeFileGzip as e:
+        if reopen is None:
+            yield dropped(source, 1, "bad_record", "gzip of the whole file, not per record: run "
+                          "`warcio recompress` on it")
+            return
+        with reopen() as raw, gzip.GzipFile(fileobj=raw) as unzipped:
+            yield from _iter_archive(unzipped, source, opts, skip=e.done)
+
+
+def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int) -> Iterator[Record]:
     from warcio.archiveiterator import ArchiveIterator
 
     n, last_end = 0, 0
@@ -126,6 +150,8 @@ def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[R
                 # carries the WARC fields (record id, date) documents are keyed on.
                 raise ValueError("not a WARC file (warcio sees format %r)" % rec.format)
             n += 1
+            if n <= skip:  # already handed out before a restart
+                continue
             h = rec.rec_headers
             rid, url, date = (h.get_header("WARC-Record-ID"), h.get_header("WARC-Target-URI"),
                               h.get_header("WARC-Date"))
@@ -139,10 +165,13 @@ def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[R
                 reason, text, detail = _response(rec, block, opts)
             block.drain()
             pos = it.get_record_offset()
-            if rec.length is None or block.count < rec.length:
-                # warcio reached end of file inside this record: the broken tail of a truncated file.
-                yield dropped(source, pos, "bad_record", "truncated file: record at offset %d has %d of "
-                              "%s bytes" % (pos, block.count, rec.length or "?"), rid, url, date)
+            decompressor = it.reader.decompressor if it.reader is not None else None
+            if rec.length is None or block.count < rec.length or not getattr(decompressor, "eof", True):
+                # End of file inside this record (or inside its gzip member): a truncated file.
+                what = ("its gzip member ends early" if rec.length and block.count == rec.length
+                        else "%d of %s bytes" % (block.count, rec.length or "?"))
+                yield dropped(source, pos, "bad_record", "truncated file: record at offset %d is cut off "
+                              "(%s)" % (pos, what), rid, url, date)
                 return
             if reason == "ok":
                 yield kept(source, pos, rid, url, text, date)
@@ -157,6 +186,8 @@ def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[R
             yield dropped(source, last_end, "bad_record", "truncated file: %d bytes after the last "
                           "complete record (offset %d) are not a record" % (size - last_end, last_end))
     except Exception as e:
+        if n > 0 and "non-chunked gzip" in str(e):
+            raise _WholeFileGzip(n)
         # warcio quotes the unparseable first line (binary junk, for a non-WARC file): leave it out.
         msg = "%s: %s" % (type(e).__name__, _printable(str(e).split(" first line:")[0])[:200])
         if n == 0:

@@ -1,0 +1,183 @@
+"""The ingest Spark job end to end on real files in a real local SparkSession."""
+import glob
+import hashlib
+import json
+import os
+
+import pytest
+
+from ingest_inputs import WarcBuilder, page_bytes, write_jsonl, write_parquet
+from jobs import ingest as job
+from pipeline.accounting import DROP_REASONS
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.tabular import MissingColumnError, content_id
+
+DUP_ID = "<urn:uuid:00000000-0000-0000-0000-00000000d0d0>"
+
+
+def build_inputs(d):
+    """A directory of every kind of input, good and bad; returns the number of records in it."""
+    n = 0
+    a = WarcBuilder(gzip=True)
+    a.warcinfo()
+    for i in range(12):
+        a.response("http://a.example/%d" % i, page_bytes(i))
+    a.response("http://a.example/404", b"<p>gone</p>", status="404 Not Found")
+    a.response("http://a.example/img", b"\x89PNG" + bytes(200), content_type="image/png")
+    a.response("http://a.example/bin", os.urandom(5000))
+    a.response("http://a.example/empty", b"<html><body></body></html>")
+    a.response("http://a.example/dup", page_bytes(50), record_id=DUP_ID)
+    a.write(os.path.join(d, "a.warc.gz"))
+    n += len(a.ids)
+    b = WarcBuilder(gzip=False)
+    b.response("http://b.example/dup-again", page_bytes(51), record_id=DUP_ID)
+    for i in range(5):
+        b.response("http://b.example/%d" % i, page_bytes(100 + i), content_type="text/html; charset=iso-8859-1")
+    b.write(os.path.join(d, "b.warc"))
+    n += len(b.ids)
+    t = WarcBuilder(gzip=True)
+    for i in range(6):
+        t.response("http://t.example/%d" % i, page_bytes(200 + i, words=300))
+    with open(os.path.join(d, "trunc.warc.gz"), "wb") as f:
+        f.write(t.bytes()[:(t.offsets[3] + t.offsets[4]) // 2])  # cut inside the 4th record
+    n += 4  # 3 complete records + one bad tail
+    with open(os.path.join(d, "junk.warc.gz"), "wb") as f:
+        f.write(os.urandom(4000))
+    n += 1
+    write_jsonl(os.path.join(d, "c.jsonl.gz"), [
+        {"id": "j1", "text": "a json document", "url": "http://c.example/1"},
+        {"text": "no id, so a content id", "url": "http://c.example/2"},
+        {"text": None}, b"{broken json", b"",
+    ], compress=True)
+    n += 4
+    write_parquet(os.path.join(d, "d.parquet"), {"text": ["parquet one", None, " ", "parquet four"],
+                                                 "url": ["http://d.example/1", None, None, None]})
+    n += 4
+    with open(os.path.join(d, "README.txt"), "w") as f:
+        f.write("not an input")
+    return n
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ingest")
+    inp = root / "in"
+    inp.mkdir()
+    n = build_inputs(str(inp))
+    cfg = IngestConfig(input=(str(inp),), output=str(root / "out"))
+    stats = job.run(spark, cfg)
+    return {"root": root, "inp": str(inp), "n": n, "cfg": cfg, "stats": stats,
+            "docs": str(root / "out" / "docs"), "dropped": str(root / "out" / "ingest" / "dropped")}
+
+
+def test_every_record_is_accounted_for(ingested):
+    s = ingested["stats"]
+    assert s["records_in"] == ingested["n"]
+    assert s["records_in"] == s["records_out"] + sum(s["dropped"].values())
+    assert set(s["dropped"]) <= set(DROP_REASONS)
+    assert s["dropped"] == {"bad_record": 4, "decode_error": 1, "duplicate_id": 1, "empty_text": 2,
+                            "http_status": 1, "not_html": 1, "not_response": 1, "unreadable_file": 1}
+    assert s["records_out"] == 12 + 1 + 5 + 3 + 2 + 2
+    assert s["files"] == 6 and s["skipped_files"] == [os.path.join(ingested["inp"], "README.txt")]
+
+
+def test_outputs_agree_with_stats_and_schema(spark, ingested):
+    docs = spark.read.parquet(ingested["docs"])
+    dropped = spark.read.parquet(ingested["dropped"])
+    assert [(f.name, f.dataType.simpleString()) for f in docs.schema] == [
+        ("id", "string"), ("url", "string"), ("text", "string"), ("source", "string"), ("warc_date", "string")]
+    assert [(f.name, f.dataType.simpleString()) for f in dropped.schema] == [
+        ("source", "string"), ("record_id", "string"), ("reason", "string"), ("detail", "string")]
+    assert docs.count() == ingested["stats"]["records_out"]
+    by_reason = {r.reason: r["count"] for r in dropped.groupBy("reason").count().collect()}
+    assert by_reason == ingested["stats"]["dropped"]
+    rows = docs.collect()
+    assert len({r.id for r in rows}) == len(rows)
+    assert all(r.text and r.text == r.text.strip() for r in rows)
+    assert os.path.exists(os.path.join(ingested["docs"], "_config.json")) is False  # run() leaves it to main()
+    files = glob.glob(os.path.join(ingested["docs"], "*.parquet"))
+    assert files and all(f.endswith(".snappy.parquet") for f in files)
+
+
+def test_bad_files_are_named_in_errors_and_drops(spark, ingested):
+    errors = ingested["stats"]["errors"]
+    junk = os.path.join(ingested["inp"], "junk.warc.gz")
+    trunc = os.path.join(ingested["inp"], "trunc.warc.gz")
+    assert any(e.startswith(junk + ": unreadable_file") for e in errors)
+    assert any(e.startswith(trunc + ": bad_record: truncated") for e in errors)
+    d = {(r.source, r.reason) for r in spark.read.parquet(ingested["dropped"]).collect()}
+    assert (junk, "unreadable_file") in d and (trunc, "bad_record") in d
+
+
+def test_duplicate_ids_keep_the_first_by_source_order(spark, ingested):
+    docs = spark.read.parquet(ingested["docs"]).filter("id = '%s'" % DUP_ID).collect()
+    assert len(docs) == 1 and docs[0].url == "http://a.example/dup"
+    assert docs[0].source == os.path.join(ingested["inp"], "a.warc.gz")
+    dup = spark.read.parquet(ingested["dropped"]).filter("reason = 'duplicate_id'").collect()
+    assert [(r.record_id, r.source) for r in dup] == [(DUP_ID, os.path.join(ingested["inp"], "b.warc"))]
+    assert "a.warc.gz" in dup[0].detail
+
+
+def test_tabular_ids_and_fields(spark, ingested):
+    docs = {r.text: r for r in spark.read.parquet(ingested["docs"]).collect()}
+    assert docs["a json document"].id == "j1"
+    assert docs["no id, so a content id"].id == content_id("http://c.example/2", "no id, so a content id")
+    assert docs["parquet one"].id == content_id("http://d.example/1", "parquet one")
+    assert docs["parquet four"].id == content_id(None, "parquet four")
+    assert docs["parquet four"].source == os.path.join(ingested["inp"], "d.parquet")
+    assert docs["parquet four"].warc_date is None and docs["a json document"].url == "http://c.example/1"
+    warc_doc = next(r for r in docs.values() if r.url == "http://b.example/0")
+    assert warc_doc.id.startswith("<urn:uuid:") and warc_doc.warc_date.endswith("Z")
+    assert "café" in warc_doc.text  # declared iso-8859-1, really UTF-8
+
+
+def _file_digests(d):
+    return sorted(hashlib.sha256(open(p, "rb").read()).hexdigest()
+                  for p in glob.glob(os.path.join(d, "*.parquet")))
+
+
+def test_rerun_gives_identical_files(spark, ingested):
+    out2 = str(ingested["root"] / "out2")
+    stats = job.run(spark, IngestConfig(input=(ingested["inp"],), output=out2))
+    assert {k: v for k, v in stats.items() if k not in ("seconds", "output")} == \
+        {k: v for k, v in ingested["stats"].items() if k not in ("seconds", "output")}
+    assert _file_digests(ingested["docs"]) == _file_digests(os.path.join(out2, "docs"))
+    assert _file_digests(ingested["dropped"]) == _file_digests(os.path.join(out2, "ingest", "dropped"))
+
+
+def test_missing_text_column_is_a_clear_error(spark, tmp_path):
+    pq = write_parquet(str(tmp_path / "x.parquet"), {"content": ["a"], "url": ["u"]})
+    with pytest.raises(MissingColumnError, match=r"'text' not found in .*x\.parquet.*content, url"):
+        job.run(spark, IngestConfig(input=(pq,), output=str(tmp_path / "o1")))
+    good = write_jsonl(str(tmp_path / "good.jsonl"), [{"text": "fine"}])
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"body": "x", "lang": "en"}] * 3)
+    with pytest.raises(MissingColumnError, match=r"(?s)bad\.jsonl.*body, lang") as e:
+        job.run(spark, IngestConfig(input=(good, bad), output=str(tmp_path / "o2")))
+    assert "good.jsonl" not in str(e.value)
+    assert not os.path.exists(str(tmp_path / "o2" / "docs"))
+
+
+def test_all_inputs_unreadable_fails_naming_them(spark, tmp_path):
+    for name in ("x.warc.gz", "y.warc"):
+        (tmp_path / name).write_bytes(os.urandom(2000))
+    with pytest.raises(job.IngestError, match=r"(?s)every input file is unreadable.*x\.warc\.gz.*y\.warc"):
+        job.run(spark, IngestConfig(input=(str(tmp_path / "*.warc*"),), output=str(tmp_path / "out")))
+
+
+def test_cli_main_with_resiliparse_and_non_string_text_column(spark, tmp_path, capsys):
+    w = WarcBuilder()
+    for i in range(3):
+        w.response("http://e.example/%d" % i, page_bytes(i))
+    w.write(str(tmp_path / "e.warc.gz"))
+    write_parquet(str(tmp_path / "n.parquet"), {"text": [1, 2]})
+    out = str(tmp_path / "out")
+    assert job.main(["--input", str(tmp_path / "e.warc.gz"), str(tmp_path / "n.parquet"), "--output", out,
+                     "--extractor", "resiliparse", "--num-partitions", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 records in, 3 documents out" in printed and "bad_record" in printed
+    saved = json.load(open(os.path.join(out, "docs", "_config.json")))
+    assert saved["job"] == "IngestConfig" and saved["config"]["extractor"] == "resiliparse"
+    texts = [r.text for r in spark.read.parquet(os.path.join(out, "docs")).collect()]
+    assert len(texts) == 3 and all(t.startswith("Page ") for t in texts)
+    assert job.main(["--input", str(tmp_path / "nothing-here*.warc"), "--output", out]) == 2
+    assert "no input files match" in capsys.readouterr().err

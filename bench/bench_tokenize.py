@@ -1,0 +1,110 @@
+"""Tokenize core throughput (no Spark): tiktoken per-document `encode_ordinary` vs
+`encode_ordinary_batch` (1, 2, 4 threads), and `pipeline.tokenize.tokenize_arrow_batches`, the body of
+the Spark task (Arrow record batch of texts in -> record batch of token lists out), which uses the plain
+loop with one thread and the batch API with more.
+
+    python bench/bench_tokenize.py [--docs 2000] [--repeat 3] [--bpe-file F | --tiktoken-cache D]
+
+Texts come from the sample generator (`pipeline.sample.generate_documents`, English-like web pages).
+Prints a table and writes bench/results/tokenize.json. Every method's tokens are checked to be equal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from pipeline import tokenize as tk  # noqa: E402
+from pipeline.bpe import EOT_TOKEN  # noqa: E402
+from pipeline.sample import generate_documents  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tokenize.json")
+
+
+def best_seconds(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--docs", type=int, default=2000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=tk.DEFAULT_BATCH_SIZE)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--bpe-file")
+    p.add_argument("--tiktoken-cache")
+    p.add_argument("--out", default=RESULTS)
+    ns = p.parse_args(argv)
+
+    import pyarrow as pa
+
+    data = tk.load_bpe_bytes(ns.tiktoken_cache, ns.bpe_file)
+    enc = tk.encoding_from_bytes(data)
+    texts = [d["text"] for d in generate_documents(ns.docs, seed=1)]
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    reference = tk.encode_docs_one_by_one(enc, texts)
+    n_tokens = sum(len(t) for t in reference)
+
+    def batched(threads):  # tiktoken's batch API over chunks, EOT added as the job does
+        out = []
+        for lo in range(0, len(texts), ns.batch_size):
+            chunk = enc.encode_ordinary_batch(texts[lo:lo + ns.batch_size], num_threads=threads)
+            out.extend([EOT_TOKEN] + toks for toks in chunk)
+        return out
+
+    ids = pa.array([str(i) for i in range(len(texts))])
+    batches = [pa.RecordBatch.from_arrays([ids.slice(lo, 10000), pa.array(texts[lo:lo + 10000])], ["id", "text"])
+               for lo in range(0, len(texts), 10000)]  # Spark's default maxRecordsPerBatch
+
+    def arrow(threads):
+        return [b for b in tk.tokenize_arrow_batches(iter(batches), data, ns.batch_size, threads)]
+
+    methods = [("per-doc encode_ordinary", lambda: tk.encode_docs_one_by_one(enc, texts), 1)]
+    methods += [("encode_ordinary_batch", lambda t=t: batched(t), t) for t in ns.threads]
+    methods += [("tokenize_arrow_batches", lambda t=t: arrow(t), t) for t in ns.threads[:2]]
+
+    # all methods produce the same tokens
+    assert batched(ns.threads[-1]) == reference
+    assert [t for b in arrow(1) for t in b.column(2).to_pylist()] == reference
+
+    rows = []
+    for name, fn, threads in methods:
+        secs = best_seconds(fn, ns.repeat)
+        rows.append({"method": name, "threads": threads, "seconds": round(secs, 4),
+                     "tokens_per_s": round(n_tokens / secs), "docs_per_s": round(len(texts) / secs, 1),
+                     "mb_per_s": round(mb / secs, 2)})
+    base = rows[0]["tokens_per_s"]
+    header = "%-28s %7s %9s %12s %10s %8s %8s" % ("method", "threads", "seconds", "tokens/s", "docs/s",
+                                                  "MB/s", "speedup")
+    print("%d docs, %.1f MB text, %d tokens (%.2f bytes/token), batch size %d, best of %d"
+          % (len(texts), mb, n_tokens, mb * 1e6 / n_tokens, ns.batch_size, ns.repeat))
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print("%-28s %7d %9.3f %12d %10.1f %8.2f %7.2fx" % (r["method"], r["threads"], r["seconds"],
+                                                          r["tokens_per_s"], r["docs_per_s"], r["mb_per_s"],
+                                                          r["tokens_per_s"] / base))
+    result = {"bench": "tokenize", "docs": len(texts), "text_mb": round(mb, 3), "tokens": n_tokens,
+              "batch_size": ns.batch_size, "repeat": ns.repeat, "rows": rows,
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "platform": platform.platform(), "loadavg_1m": os.getloadavg()[0]},
+              "command": "python bench/bench_tokenize.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    os.makedirs(os.path.dirname(ns.out), exist_ok=True)
+    with open(ns.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print("wrote %s" % ns.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

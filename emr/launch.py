@@ -229,6 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command, cfg = parse(sys.argv[1:] if argv is None else argv)
     if command in ("create-cluster", "run"):
         cfg = resolve_region(cfg)
+    if command == "run":  # a transient cluster: it ends after its one step
+        cfg = dataclasses.replace(cfg, keep_alive=False)
     _log("config: %s" % json.dumps(cfg.to_dict(), sort_keys=True))
     try:
         if command == "bundle":
@@ -240,9 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif command == "create-cluster":
             _print_json(create_cluster(cfg))
         elif command == "run":
-            transient = dataclasses.replace(cfg, keep_alive=False)
-            result = upload(transient)
-            result.update(create_cluster(transient, steps=[spec.step(transient)]))
+            result = upload(cfg)
+            result.update(create_cluster(cfg, steps=[spec.step(cfg)]))
             _print_json(result)
         elif command == "submit":
             _print_json(submit(cfg))

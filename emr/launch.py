@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -107,14 +108,21 @@ def upload(cfg: LaunchConfig) -> Dict:
 
     a = spec.artifacts(cfg)
     scratch = storage.local_scratch_dir()
-    bundle_path = os.path.join(scratch, "pipeline-bundle.zip")
+    try:
+        return _upload(cfg, a, os.path.join(scratch, "pipeline-bundle.zip"), R50K_SHA256)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _upload(cfg: LaunchConfig, a: Dict[str, str], bundle_path: str, bpe_sha256: str) -> Dict:
     package.build_bundle(bundle_path)
     plan = upload_plan(cfg, bundle_path)
     manifest = {uri: {"sha256": package.sha256_file(path), "bytes": os.path.getsize(path),
                       "source": os.path.relpath(path, package.REPO_ROOT) if path != bundle_path
                       else "emr.package.build_bundle"} for path, uri in plan}
-    if manifest[a["bpe"]]["sha256"] != R50K_SHA256:
-        raise spec.ConfigError("%s is not tiktoken's r50k_base rank file (sha256 mismatch)" % plan[-1][0])
+    if manifest[a["bpe"]]["sha256"] != bpe_sha256:
+        bpe_path = [path for path, uri in plan if uri == a["bpe"]][0]
+        raise spec.ConfigError("%s is not tiktoken's r50k_base rank file (sha256 mismatch)" % bpe_path)
     if cfg.dry_run:
         return {"upload": manifest}
     # Wheels from an older upload must not linger: bootstrap.sh installs whatever is there.

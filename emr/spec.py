@@ -23,8 +23,9 @@ NODE_TIKTOKEN_DIR = "/opt/pipeline/tiktoken"
 NODE_PYTHON = "/usr/bin/python3"  # Python 3.9 on emr-7.x (Amazon Linux 2023)
 JOBS_TAKING_BPE = ("run_pipeline", "tokenize")
 
-# (vCPUs, EMR's default yarn.nodemanager.resource.memory-mb) per instance type. Override with
-# --yarn-memory-mb for types not listed or if your release differs.
+# (vCPUs, EMR's default yarn.nodemanager.resource.memory-mb) per instance type, as in EMR's "Task
+# configuration" tables (not checked against a live cluster here). Override with --yarn-memory-mb for
+# types not listed or if your release differs: `yarn node -list -showDetails` on the primary shows it.
 INSTANCE_YARN = {
     "m5.xlarge": (4, 12288), "m5.2xlarge": (8, 24576), "m5.4xlarge": (16, 57344),
     "r5.xlarge": (4, 24576), "r5.2xlarge": (8, 57344), "r5.4xlarge": (16, 122880),

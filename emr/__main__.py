@@ -1,0 +1,5 @@
+import sys
+
+from emr.launch import main
+
+sys.exit(main())

@@ -33,6 +33,7 @@ from pipeline.shards import MANIFEST, write_shard_pieces  # noqa: E402
 from pipeline.spark import get_spark  # noqa: E402
 
 PIECES_SCHEMA = "shard int, pos long, first boolean, data binary"
+DOCS_PER_SORT_PARTITION = 2_000_000  # (id, n_tokens) pairs: ~150 MB of Python objects to sort
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ def run(spark, cfg: ShardsConfig) -> dict:
 
     # 1. id order and per-partition totals. sortByKey fixes its range bounds once, in this RDD object,
     #    so every later use (and any recomputation) sees the same partitions.
-    meta = (tokens.select("id", "n_tokens").rdd.map(tuple)
-            .sortByKey(numPartitions=max(1, sc.defaultParallelism)).persist())
+    n_parts = max(1, sc.defaultParallelism, -(-tokens.count() // DOCS_PER_SORT_PARTITION))
+    meta = tokens.select("id", "n_tokens").rdd.map(tuple).sortByKey(numPartitions=n_parts).persist()
     blocks = meta.mapPartitions(_block_stats).collect()
     cum_starts, total = [], 0
     for _, n in blocks:

@@ -72,7 +72,7 @@ def run(spark, cfg: TokenizeConfig) -> dict:
     tokens = (docs.filter(F.col("text").isNotNull())
               .repartition(n_parts, "id")
               .mapInArrow(encode, TOKENS_SCHEMA)
-              .sortWithinPartitions("id"))
+              .sortWithinPartitions("id", "tokens"))  # tokens only break ties (ids are unique)
     tokens.write.mode("overwrite").option("compression", "snappy").parquet(storage.to_spark_path(out_dir))
 
     # Count from the written output (small columns) rather than scanning the texts a second time.

@@ -1,0 +1,201 @@
+"""The dedup job on the real local SparkSession, on hand-built corpora whose clusters are known."""
+import glob
+import json
+import os
+import random
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import dedup as job
+from pipeline.accounting import check_stage
+from pipeline.dedup.components import connected_components
+from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.local import dedup_local
+from pipeline.dedup.shingles import jaccard, shingle_hashes
+
+VOCAB = ["w%d" % i for i in range(5000)]
+
+
+def _mutate(rng, words, k):
+    """Replace k words at positions >= 5 apart: changes exactly 5k of the shingles."""
+    out = list(words)
+    for pos in range(10, 10 + 10 * k, 10):
+        out[pos] = "x%d" % rng.randrange(10 ** 9)
+    return out
+
+
+def build_corpus():
+    rng = random.Random(11)
+    docs = {}
+
+    def text(ws):
+        return " ".join(ws)
+
+    a = [rng.choice(VOCAB) for _ in range(150)]
+    docs["a0"] = text(a)
+    docs["a1"] = text(a)
+    docs["a2"] = text(w.upper() for w in a)                 # same words after normalisation
+    docs["a3"] = text(a) + " " + text(a[:2])                 # J ~ 0.99, longest -> kept
+
+    b = [rng.choice(VOCAB) for _ in range(300)]
+    docs["b0"] = text(b)
+    docs["b1"] = text(_mutate(rng, b, 3))                    # J = 281/311 = 0.90 -> duplicate
+    c = [rng.choice(VOCAB) for _ in range(300)]
+    docs["c0"] = text(c)
+    docs["c1"] = text(_mutate(rng, c, 8))                    # J = 256/336 = 0.76 -> not
+
+    # chain: d0 ~ d1 ~ d2 (J ~ 0.87 each) but J(d0, d2) ~ 0.76: still one component
+    d = [rng.choice(VOCAB) for _ in range(300)]
+    d1 = _mutate(rng, d, 4)
+    d2 = list(d1)
+    for pos in range(15, 55, 10):
+        d2[pos] = "y%d" % rng.randrange(10 ** 9)
+    docs["d0"], docs["d1"], docs["d2"] = text(d), text(d1), text(d2)
+
+    # boilerplate: 10 pages share 300 words of template + 60 own words (pairwise J ~ 0.7, so they
+    # collide in LSH buckets a lot) and p0 has a true near-copy q0; nothing else may join them.
+    template = [rng.choice(VOCAB) for _ in range(300)]
+    for i in range(10):
+        own = [rng.choice(VOCAB) for _ in range(60)]
+        docs["p%d" % i] = text(template + own)
+        if i == 0:
+            docs["q0"] = text(_mutate(rng, template + own, 1))
+
+    docs["s0"] = "Hello world"
+    docs["s1"] = "hello, WORLD!"
+    docs["s2"] = "hello there"
+    docs["s3"] = "hello world " + text(a[:10])
+    docs["e0"] = ""
+    docs["e1"] = "  ...  "
+    docs["e2"] = None
+    return docs
+
+
+def exact_clusters(docs, threshold=0.8):
+    ids = sorted(docs)
+    hashes = {i: shingle_hashes(docs[i] or "") for i in ids}
+    parent = {i: i for i in ids}
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for x in range(len(ids)):
+        for y in range(x + 1, len(ids)):
+            if jaccard(hashes[ids[x]], hashes[ids[y]]) >= threshold:
+                rx, ry = find(ids[x]), find(ids[y])
+                parent[max(rx, ry)] = min(rx, ry)
+    return {i: find(i) for i in ids}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    docs = build_corpus()
+    root = tmp_path_factory.mktemp("dedup")
+    frame = pd.DataFrame({"id": list(docs), "url": ["http://x/%s" % i for i in docs],
+                          "text": list(docs.values()), "source": "test", "warc_date": "2024-01-01"})
+    # two input files, rows not in id order: the output must not depend on input order
+    frame = frame.sample(frac=1.0, random_state=1)
+    os.makedirs(str(root / "docs"))
+    frame.iloc[:20].to_parquet(str(root / "docs" / "part-0.parquet"), index=False)
+    frame.iloc[20:].to_parquet(str(root / "docs" / "part-1.parquet"), index=False)
+    return docs, root
+
+
+@pytest.fixture(scope="module")
+def result(spark, corpus):
+    docs, root = corpus
+    assert job.main(["--input", str(root / "docs"), "--output", str(root / "out")]) == 0
+    report = pd.read_parquet(str(root / "out" / "dedup" / "report"))
+    kept = pd.read_parquet(str(root / "out" / "dedup" / "kept"))
+    return report, kept
+
+
+def test_corpus_is_what_it_claims():
+    docs = build_corpus()
+    h = {i: shingle_hashes(t or "") for i, t in docs.items()}
+    assert jaccard(h["b0"], h["b1"]) == pytest.approx(281 / 311)
+    assert jaccard(h["c0"], h["c1"]) < 0.8
+    assert jaccard(h["d0"], h["d1"]) >= 0.8 and jaccard(h["d1"], h["d2"]) >= 0.8
+    assert jaccard(h["d0"], h["d2"]) < 0.8
+    assert 0.6 < jaccard(h["p1"], h["p2"]) < 0.8 and jaccard(h["p0"], h["q0"]) > 0.9
+
+
+def test_clusters_match_exact_jaccard_truth(result, corpus):
+    docs, _ = corpus
+    report, _ = result
+    got = dict(zip(report["id"], report["cluster_id"]))
+    assert got == exact_clusters(docs)
+    assert got["a1"] == got["a2"] == got["a3"] == "a0"
+    assert got["b1"] == "b0" and got["c1"] == "c1"
+    assert got["d0"] == got["d1"] == got["d2"] == "d0"           # chain through d1
+    assert got["q0"] == "p0" and all(got["p%d" % i] == "p%d" % i for i in range(1, 10))
+    assert got["s1"] == "s0" and got["s2"] == "s2" and got["s3"] == "s3"
+    assert all(got[e] == e for e in ("e0", "e1", "e2"))           # empty docs never match
+
+
+def test_report_schema_one_row_per_doc_one_kept_per_cluster(result, corpus):
+    docs, root = corpus
+    report, kept = result
+    schema = pq.read_schema(glob.glob(str(root / "out" / "dedup" / "report" / "*.parquet"))[0])
+    assert [(f.name, str(f.type)) for f in schema] == [
+        ("id", "string"), ("cluster_id", "string"), ("cluster_size", "int64"), ("kept", "bool")]
+    assert sorted(report["id"]) == sorted(docs)
+    sizes = report.groupby("cluster_id")["id"].count()
+    assert (report["cluster_size"] == report["cluster_id"].map(sizes)).all()
+    assert (report.groupby("cluster_id")["kept"].sum() == 1).all()
+    for cid, members in report.groupby("cluster_id"):
+        assert cid == min(members["id"])
+        best = min(members["id"], key=lambda i: (-len(docs[i] or ""), i))
+        assert members.set_index("id")["kept"][best]
+    assert report.set_index("id")["kept"]["a3"]                   # longest copy survives
+    # kept/ holds exactly the kept documents, all input columns, unchanged text
+    assert list(kept.columns) == ["id", "url", "text", "source", "warc_date"]
+    assert sorted(kept["id"]) == sorted(report.loc[report["kept"], "id"])
+    assert all(kept.set_index("id")["text"][i] == docs[i] for i in kept["id"] if docs[i] is not None)
+    for d in ("kept", "report"):
+        cfg = json.load(open(str(root / "out" / "dedup" / d / "_config.json")))
+        assert cfg["job"] == "DedupConfig" and cfg["config"]["threshold"] == 0.8
+
+
+def test_stats_and_determinism(spark, corpus, result):
+    docs, root = corpus
+    report, _ = result
+    cfg = DedupConfig(input=str(root / "docs"), output=str(root / "again"))
+    stats = job.run(spark, cfg)
+    check_stage(stats)
+    assert stats["records_in"] == len(docs)
+    assert stats["records_out"] == int(report["kept"].sum())
+    assert stats["duplicates_removed"] == len(docs) - stats["records_out"]
+    assert (stats["bands"], stats["rows"]) == (16, 8)
+    assert stats["verified_pairs"] < stats["candidate_pairs"]    # boilerplate pairs were rejected
+    assert stats["clusters"] == 5 and stats["docs_without_shingles"] == 3
+    for d in ("report", "kept"):
+        def contents(out):
+            files = sorted(glob.glob(str(root / out / "dedup" / d / "part-*.parquet")),
+                           key=lambda p: os.path.basename(p)[:10])
+            return [open(p, "rb").read() for p in files]
+        assert contents("out") == contents("again")
+    # and the single-process reference core agrees
+    ref, _ = dedup_local(list(docs), list(docs.values()))
+    assert {r["id"]: (r["cluster_id"], r["kept"]) for r in ref} == \
+        {i: (c, k) for i, c, k in zip(report["id"], report["cluster_id"], report["kept"])}
+
+
+def test_connected_components_long_path(spark):
+    rng = random.Random(7)
+    nodes = ["n%04d" % i for i in range(400)]
+    path = list(nodes)
+    rng.shuffle(path)                                              # minimum somewhere in the middle
+    edges = [(path[i], path[i + 1]) for i in range(len(path) - 1)]
+    edges += [("m2", "m1"), ("m3", "m2"), ("m1", "m3"), ("z1", "z0"), ("z0", "z1"), ("z1", "z1")]
+    df = spark.createDataFrame(edges, "src string, dst string")
+    labels, rounds = connected_components(df)
+    got = {r["id"]: r["cluster_id"] for r in labels.collect()}
+    assert len(got) == labels.count() == 400 + 5
+    assert all(got[n] == "n0000" for n in nodes)
+    assert got["m3"] == got["m2"] == "m1" and got["z1"] == "z0" == got["z0"]
+    assert 2 <= rounds <= 30                                       # log-ish, not the path length

@@ -1,0 +1,114 @@
+"""Dedup building blocks without Spark: shingle hashing, MinHash, banding choice, reference core."""
+import random
+
+import numpy as np
+import pytest
+
+from pipeline.dedup import shingles as S
+from pipeline.dedup.lsh import (choose_bands_rows, collision_probability, false_negative_area,
+                                resolve_bands_rows)
+from pipeline.dedup.local import dedup_local
+from pipeline.dedup.minhash import MinHasher, band_keys, estimate_jaccard, permutation_params
+
+VOCAB = ["w%d" % i for i in range(5000)]
+
+
+def words(rng, n):
+    return [rng.choice(VOCAB) for _ in range(n)]
+
+
+def test_fast_word_split_matches_regex_definition():
+    rng = random.Random(2)
+    alphabet = "aZ_9 \t\n.,—’“é\u00a0\u2003İßΣς文字-–'K\u0307\u200b"
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert S._word_bytes(text) == [w.encode() for w in S.normalize_words(text)], repr(text)
+
+
+def test_shingle_hashes_one_per_shingle_string_and_batch_equals_single():
+    rng = random.Random(3)
+    parts = ["Ab", "c", "É", ".", "  ", "x", "Straße", "42"]
+    texts = ["".join(rng.choice(parts) for _ in range(rng.randint(0, 25))) for _ in range(500)]
+    texts += [None, "", "one two three", "One, two; THREE!"]
+    flat, offsets = S.shingle_hashes_batch(texts)
+    for i, t in enumerate(texts):
+        single = S.shingle_hashes(t or "")
+        assert np.array_equal(flat[offsets[i]:offsets[i + 1]], single)
+        assert len(single) == len(S.shingle_strings(t or ""))
+        assert np.all(np.diff(single.astype(np.float64)) >= 0)  # sorted
+    # short documents: one whole-text shingle, equal only when the normalised words are equal
+    assert np.array_equal(S.shingle_hashes("one two three"), S.shingle_hashes("One, two; THREE!"))
+    assert len(S.shingle_hashes("one two three")) == 1
+    assert not np.array_equal(S.shingle_hashes("one two"), S.shingle_hashes("one two three"))
+    assert len(S.shingle_hashes(" ... ")) == 0
+
+
+def test_word_order_matters_in_shingles():
+    assert not np.array_equal(S.shingle_hashes("a b c d e"), S.shingle_hashes("e d c b a"))
+    assert S.jaccard(S.shingle_hashes("a b c d e f"), S.shingle_hashes("a b c d e g")) == pytest.approx(1 / 3)
+
+
+def test_minhash_is_deterministic_and_estimates_jaccard():
+    a1, b1 = permutation_params(128, seed=1)
+    a2, b2 = permutation_params(128, seed=1)
+    assert np.array_equal(a1, a2) and np.array_equal(b1, b2) and np.all(a1 % 2 == 1)
+    rng = random.Random(4)
+    hasher = MinHasher(128)
+    errors = []
+    for _ in range(60):
+        base = words(rng, 300)
+        other = list(base)
+        for pos in rng.sample(range(300), rng.randint(0, 40)):
+            other[pos] = rng.choice(VOCAB)
+        texts = [" ".join(base), " ".join(other)]
+        flat, off, sigs = hasher.signatures(texts)
+        exact = S.jaccard(flat[off[0]:off[1]], flat[off[1]:off[2]])
+        errors.append(abs(estimate_jaccard(sigs[0], sigs[1]) - exact))
+        assert np.array_equal(sigs[0], hasher.signature(S.shingle_hashes(texts[0])))
+    # the standard error of a 128-permutation estimate is <= 0.5/sqrt(128) = 0.044
+    assert np.mean(errors) < 0.04 and max(errors) < 0.2
+
+
+def test_empty_documents_get_no_signature_and_band_keys_split_by_band():
+    hasher = MinHasher(64)
+    flat, off, sigs = hasher.signatures(["", None, "a b c d e f g"])
+    assert list(np.diff(off)) == [0, 0, 3] and not sigs[:2].any()
+    keys = band_keys(sigs, 8, 8)
+    assert keys.shape == (3, 8) and keys.dtype == np.int64
+    assert len(set(keys[2].tolist())) == 8  # same rows in different bands give different keys
+    with pytest.raises(ValueError):
+        band_keys(sigs, 9, 8)
+
+
+def test_banding_choice():
+    assert choose_bands_rows(0.8, 128) == (16, 8)            # default: recall-weighted
+    assert choose_bands_rows(0.8, 128, 0.5, 0.5) == (9, 13)  # equal weights (datasketch's default)
+    b, r = choose_bands_rows(0.8, 128)
+    assert collision_probability(0.85, b, r) > 0.99 and collision_probability(0.5, b, r) < 0.1
+    # more weight on false negatives never increases the false-negative area
+    b2, r2 = choose_bands_rows(0.8, 128, 0.5, 0.5)
+    assert false_negative_area(0.8, b, r) < false_negative_area(0.8, b2, r2)
+    assert resolve_bands_rows(0.8, 128, 20, 5) == (20, 5)
+    assert resolve_bands_rows(0.8, 128, bands=32) == (32, 4)
+    assert resolve_bands_rows(0.8, 128, rows=4) == (32, 4)
+    with pytest.raises(ValueError):
+        resolve_bands_rows(0.8, 128, 20, 7)
+    for t in (0.5, 0.7, 0.9, 0.95):
+        b, r = choose_bands_rows(t, 128)
+        assert b * r <= 128 and collision_probability(t, b, r) > 0.5
+
+
+def test_local_core_keeps_one_per_cluster_and_never_matches_empty_docs():
+    rng = random.Random(5)
+    base = words(rng, 200)
+    near = list(base)
+    near[100] = "changed"
+    ids = ["d1", "d0", "d2", "e1", "e0"]
+    texts = [" ".join(base), " ".join(base) + " tail", " ".join(near), "", None]
+    report, stats = dedup_local(ids, texts)
+    by_id = {r["id"]: r for r in report}
+    assert {by_id[i]["cluster_id"] for i in ("d0", "d1", "d2")} == {"d0"}
+    assert by_id["d0"]["kept"] and not by_id["d1"]["kept"] and not by_id["d2"]["kept"]  # longest
+    assert by_id["e0"] == {"id": "e0", "cluster_id": "e0", "cluster_size": 1, "kept": True}
+    assert by_id["e1"]["cluster_size"] == 1
+    assert stats["records_in"] == stats["records_out"] + stats["duplicates_removed"] == 5

@@ -126,7 +126,7 @@ def exact_truth(docs_path: str, threshold: float = 0.8, ngram: int = 5):
     if len(docs) > EXACT_WARN_DOCS:
         print("warning: exact truth over %d documents runs in one process and may take a while "
               "(meant for <= %d)" % (len(docs), EXACT_WARN_DOCS), file=sys.stderr)
-    truth, _ = exact_clusters(docs["id"].tolist(), docs["text"].tolist(), threshold, ngram)
+    truth, _ = exact_clusters(docs["id"].tolist(), docs["text"].tolist(), threshold, ngram, with_pairs=False)
     return truth
 
 

@@ -21,7 +21,7 @@ minute when near-duplicates are a minority); it runs in one process, in memory.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -94,15 +94,8 @@ def _candidate_pairs(ranks: np.ndarray, indptr: np.ndarray, threshold: float) ->
     return a[ok], b[ok]
 
 
-def similar_pairs(sets: Sequence[np.ndarray], threshold: float = DEFAULT_THRESHOLD
-                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (i, j, J), i < j, of sets with exact Jaccard J >= threshold (0 < threshold <= 1).
-
-    `sets` are sorted-unique uint64 arrays as made by `shingle_hashes`. Empty sets match nothing.
-    Pairs come sorted by (i, j).
-    """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError("threshold must be in (0, 1], got %r" % threshold)
+def _join(sets: Sequence[np.ndarray], threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix-filtered join: pairs (i, j, J), i < j, J >= threshold, sorted by (i, j)."""
     ranks, indptr = _ranked_sets(sets)
     a, b = _candidate_pairs(ranks, indptr, threshold)
     lens = np.diff(indptr)
@@ -114,6 +107,68 @@ def similar_pairs(sets: Sequence[np.ndarray], threshold: float = DEFAULT_THRESHO
         sims[k] = inter / float(lens[a[k]] + lens[b[k]] - inter)
     ok = sims >= threshold
     return a[ok], b[ok], sims[ok]
+
+
+def _identical(sets: Sequence[np.ndarray]) -> np.ndarray:
+    """For each set, the index of the first set equal to it (itself if none); -1 for empty sets.
+
+    Crawls hold many byte-identical pages (error pages, mirrors); joining one representative per
+    group keeps a 5,000-copy page from turning into 12.5 million candidate pairs to verify.
+    """
+    import xxhash
+
+    rep = np.full(len(sets), -1, dtype=np.int64)
+    first: Dict[bytes, int] = {}
+    for i, s in enumerate(sets):
+        if len(s) == 0:
+            continue
+        j = first.setdefault(xxhash.xxh3_128_digest(np.asarray(s, dtype=np.uint64).tobytes()), i)
+        rep[i] = j if j == i or np.array_equal(s, sets[j]) else i  # a digest collision stays apart
+    return rep
+
+
+def _representative_pairs(sets: Sequence[np.ndarray], threshold: float):
+    """(rep, a, b, J): `rep` from `_identical`, and the similar pairs among representatives only."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError("threshold must be in (0, 1], got %r" % threshold)
+    rep = _identical(sets)
+    reps = np.flatnonzero(rep == np.arange(len(sets)))
+    a, b, sims = _join([sets[i] for i in reps], threshold)
+    return rep, reps[a], reps[b], sims
+
+
+def _expand(rep: np.ndarray, a: np.ndarray, b: np.ndarray, sims: np.ndarray):
+    """All document pairs implied by representative pairs and groups of identical sets."""
+    members: Dict[int, np.ndarray] = {}
+    dup = np.flatnonzero((rep >= 0) & (rep != np.arange(len(rep))))
+    for r in np.unique(rep[dup]):
+        members[int(r)] = np.r_[r, dup[rep[dup] == r]]
+    if not members:
+        return a, b, sims
+    parts_a, parts_b, parts_s = [], [], []
+    single = np.array([int(x) not in members and int(y) not in members for x, y in zip(a, b)], dtype=bool)
+    parts_a.append(a[single]), parts_b.append(b[single]), parts_s.append(sims[single])
+    for x, y, j in zip(a[~single], b[~single], sims[~single]):
+        gx, gy = members.get(int(x), np.array([x])), members.get(int(y), np.array([y]))
+        xx, yy = np.meshgrid(gx, gy, indexing="ij")
+        parts_a.append(xx.ravel()), parts_b.append(yy.ravel()), parts_s.append(np.full(xx.size, j))
+    for g in members.values():  # identical sets: J = 1 for every pair inside the group
+        iu, ju = np.triu_indices(len(g), 1)
+        parts_a.append(g[iu]), parts_b.append(g[ju]), parts_s.append(np.ones(len(iu)))
+    a, b, sims = np.concatenate(parts_a), np.concatenate(parts_b), np.concatenate(parts_s)
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((b, a))
+    return a[order], b[order], sims[order]
+
+
+def similar_pairs(sets: Sequence[np.ndarray], threshold: float = DEFAULT_THRESHOLD
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i, j, J), i < j, of sets with exact Jaccard J >= threshold (0 < threshold <= 1).
+
+    `sets` are sorted-unique uint64 arrays as made by `shingle_hashes`. Empty sets match nothing.
+    Pairs come sorted by (i, j).
+    """
+    return _expand(*_representative_pairs(sets, threshold))
 
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -139,17 +194,20 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def exact_clusters(ids: Sequence[str], texts: Iterable[Optional[str]], threshold: float = DEFAULT_THRESHOLD,
-                   ngram: int = DEFAULT_NGRAM):
+                   ngram: int = DEFAULT_NGRAM, with_pairs: bool = True):
     """Ground truth for a corpus: (truth DataFrame `id, cluster, has_dup`, pairs DataFrame).
 
     `cluster` is the smallest id of the document's connected component (the id itself for a
     singleton); `has_dup` is True when the component has more than one document. Pairs have columns
-    `id_a, id_b, jaccard` with id_a < id_b. Output rows are sorted by id. Ids must be unique.
+    `id_a, id_b, jaccard` with id_a < id_b (every pair: n identical copies give n(n-1)/2 rows; pass
+    `with_pairs=False` to get None instead when only clusters matter). Rows are sorted by id. Ids
+    must be unique.
     """
-    return clusters_from_sets(ids, [shingle_hashes(t or "", ngram) for t in texts], threshold)
+    return clusters_from_sets(ids, [shingle_hashes(t or "", ngram) for t in texts], threshold, with_pairs)
 
 
-def clusters_from_sets(ids: Sequence[str], sets: Sequence[np.ndarray], threshold: float = DEFAULT_THRESHOLD):
+def clusters_from_sets(ids: Sequence[str], sets: Sequence[np.ndarray], threshold: float = DEFAULT_THRESHOLD,
+                       with_pairs: bool = True):
     """`exact_clusters` for precomputed shingle sets (`shingle_hashes` output), one per id."""
     import pandas as pd
 
@@ -160,11 +218,16 @@ def clusters_from_sets(ids: Sequence[str], sets: Sequence[np.ndarray], threshold
     ids = ids[order]
     if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
         raise ValueError("duplicate ids, e.g. %r" % ids[1:][ids[1:] == ids[:-1]][0])
-    a, b, sims = similar_pairs([sets[i] for i in order], threshold)
-    labels = components(len(ids), a, b)
+    rep, a, b, sims = _representative_pairs([sets[i] for i in order], threshold)
+    # Components need one edge per identical copy (to its representative), not all their pairs.
+    dup = np.flatnonzero((rep >= 0) & (rep != np.arange(len(rep))))
+    labels = components(len(ids), np.r_[a, rep[dup]], np.r_[b, dup])
     sizes = np.bincount(labels, minlength=len(ids))
     truth = pd.DataFrame({"id": ids.astype(str), "cluster": ids[labels].astype(str),
                           "has_dup": sizes[labels] > 1})
+    if not with_pairs:
+        return truth, None
+    a, b, sims = _expand(rep, a, b, sims)
     pairs = pd.DataFrame({"id_a": ids[a].astype(str), "id_b": ids[b].astype(str), "jaccard": sims})
     return truth, pairs
 

@@ -200,6 +200,21 @@ def test_exact_jaccard_matches_brute_force(threshold, ngram):
     assert components(len(sets), a, b).tolist() == _brute_components(len(sets), expected)
 
 
+def test_exact_clusters_match_brute_force_with_many_identical_copies():
+    texts = _random_corpus(200, seed=5)
+    texts += [texts[7]] * 40 + [texts[7] + " w1"] * 3  # a big group of copies plus near-copies
+    ids = ["d%04d" % i for i in range(len(texts))]
+    sets = [shingle_hashes(t, 3) for t in texts]
+    brute = sorted((i, j) for i, j in itertools.combinations(range(len(sets)), 2)
+                   if jaccard(sets[i], sets[j]) >= 0.8)
+    expected = [ids[c] for c in _brute_components(len(ids), brute)]
+    truth, pairs = exact_clusters(ids, texts, 0.8, ngram=3)
+    assert truth["cluster"].tolist() == expected
+    assert list(zip(pairs["id_a"], pairs["id_b"])) == [(ids[i], ids[j]) for i, j in brute]
+    truth2, none = exact_clusters(ids, texts, 0.8, ngram=3, with_pairs=False)
+    assert none is None and truth2.equals(truth)
+
+
 def test_exact_clusters_ids_and_empty_texts():
     base = " ".join("t%d" % i for i in range(30))
     ids = ["z", "m", "a", "q", "e1", "e2"]

@@ -35,10 +35,9 @@ H100_BF16_PEAK = 989e12
 
 SPEED = [  # name, attention, compile, recompute, B, T, compile mode, SDPA kernel
     ("flash+compile", "flash", 1, 0, 32, 1024, "default", "auto"),
+    ("flash+compile+f32res", "flash", 1, 0, 32, 1024, "default", "auto"),
+    ("flash+compile+cdt", "flash", 1, 0, 32, 1024, "default+cdt", "auto"),
     ("flash+compile+cudnn", "flash", 1, 0, 32, 1024, "default", "cudnn"),
-    ("flash+compile+cudnn+cdt", "flash", 1, 0, 32, 1024, "default+cdt", "cudnn"),
-    ("flash+compile+autotune", "flash", 1, 0, 32, 1024, "max-autotune-no-cudagraphs", "auto"),
-    ("flash+compile+autotune+cudnn", "flash", 1, 0, 32, 1024, "max-autotune-no-cudagraphs", "cudnn"),
     ("flash+compile+recompute", "flash", 1, 1, 32, 1024, "default", "auto"),
     ("flash", "flash", 0, 0, 32, 1024, "default", "auto"),
     ("flash+recompute", "flash", 0, 1, 32, 1024, "default", "auto"),
@@ -84,6 +83,8 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     inductor_config.coordinate_descent_tuning = mode.endswith("+cdt")
     args, run, raw, opt, model = setup(glob_, att, compile_, r, B, T, mode=mode.replace("+cdt", ""),
                                        sdpa=sdpa)
+    # "+f32res": the residual stream in fp32 (before the bf16-residual change), for comparison
+    raw.lowp_residual = not name.endswith("+f32res")
     batches = tr.batch_source(DataLoader(glob_, B, T), run)
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
@@ -108,6 +109,25 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
         getattr(torch.backends.cuda, "enable_%s_sdp" % kind)(True)
     release()
     return out
+
+
+def profile(glob_, steps=3, out=None):
+    """Top CUDA kernels of the main config (flash + compile, B=32): where the step time goes."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    args, run, raw, opt, model = setup(glob_, "flash", 1, 0, 32, 1024)
+    batches = tr.batch_source(DataLoader(glob_, 32, 1024), run)
+    for _ in range(3):
+        tr.train_step(model, raw, opt, batches, 1, run, 6e-4)[0].item()
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(steps):
+            tr.train_step(model, raw, opt, batches, 1, run, 6e-4)[0].item()
+    text = p.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    del args, run, raw, opt, model, batches
+    release()
+    return text
 
 
 def try_batch(raw, opt, model, run, B, T):
@@ -198,6 +218,7 @@ def table(rows, cols):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--suite", choices=["smoke", "speed", "memory", "all"], default="all")
+    p.add_argument("--profile", help="also write a kernel profile of the main config to this file")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--configs", help="comma-separated SPEED names to run (default all)")
     p.add_argument("--limit", type=float, default=24.0)
@@ -233,6 +254,8 @@ def main(argv=None):
             print("%-30s %8.0f tok/s  %5.1f%% MFU  %6.2f GiB  step %.1f ms  first %.1f s"
                   % (name, row["tokens_per_s"], 100 * row["mfu"], row["peak_mem_gib"],
                      row["median_step_ms"], row["first_step_s"]), flush=True)
+    if a.profile:
+        print(profile(glob_, out=a.profile)[:6000])
     if a.suite in ("memory", "all"):
         for att, r, T in MEMORY:
             row = max_batch(glob_, att, r, T, a.limit)

@@ -109,6 +109,7 @@ class GPT(nn.Module):
             raise ValueError("attention must be 'flash' or 'eager', got %r" % attention)
         self.config = config
         self.recompute = recompute
+        self.lowp_residual = True
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -149,6 +150,10 @@ class GPT(nn.Module):
             raise ValueError("sequence of %d tokens exceeds block size %d" % (T, self.config.block_size))
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        if self.lowp_residual and torch.is_autocast_enabled(x.device.type):
+            # Keep the residual stream in the autocast dtype (bf16), as llm.c's bf16 build does:
+            # half the bytes for every residual add and layernorm read, forward and backward.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         for block in self.transformer.h:
             if self.recompute and self.training:
                 x = checkpoint(block, x, use_reentrant=False)

@@ -168,6 +168,26 @@ def test_warc_every_record_is_kept_or_dropped_for_its_reason(gz):
     assert "too_large" == by_url["http://ex.com/big"].reason and "max-record-bytes" in by_url["http://ex.com/big"].detail
 
 
+@pytest.mark.parametrize("gz,pads", [(True, range(25000, 29000, 4)), (False, range(15000, 16500, 4))])
+def test_http_headers_split_across_read_buffers(gz, pads):
+    # warcio reads the file in 16 KiB blocks. Slide the second record's start across the end of the
+    # first block so that its WARC and HTTP header lines get split there, one position at a time.
+    rng = random.Random(7)
+    letters = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(max(pads))).encode()
+    tested = 0
+    for pad in pads:
+        b = WarcBuilder(gzip=gz)
+        b.response("http://ex.com/pad", b"<p>" + letters[:pad] + b"</p>")
+        start = len(b.bytes())  # where the second record begins
+        if not 16384 - 400 <= start <= 16384:
+            continue
+        b.response("http://ex.com/next", page_bytes(1), content_type="text/html; charset=utf-8")
+        recs = warc_records(b.bytes())
+        assert [r.reason for r in recs] == [None, None], (pad, recs[1].detail)
+        tested += 1
+    assert tested >= 50
+
+
 def test_min_chars_and_max_record_bytes():
     b = WarcBuilder()
     b.response("http://ex.com/short", b"<p>tiny</p>")

@@ -31,12 +31,13 @@ class _CountingReader:
         self.raw = raw
         self.count = 0
 
-    def read(self, size=-1):
+    # warcio's readers mean "no limit" by None; -1 would make them stop at a buffer boundary.
+    def read(self, size=None):
         b = self.raw.read(size)
         self.count += len(b)
         return b
 
-    def readline(self, size=-1):
+    def readline(self, size=None):
         b = self.raw.readline(size)
         self.count += len(b)
         return b

@@ -138,19 +138,47 @@ def test_deterministic_across_input_layout(spark, corpus):
         (base / "out2" / "shards" / "_manifest.json").read_bytes()
 
 
-def test_val_tokens_zero_and_stale_shards_removed(spark, corpus):
-    base = corpus["base"]
-    out = base / "out3"
-    (out / "shards").mkdir(parents=True)
-    (out / "shards" / "old_train_000099.bin").write_bytes(b"stale")
-    cfg = ShardsConfig(input=str(base / "tokens"), output=str(out), name="nv",
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3_server(spark, monkeypatch):
+    """A loopback moto S3 server that this process and Spark's Python workers both reach."""
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    env = dict(S3_ENV, AWS_ENDPOINT_URL="http://%s:%d" % server.get_host_and_port())
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    sc = spark.sparkContext
+    saved = dict(sc.environment)
+    sc.environment.update(env)
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="shard-bucket")
+    yield client
+    sc.environment.clear()
+    sc.environment.update(saved)
+    server.stop()
+
+
+def test_s3_output_no_val_and_stale_shards_removed(spark, corpus, s3_server, tmp_path):
+    """Executors write shards to S3 (temp file + upload); a rerun's stale shards disappear."""
+    s3_server.put_object(Bucket="shard-bucket", Key="out/shards/old_train_000099.bin", Body=b"stale")
+    cfg = ShardsConfig(input=str(corpus["base"] / "tokens"), output="s3://shard-bucket/out", name="nv",
                        shard_tokens=corpus["total"] // 2, val_tokens=0)
     stats = run(spark, cfg)
-    names = sorted(os.listdir(str(out / "shards")))
-    assert names == ["_manifest.json", "nv_train_000001.bin", "nv_train_000002.bin", "nv_train_000003.bin"]
+    keys = sorted(o["Key"] for o in s3_server.list_objects_v2(Bucket="shard-bucket")["Contents"])
+    assert keys == ["out/shards/_manifest.json"] + ["out/shards/nv_train_%06d.bin" % i for i in (1, 2, 3)]
     assert stats["val_tokens"] == 0 and stats["shards"] == 3
-    _, toks = _read_all(str(out))
+    toks = []
+    for key in keys[1:]:
+        local = tmp_path / key.rsplit("/", 1)[1]
+        s3_server.download_file("shard-bucket", key, str(local))
+        toks.append(np.asarray(shards.load_tokens(str(local), mmap=False)))
     assert np.array_equal(np.concatenate(toks), np.concatenate([corpus["docs"][i] for i in sorted(corpus["docs"])]))
+    assert shards.main(["s3://shard-bucket/out/shards/"]) == 0
 
 
 def test_rejects_shards_over_2gib(spark, corpus):

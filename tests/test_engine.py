@@ -44,19 +44,21 @@ def prompts_of(lengths, seed=1):
     return [torch.randint(0, 50000, (n,), generator=g).tolist() for n in lengths]
 
 
-def test_greedy_matches_full_recompute():
+@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+def test_greedy_matches_full_recompute(attention):
     model = tiny_model()
-    engine = Engine(model, max_batch_size=1)
+    engine = Engine(model, max_batch_size=1, attention=attention)
     for prompt in prompts_of([1, 7, 20]):
         got = engine.generate([prompt], 40, temperature=0, stop_token=None)[0]
         want = reference_generate(model, prompt, 40, stop_token=None)
         assert got == want
 
 
-def test_cached_logits_match_full_forward():
+@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+def test_cached_logits_match_full_forward(attention):
     # Stronger than argmax equality: the logits the engine samples from are the model's logits.
     model = tiny_model()
-    engine = Engine(model, max_batch_size=1)
+    engine = Engine(model, max_batch_size=1, attention=attention)
     prompt = prompts_of([9])[0]
     seen = record_logits(engine)
     new = engine.generate([prompt], 12, temperature=0, stop_token=None)[0]
@@ -173,10 +175,17 @@ def test_reference_stops_at_eot():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("graphs", [False, True])
-def test_cuda_engine_matches_reference(graphs):
+@pytest.mark.parametrize("graphs,attention,fuse_gelu", [(False, "sdpa", False), (True, "sdpa", True),
+                                                        (True, "manual", True), (True, "sdpa", False)])
+def test_cuda_engine_matches_reference(graphs, attention, fuse_gelu):
     model = tiny_model().cuda()
-    engine = Engine(model, max_batch_size=4, cuda_graphs=graphs)
+    engine = Engine(model, max_batch_size=4, cuda_graphs=graphs, attention=attention, fuse_gelu=fuse_gelu)
+    assert engine.fuse_gelu == fuse_gelu  # the cuBLASLt epilogue is tanh-GELU on CUDA
+    seen = record_logits(engine)
     prompts = prompts_of([3, 17, 1, 10])
     got = engine.generate(prompts, 40, temperature=0, stop_token=None)
     assert got == [reference_generate(model, p, 40, stop_token=None) for p in prompts]
+    p = prompts[1]
+    full, _ = model(torch.tensor([p + got[1]], device="cuda"))
+    for j, logits in enumerate(seen):
+        torch.testing.assert_close(logits[1], full[0, len(p) + j - 1], rtol=1e-4, atol=1e-4)

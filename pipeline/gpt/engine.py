@@ -3,7 +3,9 @@
 The engine borrows the model's own modules (embeddings, LayerNorms, Linears, MLPs) and only replaces
 the attention with a cached one, so whatever weights the model holds are the weights that generate.
 
-- KV cache: two tensors of shape (n_layer, max_batch, n_head, max_seq_len, head_dim), allocated once.
+- KV cache: one tensor (n_layer, max_batch, max_seq_len, 2 * n_embd), allocated once: per slot, the
+  key and value halves of c_attn's output as they come out of it, so one copy writes both; attention
+  reads them as (batch, head, slot, head_dim) views.
 - Prefill: the whole (left-padded) prompt batch in one forward pass, writing cache slots [0, T).
 - Decode: one token per sequence per step, written into slot `cur`, attending to slots [0, cur].
 - Batches of different prompt lengths are LEFT-padded so that every sequence writes the same cache
@@ -58,6 +60,22 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _gelu_epilogue_works(device: torch.device) -> bool:
+    """Whether torch._addmm_activation(use_gelu=True) computes bias + tanh-GELU here.
+
+    On CUDA it maps to cuBLASLt's GELU epilogue (the tanh approximation GPT-2 uses); elsewhere it may
+    be exact GELU or missing. Checked numerically once, so the fused path is only ever a speed-up.
+    """
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g).to(device) for s in ((8, 64), (128, 64), (128,)))
+        fused = torch._addmm_activation(b, x, w.t(), use_gelu=True)
+        want = F.gelu(F.linear(x, w, b), approximate="tanh")
+        return bool(torch.allclose(fused, want, rtol=1e-5, atol=1e-5))
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+
+
 # ----------------------------------------------------------------------------------------------
 # reference decoder
 
@@ -94,7 +112,8 @@ class Engine:
     """
 
     def __init__(self, model, max_batch_size: int = 1, max_seq_len: Optional[int] = None,
-                 cuda_graphs: Optional[bool] = None):
+                 cuda_graphs: Optional[bool] = None, attention: str = "sdpa", fuse_gelu: bool = True,
+                 compile: bool = False):
         self.model = model.eval()
         cfg = model.config
         param = next(model.parameters())
@@ -104,9 +123,14 @@ class Engine:
         self.vocab_size = cfg.vocab_size
         self.max_batch_size = int(max_batch_size)
         self.max_seq_len = min(int(max_seq_len or cfg.block_size), cfg.block_size)
-        shape = (self.n_layer, self.max_batch_size, self.n_head, self.max_seq_len, self.head_dim)
-        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        shape = (self.n_layer, self.max_batch_size, self.max_seq_len, 2 * self.n_embd)
+        self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        if attention not in ("sdpa", "manual"):
+            raise ValueError("attention must be 'sdpa' or 'manual', got %r" % attention)
+        self.attention = attention
+        self.fuse_gelu = fuse_gelu and _gelu_epilogue_works(self.device)
+        self.compiled = bool(compile)
+        self._step = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         if cuda_graphs and self.device.type != "cuda":
@@ -133,18 +157,29 @@ class Engine:
         H, D, C = self.n_head, self.head_dim, self.n_embd
         x = tr.wte(idx) + tr.wpe(pos)
         for layer, block in enumerate(tr.h):
-            q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
-            k_cache, v_cache = self.k_cache[layer, :B], self.v_cache[layer, :B]
-            k_cache.index_copy_(2, slots, k)
-            v_cache.index_copy_(2, slots, v)
-            k_all, v_all = k_cache[:, :, :window], v_cache[:, :, :window]
+            qkv = block.attn.c_attn(block.ln_1(x))                      # (B, T, 3C)
+            cache = self.kv_cache[layer, :B]                            # (B, S, 2C)
+            cache.index_copy_(1, slots, qkv[..., C:])
+            q = qkv[..., :C].view(B, T, H, D).transpose(1, 2)
+            k = cache[:, :window, :C].view(B, window, H, D).transpose(1, 2)
+            v = cache[:, :window, C:].view(B, window, H, D).transpose(1, 2)
             if mask is None:
-                y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif self.attention == "manual" and T == 1:
+                # decode: (B, H, 1, window) scores; the mask add and the 1/sqrt(D) scale in one kernel
+                att = torch.add(mask, q @ k.transpose(-2, -1), alpha=D ** -0.5)
+                y = F.softmax(att, dim=-1) @ v
             else:
-                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
-            x = x + block.mlp(block.ln_2(x))
+            h = block.ln_2(x)
+            fc = block.mlp.c_fc
+            if self.fuse_gelu:  # bias + tanh-GELU in the matmul's epilogue (cuBLASLt), one kernel
+                h = torch._addmm_activation(fc.bias, h.reshape(B * T, C), fc.weight.t(),
+                                            use_gelu=True).view(B, T, -1)
+            else:
+                h = F.gelu(fc(h), approximate="tanh")
+            x = x + block.mlp.c_proj(h)
         x = tr.ln_f(x[:, -1])
         return self.model.lm_head(x)[:, :self.vocab_size]
 
@@ -180,6 +215,8 @@ class Engine:
         """Cache slots the step at `cur` reads: a power of two (>= MIN_WINDOW) covering cur."""
         if not self.cuda_graphs:
             return cur + 1  # eager: read exactly what exists
+        if self.compiled:
+            return self.max_seq_len  # one shape, one compilation
         w = MIN_WINDOW
         while w < cur + 1:
             w *= 2
@@ -189,7 +226,7 @@ class Engine:
         self._cur.fill_(cur)
         window = self._window(cur)
         if not self.cuda_graphs:
-            return self._decode_step(B, window)
+            return self._step(B, window)
         key = (B, window)
         if key not in self._graphs:
             self._graphs[key] = self._capture(B, window)
@@ -203,13 +240,14 @@ class Engine:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            self._decode_step(B, window)
+            for _ in range(2 if self.compiled else 1):  # compiling may take a first call of its own
+                self._step(B, window)
         torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._decode_step(B, window)
+            logits = self._step(B, window)
         return graph, logits
 
     # -- public API -----------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 #
 #   bootstrap.sh s3://bucket/prefix/code
 #
-# 1. pip-installs emr/requirements-emr.txt for the Python that Spark uses (/usr/bin/python3, 3.9),
-#    offline from <code>/wheels/ when `upload --wheelhouse` put wheels there;
+# 1. pip-installs emr/requirements-emr.txt at the versions in constraints-emr.txt for the Python
+#    that Spark uses (/usr/bin/python3, 3.9); offline from <code>/wheels/ when
+#    `upload --wheelhouse` put wheels there;
 # 2. copies the GPT-2 BPE ranks to /opt/pipeline/tiktoken (a tiktoken cache dir; the cluster config
 #    points TIKTOKEN_CACHE_DIR there) so nothing downloads them at run time;
 # 3. imports everything once: a broken node fails here, with a clear log, not hours into a job.
-# A non-zero exit fails the cluster start; the output lands in <log-uri>/<cluster-id>/node/*/bootstrap-actions/.
+# A non-zero exit fails the cluster start; the output lands in
+# <log-uri>/<cluster-id>/node/<instance>/bootstrap-actions/.
 set -euo pipefail
 
 CODE="${1:?usage: bootstrap.sh s3://bucket/prefix/code}"
@@ -23,6 +25,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 echo "[bootstrap] python: $($PY --version 2>&1), code: $CODE"
 aws s3 cp --quiet "$CODE/requirements-emr.txt" "$WORK/requirements.txt"
+aws s3 cp --quiet "$CODE/constraints-emr.txt" "$WORK/constraints.txt"
 
 if ! "$PY" -m pip --version >/dev/null 2>&1; then
     sudo dnf install -y -q python3-pip || sudo yum install -y -q python3-pip
@@ -31,9 +34,10 @@ fi
 if aws s3 ls "$CODE/wheels/" >/dev/null 2>&1; then
     echo "[bootstrap] installing from the uploaded wheelhouse (no index)"
     aws s3 cp --quiet --recursive "$CODE/wheels/" "$WORK/wheels/"
-    sudo "$PY" -m pip install --quiet --no-index --find-links "$WORK/wheels" -r "$WORK/requirements.txt"
+    sudo "$PY" -m pip install --quiet --no-index --find-links "$WORK/wheels" \
+        -r "$WORK/requirements.txt" -c "$WORK/constraints.txt"
 else
-    sudo "$PY" -m pip install --quiet -r "$WORK/requirements.txt"
+    sudo "$PY" -m pip install --quiet -r "$WORK/requirements.txt" -c "$WORK/constraints.txt"
 fi
 
 sudo mkdir -p "$TIKTOKEN_DIR"

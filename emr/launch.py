@@ -88,7 +88,7 @@ def upload_plan(cfg: LaunchConfig, bundle_path: str) -> List[Tuple[str, str]]:
     """(local file, S3 URI) for everything `upload` copies; the bundle is built beforehand."""
     a = spec.artifacts(cfg)
     plan = [(bundle_path, a["bundle"]), (package.BOOTSTRAP_SH, a["bootstrap"]),
-            (package.REQUIREMENTS, a["requirements"])]
+            (package.REQUIREMENTS, a["requirements"]), (package.CONSTRAINTS, a["constraints"])]
     plan += [(path, "%s/%s.py" % (a["jobs"], job)) for job, path in package.job_scripts().items()]
     bpe = package.find_bpe_file(cfg.bpe_file)
     if not bpe or not os.path.isfile(bpe):

@@ -18,6 +18,7 @@ PACKAGES = ("pipeline", "jobs")
 EMR_DIR = os.path.join(REPO_ROOT, "emr")
 BOOTSTRAP_SH = os.path.join(EMR_DIR, "bootstrap.sh")
 REQUIREMENTS = os.path.join(EMR_DIR, "requirements-emr.txt")
+CONSTRAINTS = os.path.join(EMR_DIR, "constraints-emr.txt")
 
 # 1980-01-01, the earliest time a zip entry can carry: no build-time clock leaks into the bytes.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

@@ -7,6 +7,7 @@ requests the cluster gets. The S3 layout under `--s3-prefix`:
     <prefix>/code/jobs/<job>.py            entry scripts (spark-submit's main file)
     <prefix>/code/bootstrap.sh             bootstrap action, run on every node
     <prefix>/code/requirements-emr.txt     what bootstrap.sh pip-installs
+    <prefix>/code/constraints-emr.txt      ...at these exact versions
     <prefix>/code/bpe/r50k_base.tiktoken   GPT-2 BPE ranks (passed to the job as --bpe-file)
     <prefix>/code/wheels/*.whl             optional offline wheelhouse
     <prefix>/code/manifest.json            sha256 of each uploaded file
@@ -53,6 +54,7 @@ def artifacts(cfg: LaunchConfig) -> Dict[str, str]:
         "jobs": code + "/jobs",
         "bootstrap": code + "/bootstrap.sh",
         "requirements": code + "/requirements-emr.txt",
+        "constraints": code + "/constraints-emr.txt",
         "bpe": code + "/bpe/r50k_base.tiktoken",
         "wheels": code + "/wheels",
         "manifest": code + "/manifest.json",

@@ -128,7 +128,8 @@ def test_upload_puts_every_artifact_under_the_prefix(aws, capsys):
     jobs = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "jobs"))
                   if f.endswith(".py") and not f.startswith("_"))
     expected = sorted(["pipeline/code/pipeline-bundle.zip", "pipeline/code/bootstrap.sh",
-                       "pipeline/code/requirements-emr.txt", "pipeline/code/bpe/r50k_base.tiktoken",
+                       "pipeline/code/requirements-emr.txt", "pipeline/code/constraints-emr.txt",
+                       "pipeline/code/bpe/r50k_base.tiktoken",
                        "pipeline/code/manifest.json", "pipeline/code/_config.json"]
                       + ["pipeline/code/jobs/%s.py" % j for j in jobs])
     assert _keys(s3) == expected
@@ -439,7 +440,7 @@ def test_bootstrap_script_is_valid_bash_and_names_uploaded_artifacts():
     subprocess.run(["bash", "-n", package.BOOTSTRAP_SH], check=True)
     text = open(package.BOOTSTRAP_SH).read()
     a = spec.artifacts(LaunchConfig(s3_prefix=PREFIX))
-    for key in ("requirements", "bpe"):
+    for key in ("requirements", "constraints", "bpe"):
         assert a[key][len(a["code"]):] in text  # same relative key as upload writes
     assert "/wheels/" in text
     # tiktoken names its cache entry sha1(URL); the script hard-codes that name.
@@ -489,6 +490,7 @@ if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
     while [ $# -gt 0 ]; do
         case "$1" in
             -r) cp "$2" "%(log)s/requirements.txt" ;;
+            -c) cp "$2" "%(log)s/constraints.txt" ;;
             --find-links) ls "$2" > "%(log)s/wheels.txt" ;;
         esac
         shift
@@ -540,6 +542,8 @@ def test_bootstrap_installs_requirements_and_offline_bpe(node, capsys):
     assert res.returncode == 0, res.stdout + res.stderr
     assert (log / "pip.log").read_text().split()[:3] == ["install", "--quiet", "-r"]
     assert (log / "requirements.txt").read_bytes() == open(package.REQUIREMENTS, "rb").read()
+    assert (log / "constraints.txt").read_bytes() == open(package.CONSTRAINTS, "rb").read()
+    assert "-c" in (log / "pip.log").read_text().split()
     cached = tmp / "opt" / "pipeline" / "tiktoken" / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == R50K_SHA256
     assert "GPT-2 BPE ok" in res.stdout and "[bootstrap] done" in res.stdout
@@ -564,3 +568,13 @@ def test_bootstrap_fails_the_node_when_nothing_was_uploaded(node):
     res = _bootstrap(env, "s3://%s/not-uploaded/code" % BUCKET)
     assert res.returncode != 0
     assert not (log / "pip.log").exists()
+
+
+def test_constraints_pin_every_requirement_within_its_range():
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(l) for l in open(package.REQUIREMENTS) if l.strip() and not l.startswith("#")]
+    pins = dict(l.strip().split("==") for l in open(package.CONSTRAINTS) if l.strip() and not l.startswith("#"))
+    for r in reqs:
+        assert r.name in pins, r.name
+        assert r.specifier.contains(pins[r.name]), (r, pins[r.name])

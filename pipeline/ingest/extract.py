@@ -28,6 +28,7 @@ BLOCK_TAGS = ["address", "article", "aside", "blockquote", "body", "caption", "d
               "p", "pre", "section", "summary", "table", "tbody", "tfoot", "thead", "tr", "ul"]
 # Table cells share their row's line.
 CELL_TAGS = ["td", "th"]
+_BLOCK_SET, _CELL_SET = frozenset(BLOCK_TAGS), frozenset(CELL_TAGS)
 _BREAK = "\x00"  # structural line break; real NULs are removed from the input first
 _CONTROLS_RE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _SPACE_RE = re.compile(r"\s+")
@@ -49,17 +50,19 @@ def extract_bs4(html: str) -> str:
     soup = BeautifulSoup(_CONTROLS_RE.sub("", html), "lxml")
     for tag in soup.find_all(DROP_TAGS):
         tag.decompose()
-    # Newlines in the HTML source are just spaces, except inside <pre>; mark those as breaks.
-    for pre in soup.find_all("pre"):
-        for s in pre.find_all(string=True):
-            s.replace_with(s.replace("\n", _BREAK))
-    for br in soup.find_all("br"):
-        br.replace_with(_BREAK)
-    for tag in soup.find_all(BLOCK_TAGS):
-        tag.insert_before(_BREAK)
-        tag.append(_BREAK)
-    for tag in soup.find_all(CELL_TAGS):
-        tag.insert_before(" ")
+    # One pass over the remaining elements (each find_all is a full tree walk in Python).
+    for tag in soup.find_all(True):
+        name = tag.name
+        if name in _BLOCK_SET:
+            tag.insert_before(_BREAK)
+            tag.append(_BREAK)
+        elif name == "br":
+            tag.replace_with(_BREAK)
+        elif name in _CELL_SET:
+            tag.insert_before(" ")
+        if name == "pre":  # source newlines are just spaces, except inside <pre>
+            for s in tag.find_all(string=True):
+                s.replace_with(s.replace("\n", _BREAK))
     # get_text() yields text nodes only: comments, doctype and CDATA declarations are skipped.
     return clean_lines(soup.get_text(), _BREAK)
 

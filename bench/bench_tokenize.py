@@ -4,6 +4,7 @@ the Spark task (Arrow record batch of texts in -> record batch of token lists ou
 loop with one thread and the batch API with more.
 
     python bench/bench_tokenize.py [--docs 2000] [--repeat 3] [--bpe-file F | --tiktoken-cache D]
+                                   [--spark-docs 20000]   # also time the Spark jobs, local[2]
 
 Texts come from the sample generator (`pipeline.sample.generate_documents`, English-like web pages).
 Prints a table and writes bench/results/tokenize.json. Every method's tokens are checked to be equal.
@@ -35,6 +36,42 @@ def best_seconds(fn, repeat: int) -> float:
     return best
 
 
+def spark_jobs(ns) -> list:
+    """Wall time of `jobs/tokenize.py` and `jobs/shards.py` on generated docs in Spark local[2]."""
+    import shutil
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import shards, tokenize
+    from pipeline.spark import get_spark
+
+    work = tempfile.mkdtemp(prefix="bench-tokenize-")
+    try:
+        docs = generate_documents(ns.spark_docs, seed=2)
+        os.makedirs(os.path.join(work, "kept"))
+        pq.write_table(pa.table({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]}),
+                       os.path.join(work, "kept", "part-0.parquet"))
+        spark = get_spark("bench-tokenize", master="local[2]")
+        rows = []
+        for stage, job, cfg in [
+                ("tokenize", tokenize, tokenize.TokenizeConfig(input=os.path.join(work, "kept"), output=work,
+                                                               tiktoken_cache=ns.tiktoken_cache,
+                                                               bpe_file=ns.bpe_file, tokenize_partitions=4)),
+                ("shards", shards, shards.ShardsConfig(input=os.path.join(work, "tokens"), output=work,
+                                                       shard_tokens=1_000_000))]:
+            t0 = time.perf_counter()
+            stats = job.run(spark, cfg)
+            secs = time.perf_counter() - t0
+            rows.append({"stage": stage, "docs": stats["records_out"], "tokens": stats["tokens"],
+                         "seconds": round(secs, 2), "tokens_per_s": round(stats["tokens"] / secs)})
+        spark.stop()
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=2000)
@@ -43,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--bpe-file")
     p.add_argument("--tiktoken-cache")
+    p.add_argument("--spark-docs", type=int, default=0,
+                   help="also run the tokenize and shards jobs (local[2]) on this many generated docs")
     p.add_argument("--out", default=RESULTS)
     ns = p.parse_args(argv)
 
@@ -94,8 +133,12 @@ def main(argv=None) -> int:
         print("%-28s %7d %9.3f %12d %10.1f %8.2f %7.2fx" % (r["method"], r["threads"], r["seconds"],
                                                           r["tokens_per_s"], r["docs_per_s"], r["mb_per_s"],
                                                           r["tokens_per_s"] / base))
+    spark_rows = spark_jobs(ns) if ns.spark_docs else []
+    for r in spark_rows:
+        print("spark %-9s %6d docs %10d tokens %8.1f s %10d tokens/s" % (
+            r["stage"], r["docs"], r["tokens"], r["seconds"], r["tokens_per_s"]))
     result = {"bench": "tokenize", "docs": len(texts), "text_mb": round(mb, 3), "tokens": n_tokens,
-              "batch_size": ns.batch_size, "repeat": ns.repeat, "rows": rows,
+              "batch_size": ns.batch_size, "repeat": ns.repeat, "rows": rows, "spark": spark_rows,
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "platform": platform.platform(), "loadavg_1m": os.getloadavg()[0]},
               "command": "python bench/bench_tokenize.py " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -211,21 +211,39 @@ def wait(emr, cfg: LaunchConfig, sleep: Callable[[float], None] = time.sleep,
         sleep(max(0.0, min(float(cfg.poll), deadline - clock())))
 
 
+def _read_gz(uri: str) -> Optional[str]:
+    try:
+        with storage.open_read(uri) as f:
+            return gzip.decompress(f.read()).decode("utf-8", "replace")
+    except storage.InputError:
+        return None
+
+
 def fetch_logs(emr, cfg: LaunchConfig) -> Dict[str, str]:
-    """A step's stdout/stderr text from S3 (EMR uploads them a few minutes after the step ends)."""
+    """A step's logs from S3 (EMR uploads them a few minutes after the step ends): its stdout and
+    stderr and, in cluster deploy mode, the driver's own stderr (where a Python traceback is), found
+    through the YARN application id that spark-submit printed to the step's stderr."""
     summary = status(emr, cfg.cluster_id)
     step_id = cfg.step_id or (summary["steps"][0]["step_id"] if summary["steps"] else "")
     if not step_id:
         raise spec.ConfigError("cluster %s has no steps" % cfg.cluster_id)
-    log_uri = cfg.log_uri or summary["log_uri"] or spec.artifacts(cfg)["logs"]
+    log_uri = (cfg.log_uri or summary["log_uri"] or spec.artifacts(cfg)["logs"]).replace("s3n://", "s3://")
     out = {}
-    for name, uri in sorted(spec.step_log_uris(log_uri.replace("s3n://", "s3://"), cfg.cluster_id,
-                                               step_id).items()):
+    for name, uri in sorted(spec.step_log_uris(log_uri, cfg.cluster_id, step_id).items()):
+        text = _read_gz(uri)
+        out[name] = text if text is not None else (
+            "(not there yet: %s; EMR copies step logs ~5 minutes after the step ends)" % uri)
+    apps = spec.yarn_application_ids(out.get("stderr", ""))
+    if apps:
+        prefix = spec.driver_log_prefix(log_uri, cfg.cluster_id, apps[-1])
         try:
-            with storage.open_read(uri) as f:
-                out[name] = gzip.decompress(f.read()).decode("utf-8", "replace")
+            found = storage.list_files([prefix])
         except storage.InputError:
-            out[name] = "(not there yet: %s; EMR copies step logs ~5 minutes after the step ends)" % uri
+            found = []
+        drivers = [u for u in found if spec.is_driver_stderr(u)]
+        text = _read_gz(drivers[0]) if drivers else None
+        out["driver stderr"] = text if text is not None else (
+            "(no driver log under %s yet; YARN logs arrive after the application ends)" % prefix)
     return out
 
 

@@ -15,6 +15,7 @@ requests the cluster gets. The S3 layout under `--s3-prefix`:
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional, Sequence
 
 from emr.config import LaunchConfig
@@ -245,6 +246,25 @@ def step_log_uris(log_uri: str, cluster_id: str, step_id: str) -> Dict[str, str]
     driver's own log is a YARN container log under <log-uri>/<cluster>/containers/ instead."""
     base = "%s/%s/steps/%s/" % (log_uri.rstrip("/"), cluster_id, step_id)
     return {"stderr": base + "stderr.gz", "stdout": base + "stdout.gz", "controller": base + "controller.gz"}
+
+
+def yarn_application_ids(step_stderr: str) -> List[str]:
+    """YARN application ids that spark-submit reported in a step's stderr, in order, without repeats."""
+    seen: List[str] = []
+    for app in re.findall(r"application_\d+_\d+", step_stderr):
+        if app not in seen:
+            seen.append(app)
+    return seen
+
+
+def driver_log_prefix(log_uri: str, cluster_id: str, app_id: str) -> str:
+    return "%s/%s/containers/%s/" % (log_uri.rstrip("/"), cluster_id, app_id)
+
+
+def is_driver_stderr(uri: str) -> bool:
+    """The first container of the first attempt is the application master, which in cluster deploy
+    mode is the driver: container_<ts>_<app>_01_000001/stderr.gz."""
+    return bool(re.search(r"/container_(?:e\d+_)?\d+_\d+_01_000001/stderr\.gz$", uri))
 
 
 def cost_estimate(cfg: LaunchConfig, hours: float = 1.0) -> Optional[Dict]:

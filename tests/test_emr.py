@@ -340,12 +340,36 @@ def test_logs_prints_step_stderr(aws, capsys):
     cid = _create(capsys)
     _, out = _run(capsys, "submit", "--s3-prefix", PREFIX, "--cluster-id", cid,
                   "--input", "s3://d/w/", "--output", "s3://d/o/")
-    key = "pipeline/logs/%s/steps/%s/stderr.gz" % (cid, out["step_id"])
-    s3.put_object(Bucket=BUCKET, Key=key, Body=gzip.compress(b"Traceback: InputError: no input files\n"))
+    rc, text = _run(capsys, "logs", "--cluster-id", cid, "--step-id", out["step_id"])
+    assert rc == 0 and text.count("not there yet") == 3  # controller, stderr, stdout
+
+    # What EMR uploads for a failed cluster-mode step: spark-submit's report in the step's stderr,
+    # the Python traceback in the driver's (= application master's) container log.
+    logs = "pipeline/logs/%s/" % cid
+    step_err = (b"INFO Client: Submitted application application_1700000000000_0003\n"
+                b"INFO Client: Application report for application_1700000000000_0003 (state: FAILED)\n"
+                b"Exception in thread main: org.apache.spark.SparkException: Application finished with failed status\n")
+    s3.put_object(Bucket=BUCKET, Key=logs + "steps/%s/stderr.gz" % out["step_id"], Body=gzip.compress(step_err))
+    app = logs + "containers/application_1700000000000_0003/"
+    s3.put_object(Bucket=BUCKET, Key=app + "container_1700000000000_0003_01_000002/stderr.gz",
+                  Body=gzip.compress(b"executor noise\n"))
+    s3.put_object(Bucket=BUCKET, Key=app + "container_1700000000000_0003_01_000001/stderr.gz",
+                  Body=gzip.compress(b"Traceback (most recent call last):\npipeline.storage.InputError: "
+                                     b"no input files match s3://d/w/\n"))
     rc, text = _run(capsys, "logs", "--cluster-id", cid, "--step-id", out["step_id"])
     assert rc == 0
-    assert "InputError: no input files" in text
-    assert "not there yet" in text  # stdout.gz was not uploaded
+    assert "Application finished with failed status" in text
+    driver = text.split("==> driver stderr <==")[1]
+    assert "InputError: no input files match s3://d/w/" in driver and "executor noise" not in driver
+
+
+def test_driver_log_location():
+    assert spec.yarn_application_ids("a application_1_0002 b application_1_0002 application_1_0003") == [
+        "application_1_0002", "application_1_0003"]
+    assert spec.is_driver_stderr("s3://b/l/j-1/containers/application_1_2/container_1_2_01_000001/stderr.gz")
+    assert spec.is_driver_stderr("s3://b/l/j-1/containers/application_1_2/container_e05_1_2_01_000001/stderr.gz")
+    assert not spec.is_driver_stderr("s3://b/l/j-1/containers/application_1_2/container_1_2_01_000002/stderr.gz")
+    assert not spec.is_driver_stderr("s3://b/l/j-1/containers/application_1_2/container_1_2_01_000001/stdout.gz")
 
 
 # --- pure parts and dry runs ----------------------------------------------------------------------

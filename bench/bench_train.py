@@ -38,6 +38,7 @@ SPEED = [  # name, attention, compile, recompute, B, T, compile mode, SDPA kerne
     ("flash+compile+f32res", "flash", 1, 0, 32, 1024, "default", "auto"),
     ("flash+compile+cdt", "flash", 1, 0, 32, 1024, "default+cdt", "auto"),
     ("flash+compile+cudnn", "flash", 1, 0, 32, 1024, "default", "cudnn"),
+    ("flash+compile+fa2", "flash", 1, 0, 32, 1024, "default", "flash"),
     ("flash+compile+recompute", "flash", 1, 1, 32, 1024, "default", "auto"),
     ("flash", "flash", 0, 0, 32, 1024, "default", "auto"),
     ("flash+recompute", "flash", 0, 1, 32, 1024, "default", "auto"),
@@ -89,11 +90,19 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
     t_start = time.perf_counter()
-    for step in range(steps):
-        t0 = time.perf_counter()
-        loss, norm = tr.train_step(model, raw, opt, batches, 1, run, 6e-4)
-        losses.append(torch.stack([loss, norm.float()]).tolist()[0])
-        times.append(time.perf_counter() - t0)
+    # the trainer's pipelining: read step s's numbers after queueing step s+1 (see train.py)
+    pending, t_mark = None, time.perf_counter()
+    for step in range(steps + 1):
+        stats = None
+        if step < steps:
+            loss, norm = tr.train_step(model, raw, opt, batches, 1, run, 6e-4)
+            stats = torch.stack([loss, norm.float()])
+        if pending is not None:
+            losses.append(pending.tolist()[0])
+            now = time.perf_counter()
+            times.append(now - t_mark)
+            t_mark = now
+        pending = stats
     warm = max(3, steps // 3)
     med = statistics.median(times[warm:])
     tok_s = B * T / med
@@ -140,8 +149,34 @@ def try_batch(raw, opt, model, run, B, T):
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         return True, torch.cuda.max_memory_allocated() / 2 ** 30
-    except torch.cuda.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # compiled code may wrap the OOM
+        if "out of memory" not in str(e).lower():
+            raise
         return False, None
+
+
+def max_batch_compiled(glob_, att, r, T, limit, candidates):
+    """Compiled models need less memory (fused kernels save fewer activations): try candidate
+    micro-batches in increasing order under the limit until one does not fit."""
+    args, run, raw, opt, model = setup(glob_, att, 1, r, candidates[0], T, limit=limit)
+    t0, fits = time.perf_counter(), {}
+    for B in candidates:
+        ok, peak = try_batch(raw, opt, model, run, B, T)
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        fits[B] = peak if ok else None
+        if not ok:
+            break
+    ok_bs = [b for b, p in fits.items() if p is not None]
+    out = dict(attention=att, recompute=r, T=T, limit_gb=limit, compiled=1,
+               max_B=max(ok_bs) if ok_bs else 0, tried=fits, search_s=time.perf_counter() - t0,
+               peak_mem_gib_at_max=fits.get(max(ok_bs)) if ok_bs else None)
+    del args, run, raw, opt, model
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    release()
+    return out
 
 
 def max_batch(glob_, att, r, T, limit, cap=256, deadline=60.0):
@@ -170,7 +205,7 @@ def max_batch(glob_, att, r, T, limit, cap=256, deadline=60.0):
     while hi - lo > 1 and time.perf_counter() - t0 < deadline:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    out = dict(attention=att, recompute=r, T=T, limit_gb=limit, max_B=lo,
+    out = dict(attention=att, recompute=r, T=T, limit_gb=limit, compiled=0, max_B=lo,
                peak_mem_gib_at_max=results.get(lo), trials=len(results),
                search_s=time.perf_counter() - t0)
     del args, run, raw, opt, model
@@ -219,6 +254,8 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--suite", choices=["smoke", "speed", "memory", "all"], default="all")
     p.add_argument("--profile", help="also write a kernel profile of the main config to this file")
+    p.add_argument("--compiled-memory", action="store_true",
+                   help="also probe compiled flash configs at the memory limit")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--configs", help="comma-separated SPEED names to run (default all)")
     p.add_argument("--limit", type=float, default=24.0)
@@ -264,12 +301,20 @@ def main(argv=None):
             print("max B at %.0f GB: T=%d %-5s recompute=%d -> B=%d (%s GiB, %d trials, %.0f s)"
                   % (a.limit, T, att, r, row["max_B"], row["peak_mem_gib_at_max"], row["trials"],
                      row["search_s"]), flush=True)
+    if a.compiled_memory:
+        for att, r, T, cands in (("flash", 0, 1024, [32, 40, 48, 56]), ("flash", 1, 1024, [64, 96])):
+            row = max_batch_compiled(glob_, att, r, T, a.limit, cands)
+            res["memory"].append(row)
+            save()
+            print("compiled, max B at %.0f GB: T=%d %s recompute=%d -> B>=%d  tried %s (%.0f s)"
+                  % (a.limit, T, att, r, row["max_B"], row["tried"], row["search_s"]), flush=True)
     print()
     print(table(res["speed"], [("name", "%s"), ("B", "%d"),
                                ("tokens_per_s", "%.0f"), ("mfu", "%.3f"), ("peak_mem_gib", "%.1f"),
                                ("median_step_ms", "%.1f")]))
     if res["memory"]:
         print(table(res["memory"], [("T", "%d"), ("attention", "%s"), ("recompute", "%d"),
+                                    ("compiled", "%d"),
                                     ("max_B", "%d"), ("peak_mem_gib_at_max", "%.1f")]))
     save()
     return 0

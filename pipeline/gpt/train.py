@@ -438,44 +438,67 @@ def train(args: argparse.Namespace) -> int:
     resuming = resume_step >= 0
     step_times = []
     batches = batch_source(train_loader, run, overfit=bool(args.a))
+    # Host-GPU pipelining: step s's loss/norm are read only after step s+1 has been queued, so the
+    # GPU never idles while Python logs, loads the next batch and launches kernels. Anything that
+    # needs the model's current state (evals, samples, checkpoints) first drains the pending step.
+    pending = []  # [(step, lr, stats tensor)] of at most one step whose numbers are unread
+    t_mark = [0.0]
+
+    def report() -> bool:
+        (s, lr, stats), = pending
+        loss_val, norm_val = stats.tolist()  # the host sync
+        now = time.perf_counter()
+        dt, t_mark[0] = now - t_mark[0], now
+        pending.clear()
+        step_times.append(dt)
+        logger.log_train(s, loss_val, lr, norm_val)
+        if not args.quiet:
+            mfu = " | %.1f%% MFU" % (100 * flops_per_step / dt / (peak * 1e12)) if peak else ""
+            run.print("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.2f ms%s | %.0f tok/s"
+                      % (s + 1, steps, loss_val, norm_val, lr, dt * 1000, mfu, total_batch / dt))
+        if not math.isfinite(loss_val):
+            run.print("loss is %s at step %d: stopping (lower -l, or check the data)" % (loss_val, s))
+            return False
+        return True
+
     try:
         while True:
             last_step = step >= last
-            if val_loader and val_batches and (step % args.v == 0 or last_step):
+            do_val = bool(val_loader and val_batches and (step % args.v == 0 or last_step))
+            do_eval = eval_examples is not None and ((step > 0 and step % args.v == 0) or last_step)
+            do_sample = run.master and args.s > 0 and ((step > 0 and step % args.s == 0) or last_step)
+            do_ckpt = (args.n > 0 and bool(args.o) and not resuming and
+                       ((step > 0 and step % args.n == 0) or last_step))
+            if pending and (last_step or do_val or do_eval or do_sample or do_ckpt):
+                if not report():
+                    return 4
+            if do_val:
                 vl = val_loss(model, val_loader, val_batches, run)
                 run.print("s:%d val loss %.6f" % (step, vl))
                 logger.log_val(step, vl)
-            if eval_examples is not None and ((step > 0 and step % args.v == 0) or last_step):
+            if do_eval:
                 r = hellaswag.evaluate(raw, eval_examples, args.b, args.t, run.device, run.rank,
                                        run.world, run.autocast)
                 correct = run.all_sum(torch.tensor(float(r["correct"]), device=run.device)).item()
                 acc = correct / len(eval_examples)
                 run.print("HellaSwag: %d/%d = %f" % (correct, len(eval_examples), acc))
                 logger.log_eval(step, acc)
-            if run.master and args.s > 0 and ((step > 0 and step % args.s == 0) or last_step):
+            if do_sample:
                 run.print("generating:\n---\n%s\n---" % sample(raw, args.g, run))
-            if (args.n > 0 and args.o and not resuming and
-                    ((step > 0 and step % args.n == 0) or last_step)):
+            if do_ckpt:
                 write_checkpoint(args, run, raw, optimizer, train_loader, step)
             resuming = False
             if last_step:
                 break
 
-            t0 = time.perf_counter()
+            if not pending:
+                t_mark[0] = time.perf_counter()
             lr = schedule(step)
             loss_sum, norm = train_step(model, raw, optimizer, batches, accum, run, lr)
-            # the only host sync of the step: loss and norm together
-            loss_val, norm_val = torch.stack([run.all_mean(loss_sum), norm.float()]).tolist()
-            dt = time.perf_counter() - t0
-            step_times.append(dt)
-            logger.log_train(step, loss_val, lr, norm_val)
-            if not args.quiet:
-                mfu = " | %.1f%% MFU" % (100 * flops_per_step / dt / (peak * 1e12)) if peak else ""
-                run.print("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.2f ms%s | %.0f tok/s"
-                          % (step + 1, steps, loss_val, norm_val, lr, dt * 1000, mfu, total_batch / dt))
-            if not math.isfinite(loss_val):
-                run.print("loss is %s at step %d: stopping (lower -l, or check the data)" % (loss_val, step))
+            stats = torch.stack([run.all_mean(loss_sum), norm.float()])
+            if pending and not report():
                 return 4
+            pending.append((step, lr, stats))
             step += 1
     except torch.cuda.OutOfMemoryError:
         print(oom_message(args, run), file=sys.stderr)

@@ -59,8 +59,12 @@ def score(report_df, truth_df) -> Dict[str, object]:
         raise ValueError("truth needs columns id and cluster (or has_dup); got %s" % list(truth_df.columns))
     has_clusters = "cluster" in truth_df.columns
 
-    rep = report_df.drop_duplicates("id")
-    tru = truth_df.drop_duplicates("id")
+    rep = report_df.drop_duplicates("id").copy()
+    tru = truth_df.drop_duplicates("id").copy()
+    # A missing cluster label means "not clustered": the document is its own singleton.
+    rep["cluster_id"] = rep["cluster_id"].fillna(rep["id"])
+    if has_clusters:
+        tru["cluster"] = tru["cluster"].fillna(tru["id"])
     dup_report_ids = len(report_df) - len(rep)
     dup_truth_ids = len(truth_df) - len(tru)
     tcols = ["id", "cluster"] if has_clusters else ["id", "has_dup"]
@@ -89,6 +93,10 @@ def score(report_df, truth_df) -> Dict[str, object]:
                         int((~pred_pos & true_pos).sum())),
         "pairs": None,
     }
+    if "cluster_size" in rep.columns:
+        # The report's own cluster_size must match its cluster_id counts (over the whole report).
+        actual = rep.groupby("cluster_id")["id"].transform("size")
+        out["clusters"]["report_size_mismatches"] = int((rep["cluster_size"] != actual).sum())
     if has_clusters:
         true_sizes = m.groupby("cluster").size().to_numpy()
         both = m.groupby(["cluster_id", "cluster"]).size().to_numpy()
@@ -167,6 +175,9 @@ def format_scores(s: Dict) -> str:
         n = d[key.split("_")[0]]
         if n:
             lines.append("warning: %d ids %s, e.g. %s" % (n, what, ", ".join(d[key][:3])))
+    if c.get("report_size_mismatches"):
+        lines.append("warning: %d report rows have a cluster_size that differs from their cluster_id's "
+                     "row count" % c["report_size_mismatches"])
     if d["duplicate_report_ids"] or d["duplicate_truth_ids"]:
         lines.append("warning: repeated ids (first row kept): report %d, truth %d"
                      % (d["duplicate_report_ids"], d["duplicate_truth_ids"]))

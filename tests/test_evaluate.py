@@ -84,6 +84,17 @@ def test_perfect_and_empty_predictions():
     assert s["pairs"]["precision"] is None and s["pairs"]["fn"] == 5
 
 
+def test_null_labels_are_singletons_and_size_mismatches_reported():
+    report = REPORT.copy()
+    report.loc[report["id"] == "c", "cluster_id"] = None  # c leaves {a3, c}: a3 is alone now
+    s = score(report, TRUTH)
+    assert (s["has_dup"]["tp"], s["has_dup"]["fp"], s["has_dup"]["fn"]) == (4, 1, 3)
+    # the report still says cluster_size 2 for a3 and for c
+    assert s["clusters"]["report_size_mismatches"] == 2
+    assert "2 report rows have a cluster_size" in evaluate.format_scores(s)
+    assert score(REPORT, TRUTH)["clusters"]["report_size_mismatches"] == 0
+
+
 def test_duplicate_report_rows_counted():
     s = score(pd.concat([REPORT, REPORT.iloc[:2]]), TRUTH)
     assert s["docs"]["duplicate_report_ids"] == 2 and s["docs"]["scored"] == 10

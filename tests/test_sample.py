@@ -100,6 +100,25 @@ def test_ingest_extractors_yield_document_text(sample_dir):
             assert extract(d["html"]) == d["text"], (name, d["id"])
 
 
+def test_ingest_reads_the_warc_files(sample_dir):
+    """pipeline.ingest's WARC reader keeps exactly the HTML documents, with the parquet's ids and text."""
+    from pipeline.ingest.core import IngestOptions
+    from pipeline.ingest.warc import iter_warc
+
+    out, res = sample_dir
+    docs = pd.read_parquet(os.path.join(out, "parquet", "docs.parquet"))
+    got, reasons = {}, {}
+    for path in res["warc"]:
+        with open(path, "rb") as f:
+            for rec in iter_warc(f, path, IngestOptions()):
+                if rec.reason is None:
+                    got[rec.id] = rec.text
+                else:
+                    reasons[rec.reason] = reasons.get(rec.reason, 0) + 1
+    assert got == dict(zip(docs["id"], docs["text"]))
+    assert set(reasons) <= {"not_response", "http_status", "not_html"} and reasons["http_status"] > 0
+
+
 def test_truth_is_exact_jaccard(sample_dir):
     out, res = sample_dir
     docs = pd.read_parquet(os.path.join(out, "parquet", "docs.parquet"))

@@ -50,8 +50,6 @@ def score(report_df, truth_df) -> Dict[str, object]:
     """Scores of a dedup report (`id, cluster_id`, optional `kept`) against truth (`id, cluster` or
     `id, has_dup`). Returns a JSON-ready dict: `docs`, `clusters`, `has_dup`, `pairs` (None without
     cluster truth), `kept` (when the report has a `kept` column)."""
-    import pandas as pd
-
     for col in ("id", "cluster_id"):
         if col not in report_df.columns:
             raise ValueError("report has no %r column (columns: %s)" % (col, list(report_df.columns)))

@@ -155,3 +155,24 @@ def test_rank_offsets_split_each_window(shards):
     tokens = np.fromfile(r0.files[0], dtype="<u2", offset=1024)
     assert r0.next_batch()[0].ravel().tolist() == tokens[:16].tolist()
     assert r1.next_batch()[0].ravel().tolist() == tokens[16:32].tolist()
+
+
+def test_torchrun_ddp_on_cpu(shards, tmp_path):
+    """Two gloo ranks: rank 0 alone writes main.log and the model, every rank its state file."""
+    import subprocess
+    import sys
+
+    train, val = shards
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "pipeline.gpt.train", "-i", train, "-j", val, "-o", out, "-x", "4", "-d", "256",
+           "-v", "4", "-m", "1", "-s", "0", "-n", "4", "-l", "1e-2"] + TINY
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = parse_log(out)
+    assert [s for s, _ in log["train"]] == [0, 1, 2, 3] and len(log["val"]) == 2
+    names = sorted(os.listdir(out))
+    assert {"model_00000004.bin", "state_00000004_00000.bin", "state_00000004_00001.bin",
+            "DONE_00000004"} <= set(names)
+    assert proc.stdout.count("s:4 val loss") == 1  # only rank 0 prints

@@ -270,7 +270,7 @@ def make_optimizer(model: GPT, args, run: Run) -> torch.optim.Optimizer:
         kwargs["fused"] = True  # one kernel for the whole update instead of one per tensor
     if args.z >= 1 and run.ddp:
         from torch.distributed.optim import ZeroRedundancyOptimizer
-        return ZeroRedundancyOptimizer(decay + no_decay, optimizer_class=torch.optim.AdamW, **kwargs)
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
 
 
@@ -500,6 +500,8 @@ def train(args: argparse.Namespace) -> int:
                 return 4
             pending.append((step, lr, stats))
             step += 1
+            if not run.cuda and not report():  # CPU work is synchronous: nothing to overlap
+                return 4
     except torch.cuda.OutOfMemoryError:
         print(oom_message(args, run), file=sys.stderr)
         return 3

@@ -5,7 +5,7 @@
 
 Rows are hash-partitioned by id (Spark's Murmur3, stable across runs and machines) into a number of
 partitions derived from the input size, and sorted by id within each: the same input gives the same
-files. A row whose text is null is dropped as `bad_record`.
+files. A row whose id or text is null is dropped as `bad_record`.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def run(spark, cfg: TokenizeConfig) -> dict:
     def encode(batches):
         return tokenize_arrow_batches(batches, bpe_data.value, cfg.encode_batch_size, cfg.encode_threads)
 
-    tokens = (docs.filter(F.col("text").isNotNull())
+    tokens = (docs.filter(F.col("text").isNotNull() & F.col("id").isNotNull())
               .repartition(n_parts, "id")
               .mapInArrow(encode, TOKENS_SCHEMA)
               .sortWithinPartitions("id", "tokens"))  # tokens only break ties (ids are unique)

@@ -11,15 +11,19 @@ read by Spark. The per-record result is cached once and both outputs and the cou
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Dict, List
 
-from pipeline import accounting, storage
-from pipeline.config import save_config
-from pipeline.ingest import core, tabular
-from pipeline.ingest.config import IngestConfig
-from pipeline.ingest.extract import ExtractorUnavailable, get_extractor
+if __package__ in (None, ""):  # run as a file by spark-submit: make `pipeline` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline import accounting, storage  # noqa: E402
+from pipeline.config import save_config  # noqa: E402
+from pipeline.ingest import core, tabular  # noqa: E402
+from pipeline.ingest.config import IngestConfig  # noqa: E402
+from pipeline.ingest.extract import ExtractorUnavailable, get_extractor  # noqa: E402
 
 TEXT_BYTES_PER_PARTITION = 128 << 20  # ~50 MB snappy parquet files
 DROPPED_ROWS_PER_PARTITION = 2000000
@@ -162,6 +166,7 @@ def main(argv=None) -> int:
         print("ingest: error: %s" % e, file=sys.stderr)
         return 2
     save_config(cfg, stats["output"])
+    save_config(cfg, storage.join(cfg.output, "ingest", "dropped"))
     print("ingest: %d records in, %d documents out -> %s (%.1f s)" % (
         stats["records_in"], stats["records_out"], stats["output"], stats["seconds"]))
     for reason, n in stats["dropped"].items():

@@ -181,3 +181,12 @@ def test_cli_main_with_resiliparse_and_non_string_text_column(spark, tmp_path, c
     assert len(texts) == 3 and all(t.startswith("Page ") for t in texts)
     assert job.main(["--input", str(tmp_path / "nothing-here*.warc"), "--output", out]) == 2
     assert "no input files match" in capsys.readouterr().err
+
+
+def test_corrupt_parquet_is_a_clear_error(spark, tmp_path):
+    from pipeline.storage import InputError
+
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1" + os.urandom(500))
+    with pytest.raises(InputError, match=r"cannot read parquet input \(.*broken\.parquet\)"):
+        job.run(spark, IngestConfig(input=(str(bad),), output=str(tmp_path / "out")))

@@ -16,10 +16,10 @@ class IngestConfig(JobConfig):
     """Ingest WARC / parquet / JSON-lines files into DIR/docs (id, url, text, source, warc_date)."""
 
     input: Tuple[str, ...] = field(default=(), metadata=flag(
-        "--input", nargs="+", required=True, metavar="PATH",
+        "--input", nargs="+", required=True, default=None, metavar="PATH",
         help="files, directories or globs; local paths or s3:// URIs"))
     output: str = field(default="", metadata=flag(
-        "--output", required=True, metavar="DIR",
+        "--output", required=True, default=None, metavar="DIR",
         help="output root: writes DIR/docs and DIR/ingest/dropped"))
     format: str = field(default="auto", metadata=flag(
         "--format", choices=FORMATS,

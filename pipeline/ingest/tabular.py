@@ -126,7 +126,12 @@ def parquet_records(spark, files: Sequence[str], opts: IngestOptions):
 
     from pipeline import storage
 
-    df = spark.read.option("mergeSchema", "true").parquet(*[storage.to_spark_path(f) for f in files])
+    try:
+        # mergeSchema: files written at different times may have gained or lost columns.
+        df = spark.read.option("mergeSchema", "true").parquet(*[storage.to_spark_path(f) for f in files])
+    except Exception as e:  # a corrupt footer, conflicting column types: Spark's first line says which
+        raise storage.InputError("cannot read parquet input (%s): %s" % (
+            _names(files), str(e).strip().splitlines()[0][:500])) from e
     if opts.text_col not in df.columns:
         raise MissingColumnError("text column %r not found in %s; available columns: %s (use --text-col)"
                                  % (opts.text_col, _names(files), ", ".join(df.columns)))

@@ -22,6 +22,7 @@ COMMANDS = {
     "train": ("pipeline.gpt.train", "pretrain GPT-2 on llm.c shards (train_gpt2cu flags)"),
     "generate": ("pipeline.gpt.generate", "sample text from a checkpoint (KV cache)"),
     "plot": ("pipeline.gpt.plot", "plot train/val loss and HellaSwag from log dirs"),
+    "emr": ("emr.launch", "EMR cluster: bundle/upload/create-cluster/submit/wait/logs/terminate"),
 }
 
 

@@ -6,7 +6,7 @@
 
 The first two are `pipeline generate --benchmark`: a table, and
 bench/results/inference_<device>.{json,csv,png}. `--variants` times the engine's decode options at
-batch 1 (attention kernel, fused GELU epilogue, torch.compile), the bare CUDA-graph replay against the
+batch 1 (CUDA graphs on/off, fused kernels on/off), the bare CUDA-graph replay against the
 whole generate loop, and lists the kernels of one decode step; it writes
 bench/results/inference_variants.json. Numbers: docs/benchmarks/inference.md.
 """
@@ -43,30 +43,28 @@ def variants(out_dir="bench/results", n=256):
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    configs = [dict(attention="sdpa", fuse_gelu=False), dict(attention="sdpa", fuse_gelu=True),
-               dict(attention="manual", fuse_gelu=False), dict(attention="manual", fuse_gelu=True),
-               dict(attention="sdpa", fuse_gelu=True, compile=True),
-               dict(attention="manual", fuse_gelu=True, compile=True)]
+    configs = [dict(cuda_graphs=False, fuse=False), dict(cuda_graphs=False, fuse=True),
+               dict(cuda_graphs=True, fuse=False), dict(cuda_graphs=True, fuse=True)]
     for cfg in configs:
         row = dict(cfg)
         try:
             t0 = time.perf_counter()
-            engine = Engine(model, max_batch_size=1, cuda_graphs=True, **cfg)
+            engine = Engine(model, max_batch_size=1, **cfg)
             gen = lambda: engine.generate([HELLO], n, temperature=0, stop_token=None)  # noqa: E731
             gen()
             row["warmup_s"] = time.perf_counter() - t0
             secs = timed(gen)
             row.update(seconds=secs, tokens_per_s=n / secs)
-            # bare replay of the captured step (GPU time per token, no Python loop)
-            graph, _ = engine._graphs[max(engine._graphs)]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(200):
-                graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            row["replay_ms_window_%d" % max(engine._graphs)[1]] = start.elapsed_time(end) / 200
-            row["fused_gelu_active"] = engine.fuse_gelu
+            if engine.cuda_graphs:  # bare replay of the captured step: GPU time per token, no Python loop
+                graph, _ = engine._graphs[max(engine._graphs)]
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(200):
+                    graph.replay()
+                end.record()
+                torch.cuda.synchronize()
+                row["replay_ms_window_%d" % max(engine._graphs)[1]] = start.elapsed_time(end) / 200
+            row["fused_active"] = [engine.fuse_gelu, engine.fuse_ln]
             del engine
         except Exception as e:  # a variant that does not run here is a result too
             row["error"] = "%s: %s" % (type(e).__name__, str(e)[:300])
@@ -76,7 +74,7 @@ def variants(out_dir="bench/results", n=256):
     # kernels of one decode step (eager, so the profiler sees each launch)
     from torch.profiler import ProfilerActivity, profile
 
-    for cfg in (dict(attention="sdpa", fuse_gelu=True), dict(attention="manual", fuse_gelu=True)):
+    for cfg in (dict(fuse=False), dict(fuse=True)):
         engine = Engine(model, max_batch_size=1, cuda_graphs=False, **cfg)
         engine.generate([HELLO * 8], 2, temperature=0, stop_token=None)
         steps = 10
@@ -93,7 +91,7 @@ def variants(out_dir="bench/results", n=256):
         table = sorted(kern.items(), key=lambda kv: -kv[1][1])
         total_n = sum(v[0] for v in kern.values()) / steps
         total_us = sum(v[1] for v in kern.values()) / steps
-        name = "profile_%s" % cfg["attention"]
+        name = "profile_%s" % ("fused" if cfg["fuse"] else "unfused")
         results[name] = {"kernels_per_step": total_n, "kernel_us_per_step": total_us,
                          "top": [(k, v[0] / steps, v[1] / steps) for k, v in table[:14]]}
         print("\n%s: %.0f kernels, %.0f us of kernel time per step" % (name, total_n, total_us))

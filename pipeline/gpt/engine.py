@@ -76,6 +76,53 @@ def _gelu_epilogue_works(device: torch.device) -> bool:
         return False
 
 
+try:  # Triton ships with CUDA builds of PyTorch; without it the engine uses plain PyTorch ops.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+if triton is not None:
+    @triton.jit
+    def _add_ln_kernel(X, Y, BIAS, W, LB, XO, H, C, eps, BLOCK: tl.constexpr):
+        """One row: xo = x + y + bias (rounded to x's dtype, as the unfused add would), h = LN(xo)."""
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        m = cols < C
+        x = tl.load(X + row * C + cols, mask=m, other=0.0).to(tl.float32)
+        y = tl.load(Y + row * C + cols, mask=m, other=0.0).to(tl.float32)
+        b = tl.load(BIAS + cols, mask=m, other=0.0).to(tl.float32)
+        s = (x + (y + b).to(XO.dtype.element_ty).to(tl.float32)).to(XO.dtype.element_ty)
+        tl.store(XO + row * C + cols, s, mask=m)
+        s = s.to(tl.float32)
+        mean = tl.sum(s, axis=0) / C
+        d = tl.where(m, s - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+        w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+        lb = tl.load(LB + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(H + row * C + cols, (d * rstd * w + lb).to(H.dtype.element_ty), mask=m)
+
+
+def _add_ln_works(device: torch.device) -> bool:
+    """Whether the fused residual+LayerNorm kernel runs here and matches PyTorch's ops."""
+    if triton is None or device.type != "cuda":
+        return False
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        C = 96  # not a power of two: exercises the masked tail
+        x, y, w, b, lw, lb = (torch.randn(shape, generator=g).to(device)
+                              for shape in ((5, C), (5, C), (C, C), (C,), (C,), (C,)))
+        want_x = x + F.linear(y, w, b)
+        want_h = F.layer_norm(want_x, (C,), lw, lb, 1e-5)
+        got_x, got_h = torch.empty_like(x), torch.empty_like(x)
+        _add_ln_kernel[(5,)](x, F.linear(y, w), b, lw, lb, got_x, got_h, C, 1e-5,
+                             BLOCK=triton.next_power_of_2(C))
+        return bool(torch.allclose(got_x, want_x, rtol=1e-5, atol=1e-5)
+                    and torch.allclose(got_h, want_h, rtol=1e-4, atol=1e-4))
+    except Exception:  # any compile/launch failure: fall back to the unfused ops
+        return False
+
+
 # ----------------------------------------------------------------------------------------------
 # reference decoder
 
@@ -112,8 +159,7 @@ class Engine:
     """
 
     def __init__(self, model, max_batch_size: int = 1, max_seq_len: Optional[int] = None,
-                 cuda_graphs: Optional[bool] = None, attention: str = "sdpa", fuse_gelu: bool = True,
-                 compile: bool = False):
+                 cuda_graphs: Optional[bool] = None, fuse: bool = True):
         self.model = model.eval()
         cfg = model.config
         param = next(model.parameters())
@@ -125,12 +171,9 @@ class Engine:
         self.max_seq_len = min(int(max_seq_len or cfg.block_size), cfg.block_size)
         shape = (self.n_layer, self.max_batch_size, self.max_seq_len, 2 * self.n_embd)
         self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        if attention not in ("sdpa", "manual"):
-            raise ValueError("attention must be 'sdpa' or 'manual', got %r" % attention)
-        self.attention = attention
-        self.fuse_gelu = fuse_gelu and _gelu_epilogue_works(self.device)
-        self.compiled = bool(compile)
-        self._step = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
+        # Fused kernels (CUDA only), each used only after it reproduced the unfused ops numerically.
+        self.fuse_gelu = fuse and _gelu_epilogue_works(self.device)
+        self.fuse_ln = fuse and _add_ln_works(self.device)
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         if cuda_graphs and self.device.type != "cuda":
@@ -155,9 +198,11 @@ class Engine:
         tr = self.model.transformer
         B, T = idx.shape
         H, D, C = self.n_head, self.head_dim, self.n_embd
+        blocks = tr.h
         x = tr.wte(idx) + tr.wpe(pos)
-        for layer, block in enumerate(tr.h):
-            qkv = block.attn.c_attn(block.ln_1(x))                      # (B, T, 3C)
+        h = blocks[0].ln_1(x)
+        for layer, block in enumerate(blocks):
+            qkv = block.attn.c_attn(h)                                  # (B, T, 3C)
             cache = self.kv_cache[layer, :B]                            # (B, S, 2C)
             cache.index_copy_(1, slots, qkv[..., C:])
             q = qkv[..., :C].view(B, T, H, D).transpose(1, 2)
@@ -165,23 +210,33 @@ class Engine:
             v = cache[:, :window, C:].view(B, window, H, D).transpose(1, 2)
             if mask is None:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            elif self.attention == "manual" and T == 1:
-                # decode: (B, H, 1, window) scores; the mask add and the 1/sqrt(D) scale in one kernel
-                att = torch.add(mask, q @ k.transpose(-2, -1), alpha=D ** -0.5)
-                y = F.softmax(att, dim=-1) @ v
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
-            h = block.ln_2(x)
+            y = y.transpose(1, 2).reshape(B, T, C)
+            x, h = self._residual_ln(x, y, block.attn.c_proj, block.ln_2)
             fc = block.mlp.c_fc
             if self.fuse_gelu:  # bias + tanh-GELU in the matmul's epilogue (cuBLASLt), one kernel
-                h = torch._addmm_activation(fc.bias, h.reshape(B * T, C), fc.weight.t(),
+                f = torch._addmm_activation(fc.bias, h.reshape(B * T, C), fc.weight.t(),
                                             use_gelu=True).view(B, T, -1)
             else:
-                h = F.gelu(fc(h), approximate="tanh")
-            x = x + block.mlp.c_proj(h)
-        x = tr.ln_f(x[:, -1])
-        return self.model.lm_head(x)[:, :self.vocab_size]
+                f = F.gelu(fc(h), approximate="tanh")
+            next_ln = blocks[layer + 1].ln_1 if layer + 1 < len(blocks) else tr.ln_f
+            x, h = self._residual_ln(x, f, block.mlp.c_proj, next_ln)
+        return self.model.lm_head(h[:, -1])[:, :self.vocab_size]
+
+    def _residual_ln(self, x: torch.Tensor, inp: torch.Tensor, proj, ln) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x + proj(inp), and the LayerNorm of that: the residual add of one sub-layer and the
+        normalisation opening the next. On CUDA one Triton kernel does the bias add, the residual add
+        and the LayerNorm (three launches of a few microseconds each at batch 1, otherwise)."""
+        if not self.fuse_ln:
+            x = x + proj(inp)
+            return x, ln(x)
+        out = F.linear(inp, proj.weight)
+        new_x, h = torch.empty_like(x), torch.empty_like(x)
+        rows, C = x.numel() // x.size(-1), x.size(-1)
+        _add_ln_kernel[(rows,)](x, out, proj.bias, ln.weight, ln.bias, new_x, h, C, ln.eps,
+                                BLOCK=triton.next_power_of_2(C))
+        return new_x, h
 
     def _prefill(self, idx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape
@@ -215,8 +270,6 @@ class Engine:
         """Cache slots the step at `cur` reads: a power of two (>= MIN_WINDOW) covering cur."""
         if not self.cuda_graphs:
             return cur + 1  # eager: read exactly what exists
-        if self.compiled:
-            return self.max_seq_len  # one shape, one compilation
         w = MIN_WINDOW
         while w < cur + 1:
             w *= 2
@@ -226,7 +279,7 @@ class Engine:
         self._cur.fill_(cur)
         window = self._window(cur)
         if not self.cuda_graphs:
-            return self._step(B, window)
+            return self._decode_step(B, window)
         key = (B, window)
         if key not in self._graphs:
             self._graphs[key] = self._capture(B, window)
@@ -240,14 +293,13 @@ class Engine:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2 if self.compiled else 1):  # compiling may take a first call of its own
-                self._step(B, window)
+            self._decode_step(B, window)
         torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._step(B, window)
+            logits = self._decode_step(B, window)
         return graph, logits
 
     # -- public API -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ N = 400
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sample") / "s")
-    res = sample.write_sample(out, N, seed=7)
+    res = sample.write_sample(out, N, seed=7, workers=2)
     return out, res
 
 
@@ -29,7 +29,7 @@ def _digests(out):
 
 
 def test_generate_documents_deterministic():
-    a, b = sample.generate_documents(150, seed=3), sample.generate_documents(150, seed=3)
+    a, b = sample.generate_documents(150, seed=3), sample.generate_documents(150, seed=3, workers=2)
     assert a == b
     c = sample.generate_documents(150, seed=4)
     assert [d["id"] for d in a] != [d["id"] for d in c]
@@ -40,7 +40,7 @@ def test_generate_documents_deterministic():
 def test_same_seed_identical_files_different_seed_differs(sample_dir, tmp_path):
     out, _ = sample_dir
     again = str(tmp_path / "again")
-    sample.main(["--docs", str(N), "--out", again, "--seed", "7"])
+    sample.main(["--docs", str(N), "--out", again, "--seed", "7", "--workers", "1"])  # fixture: one per CPU
     first, second = _digests(out), _digests(again)
     second.pop("_config.json")  # records the output path; the data files must match byte for byte
     assert {k: first[k] for k in second} == second

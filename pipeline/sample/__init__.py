@@ -44,46 +44,88 @@ class SampleConfig(JobConfig):
     threshold: float = field(default=0.8, metadata=flag("--threshold", type=float,
                                                         help="Jaccard threshold for the truth"))
     ngram: int = field(default=DEFAULT_NGRAM, metadata=flag("--ngram", type=int, help="shingle size in words"))
+    workers: int = field(default=0, metadata=flag("--workers", type=int,
+                                                  help="processes; 0 = one per CPU, at most 4 (output is the same)"))
 
 
 def _n_sites(n_docs: int) -> int:
     return max(8, min(200, n_docs // 400))
 
 
-def generate_documents(n_docs: int, seed: int = 0) -> List[Dict]:
-    """The corpus as a list of dicts, in crawl order (families scattered).
-
-    Keys: id (`<urn:uuid:...>`), url, text, html, date (WARC-Date), site (host), family (int),
-    parent_id (id of the page it was derived from, or None), edit (how it was derived).
-    """
-    if n_docs < 0:
-        raise ValueError("n_docs must be >= 0")
+def _site_setup(n_docs: int, seed: int):
     sites = corpus.make_sites(_n_sites(n_docs), seed)
     site_rng = random.Random("%d:site-weights" % seed)
     weights = [1.0 / (1 + i) ** 0.8 * site_rng.uniform(0.5, 1.5) for i in range(len(sites))]  # Zipf-ish
     start = datetime(2024, 1, 1) + timedelta(days=random.Random("%d:start" % seed).randrange(365))
+    return sites, weights, start
+
+
+def _generate_families(args) -> List[Dict]:
+    """Documents of a range of planned families (runs in a worker process)."""
+    n_docs, seed, plan, ngram = args
+    sites, weights, start = _site_setup(n_docs, seed)
     docs: List[Dict] = []
-    family = 0
-    while len(docs) < n_docs:
-        pages = corpus.generate_family(seed, family, sites, weights, max_size=n_docs - len(docs))
+    for family, size in plan:
+        pages = corpus.generate_family(seed, family, sites, weights, max_size=size)
         id_rng = random.Random("%d:ids:%d" % (seed, family))
         ids = [warc.record_id(id_rng) for _ in pages]
         for page, doc_id in zip(pages, ids):
-            blocks = corpus.page_blocks(page)
-            docs.append({
+            doc = {
                 "id": doc_id,
                 "url": page["url"],
                 "text": corpus.page_text(page),
-                "html": warc.render_html(blocks),
+                "html": warc.render_html(corpus.page_blocks(page)),
                 "date": warc.warc_date(start, id_rng.randrange(30 * 86400)),
                 "site": page["site"]["host"],
                 "family": family,
                 "parent_id": None if page["parent"] is None else ids[page["parent"]],
                 "edit": page["edit"],
-            })
-        family += 1
+            }
+            if ngram:  # write_sample needs the shingles; computing them here spreads the work
+                doc["shingles"] = shingle_hashes(doc["text"], ngram)
+            docs.append(doc)
+    return docs
+
+
+def _map(fn, tasks: Sequence, workers: int) -> List:
+    """fn over tasks, in order; in a process pool when workers > 1. Results never depend on workers."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [fn(t) for t in tasks]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, tasks))
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _generate(n_docs: int, seed: int, workers: int, ngram: int) -> List[Dict]:
+    if n_docs < 0:
+        raise ValueError("n_docs must be >= 0")
+    plan = corpus.family_plan(seed, n_docs)
+    n_chunks = 1 if workers <= 1 else workers * 4
+    step = -(-len(plan) // n_chunks) if plan else 1
+    tasks = [(n_docs, seed, plan[i:i + step], ngram) for i in range(0, len(plan), step)]
+    docs = [d for chunk in _map(_generate_families, tasks, workers) for d in chunk]
     random.Random("%d:order" % seed).shuffle(docs)
     return docs
+
+
+def generate_documents(n_docs: int, seed: int = 0, workers: int = 1) -> List[Dict]:
+    """The corpus as a list of dicts, in crawl order (families scattered).
+
+    Keys: id (`<urn:uuid:...>`), url, text, html, date (WARC-Date), site (host), family (int),
+    parent_id (id of the page it was derived from, or None), edit (how it was derived).
+    The result depends only on n_docs and seed, not on `workers`.
+    """
+    return _generate(n_docs, seed, workers, ngram=0)
+
+
+def _write_warc_file(args) -> Dict[str, int]:
+    path, docs, seed, index, start = args
+    return warc.write_warc(path, docs, n_extra=max(2, len(docs) // 40), seed=seed, file_index=index, start=start)
 
 
 def _write_parquet(path: str, columns: Dict[str, Sequence], types: Dict) -> None:
@@ -97,14 +139,19 @@ def _write_parquet(path: str, columns: Dict[str, Sequence], types: Dict) -> None
 
 
 def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.8,
-                 ngram: int = DEFAULT_NGRAM) -> Dict:
-    """Generate and write the corpus (see module doc). Returns paths, counts and timings."""
+                 ngram: int = DEFAULT_NGRAM, workers: Optional[int] = None) -> Dict:
+    """Generate and write the corpus (see module doc). Returns paths, counts and timings.
+
+    `workers` processes (default: up to 4, one per CPU) generate pages and write WARC files; the
+    files are byte-identical whatever the number of workers.
+    """
     import pyarrow as pa
 
     from pipeline.exact_jaccard import clusters_from_sets
 
+    workers = _default_workers() if workers is None else max(1, workers)
     t0 = time.time()
-    docs = generate_documents(n_docs, seed)
+    docs = _generate(n_docs, seed, workers, ngram)
     t_gen = time.time() - t0
 
     warc_dir = os.path.join(out_dir, "warc")
@@ -117,16 +164,16 @@ def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.
 
     t1 = time.time()
     n_files = max(2, min(64, -(-n_docs // DOCS_PER_WARC)))
-    start = datetime(2024, 1, 1) + timedelta(days=random.Random("%d:start" % seed).randrange(365))
-    warc_paths, records = [], {}
-    for i in range(n_files):
-        chunk = docs[i::n_files]
-        path = os.path.join(warc_dir, "sample-%05d.warc.gz" % i)
-        counts = warc.write_warc(path, chunk, n_extra=max(2, len(chunk) // 40), seed=seed, file_index=i,
-                                 start=start)
+    start = _site_setup(n_docs, seed)[2]
+    warc_paths = [os.path.join(warc_dir, "sample-%05d.warc.gz" % i) for i in range(n_files)]
+    keys = ("id", "url", "html", "date")  # only what the WARC needs travels to the workers
+    tasks = [(warc_paths[i], [{k: d[k] for k in keys} for d in docs[i::n_files]], seed, i, start)
+             for i in range(n_files)]
+    records: Dict[str, int] = {}
+    for counts in _map(_write_warc_file, tasks, workers):
         for k, v in counts.items():
             records[k] = records.get(k, 0) + v
-        warc_paths.append(path)
+    del tasks
     t_warc = time.time() - t1
     for d in docs:  # the HTML is in the WARC files now; free it before the truth needs memory
         del d["html"]
@@ -137,7 +184,7 @@ def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.
     _write_parquet(docs_path, {"id": [d["id"] for d in docs], "url": [d["url"] for d in docs],
                                "text": [d["text"] for d in docs]},
                    {"id": pa.string(), "url": pa.string(), "text": pa.string()})
-    sets = {d["id"]: shingle_hashes(d["text"], ngram) for d in docs}
+    sets = {d["id"]: d.pop("shingles") for d in docs}
     truth, pairs = clusters_from_sets(list(sets), list(sets.values()), threshold)
     truth_path = os.path.join(out_dir, "truth.parquet")
     _write_parquet(truth_path, {c: truth[c].tolist() for c in ("id", "cluster", "has_dup")},
@@ -187,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = SampleConfig.from_args(parser.parse_args(argv))
     if cfg.docs < 1:
         parser.error("--docs must be >= 1")
-    res = write_sample(cfg.out, cfg.docs, cfg.seed, cfg.threshold, cfg.ngram)
+    res = write_sample(cfg.out, cfg.docs, cfg.seed, cfg.threshold, cfg.ngram, workers=cfg.workers or None)
     save_config(cfg, cfg.out)
     r = res["warc_records"]
     print("wrote %d documents (%d families) to %s in %.1fs" % (res["n_docs"], res["n_families"], cfg.out,

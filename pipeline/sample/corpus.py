@@ -309,11 +309,26 @@ def _family_size(rng: random.Random) -> int:
     return rng.randint(15, 40)  # a widely syndicated story
 
 
+def family_plan(seed: int, n_docs: int) -> List[Tuple[int, int]]:
+    """(family, size) for every family of an n_docs corpus; the last one is cut to fit.
+
+    Sizes are the first draw of each family's own generator, so planning is cheap and lets workers
+    generate disjoint family ranges that together equal the serial result.
+    """
+    plan, total, family = [], 0, 0
+    while total < n_docs:
+        size = min(_family_size(random.Random("%d:%d" % (seed, family))), n_docs - total)
+        plan.append((family, size))
+        total += size
+        family += 1
+    return plan
+
+
 def generate_family(seed: int, family: int, sites: Sequence[Dict[str, object]], weights: Sequence[float],
                     max_size: int) -> List[Page]:
     """The pages of one family (base first), each annotated with `family`, `parent` index and `edit`."""
     rng = random.Random("%d:%d" % (seed, family))
-    size = min(_family_size(rng), max_size)
+    size = min(_family_size(rng), max_size)  # the same first draw as in family_plan
     site = rng.choices(sites, weights=weights)[0]
     base = _base_page(rng, site, serial=family * 64)
     base.update(family=family, parent=None, edit="base")

@@ -64,7 +64,7 @@ def variants(out_dir="bench/results", n=256):
                 end.record()
                 torch.cuda.synchronize()
                 row["replay_ms_window_%d" % max(engine._graphs)[1]] = start.elapsed_time(end) / 200
-            row["fused_active"] = [engine.fuse_gelu, engine.fuse_ln]
+            row["fused_active"] = [engine.fuse_gelu, engine.fuse_ln, engine.fuse_attn]
             del engine
         except Exception as e:  # a variant that does not run here is a result too
             row["error"] = "%s: %s" % (type(e).__name__, str(e)[:300])

@@ -180,7 +180,7 @@ def test_cuda_engine_matches_reference(graphs, fuse, dtype):
     model = tiny_model().to("cuda", getattr(torch, dtype))
     engine = Engine(model, max_batch_size=4, cuda_graphs=graphs, fuse=fuse)
     # on a CUDA build both fused kernels must pass their self-checks, or the fast path silently vanished
-    assert engine.fuse_gelu == engine.fuse_ln == fuse
+    assert engine.fuse_gelu == engine.fuse_ln == engine.fuse_attn == fuse
     seen = record_logits(engine)
     prompts = prompts_of([3, 17, 1, 10])
     got = engine.generate(prompts, 40, temperature=0, stop_token=None)

@@ -103,6 +103,85 @@ if triton is not None:
         tl.store(H + row * C + cols, (d * rstd * w + lb).to(H.dtype.element_ty), mask=m)
 
 
+    @triton.jit
+    def _decode_attn_kernel(QKV, CACHE, CUR, PAD, OUT, stride_q, stride_cb, stride_cs, C, H, scale,
+                            D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Attention of one new token per sequence, for one (sequence, head) per program.
+
+        Writes the token's key/value into cache slot `cur` and attends over slots [pad, cur]: the
+        cached ones [pad, cur) block by block with an online softmax, the new one from registers (so
+        nothing reads what this program just stored). Loop bounds come from device memory, so one
+        CUDA graph serves every step and reads only the slots that exist.
+        """
+        pid = tl.program_id(0)
+        b = pid // H
+        h = pid % H
+        cur = tl.load(CUR)
+        pad = tl.load(PAD + b)
+        d = tl.arange(0, D)
+        row = QKV + b * stride_q + h * D + d
+        q = tl.load(row).to(tl.float32)
+        k_new = tl.load(row + C)
+        v_new = tl.load(row + 2 * C)
+        base = CACHE + b * stride_cb + h * D
+        tl.store(base + cur * stride_cs + d, k_new)
+        tl.store(base + cur * stride_cs + C + d, v_new)
+        # start the running softmax at the new token: it is always visible, so the max stays finite
+        m_i = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
+        l_i = m_i * 0.0 + 1.0
+        acc = v_new.to(tl.float32)
+        for start in range(0, cur, BLOCK_N):
+            offs = start + tl.arange(0, BLOCK_N)
+            valid = (offs < cur) & (offs >= pad)
+            ptrs = base + offs[:, None] * stride_cs + d[None, :]
+            k = tl.load(ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+            s = tl.sum(k * q[None, :], axis=1) * scale
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new)
+            v = tl.load(ptrs + C, mask=valid[:, None], other=0.0).to(tl.float32)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+            m_i = m_new
+        tl.store(OUT + b * C + h * D + d, (acc / l_i).to(OUT.dtype.element_ty))
+
+
+def _decode_attn(qkv: torch.Tensor, cache: torch.Tensor, cur: torch.Tensor, pad: torch.Tensor,
+                 n_head: int) -> torch.Tensor:
+    """qkv (B, 3C) of the new tokens, cache (B, S, 2C) -> attention output (B, C); see the kernel."""
+    B, C = qkv.size(0), qkv.size(1) // 3
+    D = C // n_head
+    out = torch.empty(B, C, dtype=qkv.dtype, device=qkv.device)
+    _decode_attn_kernel[(B * n_head,)](qkv, cache, cur, pad, out, qkv.stride(0), cache.stride(0),
+                                       cache.stride(1), C, n_head, D ** -0.5, D=D, BLOCK_N=64)
+    return out
+
+
+def _decode_attn_works(device: torch.device, head_dim: int) -> bool:
+    """Whether the decode-attention kernel runs here and matches SDPA (and writes the cache)."""
+    if triton is None or device.type != "cuda" or head_dim & (head_dim - 1):
+        return False
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        B, H, D, S, cur = 2, 3, head_dim, 150, 140  # cur > 2 blocks, so the loop runs several times
+        C = H * D
+        qkv = torch.randn(B, 3 * C, generator=g).to(device)
+        cache = torch.randn(B, S, 2 * C, generator=g).to(device)
+        pad = torch.tensor([0, 7], device=device)
+        want_cache = cache.clone()
+        want_cache[:, cur] = qkv[:, C:]
+        q = qkv[:, :C].view(B, H, 1, D)
+        k = want_cache[:, :cur + 1, :C].view(B, cur + 1, H, D).transpose(1, 2)
+        v = want_cache[:, :cur + 1, C:].view(B, cur + 1, H, D).transpose(1, 2)
+        keep = (torch.arange(cur + 1, device=device)[None, :] >= pad[:, None])[:, None, None, :]
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).reshape(B, C)
+        got = _decode_attn(qkv, cache, torch.tensor([cur], device=device), pad, H)
+        return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4) and torch.equal(cache, want_cache))
+    except Exception:  # any compile/launch failure: fall back to SDPA
+        return False
+
+
 def _add_ln_works(device: torch.device) -> bool:
     """Whether the fused residual+LayerNorm kernel runs here and matches PyTorch's ops."""
     if triton is None or device.type != "cuda":
@@ -174,6 +253,7 @@ class Engine:
         # Fused kernels (CUDA only), each used only after it reproduced the unfused ops numerically.
         self.fuse_gelu = fuse and _gelu_epilogue_works(self.device)
         self.fuse_ln = fuse and _add_ln_works(self.device)
+        self.fuse_attn = fuse and _decode_attn_works(self.device, self.head_dim)
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         if cuda_graphs and self.device.type != "cuda":
@@ -191,10 +271,11 @@ class Engine:
     # -- the transformer, with cached attention -------------------------------------------------
 
     def _forward(self, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
-                 mask: Optional[torch.Tensor], window: int) -> torch.Tensor:
+                 mask: Optional[torch.Tensor], window: int, fused_decode: bool = False) -> torch.Tensor:
         """Run tokens idx (B, T) at positions pos (B, T), writing their keys/values into cache slots
         `slots` (T,), attending over cache slots [0, window) under `mask` (B, 1, T, window; None means
-        plain causal). Returns the logits of the last position, (B, vocab_size)."""
+        plain causal). `fused_decode`: T == 1 and the attention kernel takes slots and mask from the
+        static `_cur`/`_pad` buffers instead. Returns the logits of the last position, (B, vocab_size)."""
         tr = self.model.transformer
         B, T = idx.shape
         H, D, C = self.n_head, self.head_dim, self.n_embd
@@ -204,6 +285,11 @@ class Engine:
         for layer, block in enumerate(blocks):
             qkv = block.attn.c_attn(h)                                  # (B, T, 3C)
             cache = self.kv_cache[layer, :B]                            # (B, S, 2C)
+            if fused_decode:
+                y = _decode_attn(qkv.view(B, 3 * C), cache, self._cur, self._pad[:B], H).view(B, 1, C)
+                x, h = self._residual_ln(x, y, block.attn.c_proj, block.ln_2)
+                x, h = self._mlp(x, h, layer)
+                continue
             cache.index_copy_(1, slots, qkv[..., C:])
             q = qkv[..., :C].view(B, T, H, D).transpose(1, 2)
             k = cache[:, :window, :C].view(B, window, H, D).transpose(1, 2)
@@ -214,15 +300,21 @@ class Engine:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             y = y.transpose(1, 2).reshape(B, T, C)
             x, h = self._residual_ln(x, y, block.attn.c_proj, block.ln_2)
-            fc = block.mlp.c_fc
-            if self.fuse_gelu:  # bias + tanh-GELU in the matmul's epilogue (cuBLASLt), one kernel
-                f = torch._addmm_activation(fc.bias, h.reshape(B * T, C), fc.weight.t(),
-                                            use_gelu=True).view(B, T, -1)
-            else:
-                f = F.gelu(fc(h), approximate="tanh")
-            next_ln = blocks[layer + 1].ln_1 if layer + 1 < len(blocks) else tr.ln_f
-            x, h = self._residual_ln(x, f, block.mlp.c_proj, next_ln)
+            x, h = self._mlp(x, h, layer)
         return self.model.lm_head(h[:, -1])[:, :self.vocab_size]
+
+    def _mlp(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The MLP of `layer` on h = ln_2(x); returns the new residual x and the next LayerNorm of it."""
+        tr = self.model.transformer
+        block = tr.h[layer]
+        fc = block.mlp.c_fc
+        if self.fuse_gelu:  # bias + tanh-GELU in the matmul's epilogue (cuBLASLt), one kernel
+            f = torch._addmm_activation(fc.bias, h.reshape(-1, self.n_embd), fc.weight.t(),
+                                        use_gelu=True).view(*h.shape[:-1], -1)
+        else:
+            f = F.gelu(fc(h), approximate="tanh")
+        next_ln = tr.h[layer + 1].ln_1 if layer + 1 < len(tr.h) else tr.ln_f
+        return self._residual_ln(x, f, block.mlp.c_proj, next_ln)
 
     def _residual_ln(self, x: torch.Tensor, inp: torch.Tensor, proj, ln) -> Tuple[torch.Tensor, torch.Tensor]:
         """x + proj(inp), and the LayerNorm of that: the residual add of one sub-layer and the
@@ -262,12 +354,16 @@ class Engine:
         """One decode step for the first B sequences, reading static buffers only (graph-safe)."""
         tok, pad, cur = self._tok[:B], self._pad[:B], self._cur
         pos = (cur - pad).clamp(min=0)[:, None]
+        if self.fuse_attn:
+            return self._forward(tok[:, None], pos, cur, None, window, fused_decode=True)
         slot = torch.arange(window, device=self.device)
         keep = (slot[None, :] <= cur) & (slot[None, :] >= pad[:, None])  # (B, window)
         return self._forward(tok[:, None], pos, cur, self._additive(keep[:, None, None, :]), window)
 
     def _window(self, cur: int) -> int:
         """Cache slots the step at `cur` reads: a power of two (>= MIN_WINDOW) covering cur."""
+        if self.fuse_attn:
+            return self.max_seq_len  # the kernel reads only the slots that exist: one graph fits all
         if not self.cuda_graphs:
             return cur + 1  # eager: read exactly what exists
         w = MIN_WINDOW

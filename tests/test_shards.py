@@ -124,13 +124,14 @@ def test_manifest_and_stats(corpus):
 
 
 def test_deterministic_across_input_layout(spark, corpus):
-    """Same rows, different files/order/partitioning -> byte-identical shards."""
+    """Same rows, different files/order/partitioning, run through the CLI -> byte-identical shards."""
     base = corpus["base"]
     docs = dict(sorted(corpus["docs"].items(), reverse=True))
     _write_tokens(str(base / "tokens2"), docs, n_files=7)
-    cfg = ShardsConfig(input=str(base / "tokens2"), output=str(base / "out2"), name="test",
-                       shard_tokens=corpus["shard_tokens"], val_fraction=0.1)
-    run(spark, cfg)
+    assert cli.main(["shards", "--input", str(base / "tokens2"), "--output", str(base / "out2"), "--name", "test",
+                     "--shard-tokens", str(corpus["shard_tokens"]), "--val-fraction", "0.1"]) == 0
+    saved = json.loads((base / "out2" / "shards" / "_config.json").read_text())
+    assert saved["config"]["shard_tokens"] == corpus["shard_tokens"] and saved["config"]["val_tokens"] is None
     a = {os.path.basename(f): open(f, "rb").read() for f in glob.glob(str(base / "out" / "shards" / "*.bin"))}
     b = {os.path.basename(f): open(f, "rb").read() for f in glob.glob(str(base / "out2" / "shards" / "*.bin"))}
     assert a == b

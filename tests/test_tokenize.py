@@ -1,6 +1,7 @@
 """Tokenize stage: GPT-2 tokens identical to tiktoken's, EOT first, offline BPE flags, deterministic output."""
 import glob
 import hashlib
+import json
 import os
 import shutil
 
@@ -10,6 +11,7 @@ import pytest
 import tiktoken
 
 from jobs.tokenize import TokenizeConfig, run
+from pipeline import cli
 from pipeline import tokenize as tk
 from pipeline.bpe import EOT_TOKEN
 
@@ -127,9 +129,17 @@ def test_tokenize_job(spark, tmp_path, enc, bpe_data):
         ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
         assert ids == sorted(ids)
 
-    # Rerun from differently split input files: byte-identical output files.
+    # Rerun through the CLI, from differently split input files and with the cache-dir flag instead
+    # of the rank file: byte-identical output files, and the config saved next to them.
     first = _part_bytes(str(tmp_path / "out"))
     shutil.rmtree(str(tmp_path / "kept"))
     _write_docs(str(tmp_path / "kept"), texts + [None], n_files=5)
-    run(spark, cfg)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / R50K_CACHE_NAME).write_bytes(bpe_data)
+    assert cli.main(["tokenize", "--input", str(tmp_path / "kept"), "--output", str(tmp_path / "out"),
+                     "--tiktoken-cache", str(cache), "--tokenize-partitions", "3",
+                     "--encode-batch-size", "7"]) == 0
     assert _part_bytes(str(tmp_path / "out")) == first
+    saved = json.loads((tmp_path / "out" / "tokens" / "_config.json").read_text())
+    assert saved["config"]["tiktoken_cache"] == str(cache) and saved["config"]["tokenize_partitions"] == 3

@@ -1,6 +1,6 @@
 """Sample-corpus generation time and the similarity spread of its near-duplicate families.
 
-    PYTHONPATH=. python bench/bench_sample.py --docs 1000 10000 100000 [--seed 0] [--workdir /tmp/bench-sample]
+    PYTHONPATH=. python bench/bench_sample.py --docs 1000 10000 100000 [--workers 1] [--seed 0]
 
 For each size: wall time of `write_sample` by phase (generate pages, write WARC, shingle + exact
 truth + parquet), output sizes and truth statistics; then, for the largest size, the distribution of
@@ -34,10 +34,17 @@ def _dir_mb(path: str) -> float:
     return total / 1e6
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished worker processes."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--docs", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="write_sample worker processes")
     p.add_argument("--workdir", default="/tmp/bench-sample")
     p.add_argument("--keep", action="store_true", help="keep the generated corpora")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -48,9 +55,9 @@ def main() -> int:
     for n in sorted(args.docs):
         out = os.path.join(args.workdir, "sample-%d" % n)
         shutil.rmtree(out, ignore_errors=True)
-        t, cpu = time.time(), time.process_time()
-        res = write_sample(out, n, args.seed)
-        wall, cpu = time.time() - t, time.process_time() - cpu
+        t, cpu = time.time(), _cpu()
+        res = write_sample(out, n, args.seed, workers=args.workers)
+        wall, cpu = time.time() - t, _cpu() - cpu
         # sizes run in increasing order, so the process's peak RSS so far is this size's peak
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         rows.append({"docs": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak_mb),
@@ -103,7 +110,7 @@ def main() -> int:
 
     result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "load_avg_1m": round(os.getloadavg()[0], 2)},
-              "seed": args.seed, "sizes": rows, "parent_jaccard_hist": hist_rows,
+              "seed": args.seed, "workers": args.workers, "sizes": rows, "parent_jaccard_hist": hist_rows,
               "parent_jaccard_by_edit": by_edit.to_dict(orient="records"), "exact_join": exact}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -15,7 +15,7 @@ writes
 Ground truth is computed with `pipeline.exact_jaccard` on the document text (the words ingest
 extracts from the HTML), with the near-duplicate definition of docs/DESIGN.md: `cluster` is the
 smallest id of the document's connected component. Everything derives from `--seed`: the same seed
-gives byte-identical files.
+gives byte-identical files, whatever `--workers` (processes for page generation and WARC writing).
 """
 from __future__ import annotations
 

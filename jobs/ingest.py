@@ -10,14 +10,19 @@ read by Spark. The per-record result is cached once and both outputs and the cou
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
-import time
-from typing import Dict, List
 
-if __package__ in (None, ""):  # run as a file by spark-submit: make `pipeline` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file by spark-submit
+    # Python put jobs/ first on sys.path, where jobs/tokenize.py would shadow the standard library's
+    # tokenize module; replace it with the repository root so that `pipeline` imports instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import math  # noqa: E402
+import time  # noqa: E402
+from typing import Dict, List  # noqa: E402
 
 from pipeline import accounting, storage  # noqa: E402
 from pipeline.config import save_config  # noqa: E402

@@ -25,14 +25,14 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make `jobs` and 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import storage  # noqa: E402
-from pipeline.bpe import EOT_TOKEN, GPT2_VOCAB_SIZE  # noqa: E402
 from pipeline.config import JobConfig, flag, save_config  # noqa: E402
 from pipeline.shard_plan import (DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION, ShardPlan,  # noqa: E402
-                                 check_shard_tokens, locate, val_end_from_docs, val_target)
+                                 arrow_pieces, block_stats, check_shard_tokens, locate, with_starts,
+                                 val_end_from_docs, val_target)
 from pipeline.shards import MANIFEST, write_shard_pieces  # noqa: E402
 from pipeline.spark import get_spark  # noqa: E402
 
-PIECES_SCHEMA = "shard int, pos long, first boolean, data binary"
+PIECES_SCHEMA = "shard int, pos long, first boolean, data binary"  # see shard_plan.arrow_pieces
 DOCS_PER_SORT_PARTITION = 2_000_000  # (id, n_tokens) pairs: ~150 MB of Python objects to sort
 
 
@@ -51,66 +51,6 @@ class ShardsConfig(JobConfig):
 
 
 Config = ShardsConfig
-
-
-def _block_stats(rows):
-    """(docs, tokens) of one id-sorted partition; rejects duplicate ids and broken token counts."""
-    docs = tokens = 0
-    prev = None
-    for doc_id, n in rows:
-        if doc_id == prev:
-            raise ValueError("duplicate id %r in the tokens input (ids must be unique)" % doc_id)
-        if n is None or n < 1:
-            raise ValueError("document %r has n_tokens=%r (every document starts with <|endoftext|>)"
-                             % (doc_id, n))
-        prev = doc_id
-        docs += 1
-        tokens += n
-    yield docs, tokens
-
-
-def _with_starts(cum_starts):
-    def f(index, rows):
-        start = cum_starts[index]
-        for doc_id, n in rows:
-            yield doc_id, start, n
-            start += n
-    return f
-
-
-def _make_pieces(plan: ShardPlan):
-    """mapInArrow body: (id, start, n_tokens, tokens) -> one row per (shard, position, slice)."""
-    def f(batches):
-        import numpy as np
-        import pyarrow as pa
-
-        for batch in batches:
-            cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
-            lists = cols["tokens"]
-            if lists.null_count:
-                raise ValueError("null tokens in the tokens input")
-            offsets = lists.offsets.to_numpy()
-            flat = lists.flatten().to_numpy(zero_copy_only=False)
-            offsets = offsets - offsets[0]
-            if flat.size and (flat.min() < 0 or flat.max() >= GPT2_VOCAB_SIZE):
-                raise ValueError("token ids outside the GPT-2 vocabulary in the tokens input")
-            data = flat.astype("<u2")
-            out = ([], [], [], [])
-            for i, (doc_id, start, n) in enumerate(zip(cols["id"].to_pylist(), cols["start"].to_pylist(),
-                                                       cols["n_tokens"].to_pylist())):
-                a, b = int(offsets[i]), int(offsets[i + 1])
-                if b - a != n or data[a] != EOT_TOKEN:
-                    raise ValueError("document %r: tokens must start with <|endoftext|> and number n_tokens=%s"
-                                     % (doc_id, n))
-                for shard, pos, lo, hi in plan.pieces(start, n):
-                    out[0].append(shard)
-                    out[1].append(pos)
-                    out[2].append(lo == 0)
-                    out[3].append(data[a + lo:a + hi].tobytes())
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(out[0], pa.int32()), pa.array(out[1], pa.int64()), pa.array(out[2], pa.bool_()),
-                 pa.array(out[3], pa.binary())], names=["shard", "pos", "first", "data"])
-    return f
 
 
 def _write_shards(plan: ShardPlan, out_dir: str):
@@ -139,7 +79,7 @@ def run(spark, cfg: ShardsConfig) -> dict:
     #    so every later use (and any recomputation) sees the same partitions.
     n_parts = max(1, sc.defaultParallelism, -(-tokens.count() // DOCS_PER_SORT_PARTITION))
     meta = tokens.select("id", "n_tokens").rdd.map(tuple).sortByKey(numPartitions=n_parts).persist()
-    blocks = meta.mapPartitions(_block_stats).collect()
+    blocks = meta.mapPartitions(block_stats).collect()
     cum_starts, total = [], 0
     for _, n in blocks:
         cum_starts.append(total)
@@ -147,19 +87,20 @@ def run(spark, cfg: ShardsConfig) -> dict:
     n_docs = sum(d for d, _ in blocks)
 
     # 2. the val boundary: end of the last document starting before the target (a one-partition job).
-    with_starts = meta.mapPartitionsWithIndex(_with_starts(cum_starts), preservesPartitioning=True)
+    starts_rdd = meta.mapPartitionsWithIndex(lambda i, rows: with_starts(cum_starts[i], rows),
+                                             preservesPartitioning=True)
     target = min(val_target(total, cfg.val_fraction, cfg.val_tokens), total)
     val_end = 0
     if target > 0:
         p = locate(cum_starts, target - 1)
-        val_end = sc.runJob(with_starts, lambda rows: [val_end_from_docs(((s, n) for _, s, n in rows), target)],
+        val_end = sc.runJob(starts_rdd, lambda rows: [val_end_from_docs(((s, n) for _, s, n in rows), target)],
                             [p])[0]
     plan = ShardPlan(cfg.name, total, val_end, cfg.shard_tokens)
 
     # 3-4. pieces -> one task per shard -> files + manifest entries.
-    starts = spark.createDataFrame(with_starts.map(lambda r: (r[0], r[1])), "id string, start long")
+    starts = spark.createDataFrame(starts_rdd.map(lambda r: (r[0], r[1])), "id string, start long")
     pieces = (tokens.join(starts, "id").select("id", "start", "n_tokens", "tokens")
-              .mapInArrow(_make_pieces(plan), PIECES_SCHEMA))
+              .mapInArrow(lambda batches: arrow_pieces(batches, plan), PIECES_SCHEMA))
     storage.remove_tree(out_dir)  # a rerun with fewer shards must not leave stale ones for llm.c's glob
     entries = (pieces.rdd.map(lambda r: (r[0], (r[1], r[2], bytes(r[3]))))
                .partitionBy(plan.n_shards, lambda shard: shard)

@@ -12,7 +12,8 @@ shard is a fair sample, and neighbouring documents in a shard are unrelated (not
 
 Given each document's global start offset, `pieces()` says which shard(s) receive which slice of it and
 where; shard writers then place slices by position, so the result does not depend on the order in which
-Spark delivers them.
+Spark delivers them. The per-partition bodies the Spark job runs (`block_stats`, `with_starts`,
+`arrow_pieces`) are plain Python here; jobs/shards.py wires them together.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+import pyarrow as pa
+
+from pipeline.bpe import EOT_TOKEN, GPT2_VOCAB_SIZE
 from pipeline.shards import MAX_TOKENS_PER_SHARD
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # llm.c's fineweb.py shard size
@@ -127,3 +131,63 @@ def val_end_from_docs(starts_and_sizes, target: int) -> int:
         if start <= target - 1 < start + n:
             return start + n
     raise PlanError("no document covers token offset %d" % (target - 1))
+
+
+# --- per-partition bodies of the Spark job (plain Python on rows / Arrow batches) -------------------
+
+def block_stats(rows):
+    """(docs, tokens) of one id-sorted partition; rejects duplicate ids and broken token counts."""
+    docs = tokens = 0
+    prev = None
+    for doc_id, n in rows:
+        if doc_id == prev:
+            raise ValueError("duplicate id %r in the tokens input (ids must be unique)" % doc_id)
+        if n is None or n < 1:
+            raise ValueError("document %r has n_tokens=%r (every document starts with <|endoftext|>)"
+                             % (doc_id, n))
+        prev = doc_id
+        docs += 1
+        tokens += n
+    yield docs, tokens
+
+
+def with_starts(start: int, rows):
+    """(id, n_tokens) of one id-sorted partition whose first token is at global offset `start`
+    -> (id, start, n_tokens) per document."""
+    for doc_id, n in rows:
+        yield doc_id, start, n
+        start += n
+
+
+def arrow_pieces(batches, plan: ShardPlan):
+    """Spark `mapInArrow` body: record batches of (id, start, n_tokens, tokens) -> one row
+    (shard int32, pos int64, first bool, data binary) per slice of a document that goes to one shard;
+    `data` is the slice as little-endian uint16 and `first` marks the slice holding the document start.
+    Rejects token lists that do not start with <|endoftext|>, disagree with n_tokens or leave the vocab.
+    """
+    for batch in batches:
+        cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+        lists = cols["tokens"]
+        if lists.null_count:
+            raise ValueError("null tokens in the tokens input")
+        offsets = lists.offsets.to_numpy()
+        flat = lists.flatten().to_numpy(zero_copy_only=False)
+        offsets = offsets - offsets[0]
+        if flat.size and (flat.min() < 0 or flat.max() >= GPT2_VOCAB_SIZE):
+            raise ValueError("token ids outside the GPT-2 vocabulary in the tokens input")
+        data = flat.astype("<u2")
+        out = ([], [], [], [])
+        for i, (doc_id, start, n) in enumerate(zip(cols["id"].to_pylist(), cols["start"].to_pylist(),
+                                                   cols["n_tokens"].to_pylist())):
+            a, b = int(offsets[i]), int(offsets[i + 1])
+            if b - a != n or data[a] != EOT_TOKEN:
+                raise ValueError("document %r: tokens must start with <|endoftext|> and number n_tokens=%s"
+                                 % (doc_id, n))
+            for shard, pos, lo, hi in plan.pieces(start, n):
+                out[0].append(shard)
+                out[1].append(pos)
+                out[2].append(lo == 0)
+                out[3].append(data[a + lo:a + hi].tobytes())
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(out[0], pa.int32()), pa.array(out[1], pa.int64()), pa.array(out[2], pa.bool_()),
+             pa.array(out[3], pa.binary())], names=["shard", "pos", "first", "data"])

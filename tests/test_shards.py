@@ -15,7 +15,8 @@ import tiktoken
 from jobs.shards import ShardsConfig, run
 from pipeline import cli, shards
 from pipeline.bpe import EOT_TOKEN
-from pipeline.shard_plan import PlanError, ShardPlan, val_end_from_docs, val_target
+from pipeline.shard_plan import (PlanError, ShardPlan, arrow_pieces, block_stats, val_end_from_docs,
+                                 val_target, with_starts)
 
 WORDS = ("the crawl data model token shard straddle Köln naïve 日本語 🙂 <|endoftext|> "
          "München ευχαριστώ 12345 , . ! ?").split()
@@ -213,6 +214,34 @@ def test_plan_errors():
         ShardPlan("x", total=10, val_end=10, shard_tokens=5)
     with pytest.raises(PlanError):
         val_target(10, 1.0, None)
+
+
+def test_partition_bodies_and_bad_token_input():
+    assert list(block_stats([("a", 3), ("b", 2)])) == [(2, 5)]
+    with pytest.raises(ValueError, match="duplicate id 'a'"):
+        list(block_stats([("a", 3), ("a", 2)]))
+    with pytest.raises(ValueError, match="n_tokens=0"):
+        list(block_stats([("a", 0)]))
+    assert list(with_starts(10, [("a", 3), ("b", 2)])) == [("a", 10, 3), ("b", 13, 2)]
+
+    plan = ShardPlan("x", total=9, val_end=3, shard_tokens=4)
+
+    def batch(rows):
+        return pa.RecordBatch.from_arrays(
+            [pa.array([r[0] for r in rows]), pa.array([r[1] for r in rows], pa.int64()),
+             pa.array([len(r[2]) for r in rows], pa.int32()), pa.array([r[2] for r in rows], pa.list_(pa.int32()))],
+            names=["id", "start", "n_tokens", "tokens"])
+
+    out = pa.Table.from_batches(list(arrow_pieces(iter([batch([("a", 0, [EOT_TOKEN, 1, 2]),
+                                                              ("b", 3, [EOT_TOKEN, 3, 4, 5, 6, 7])])]), plan)))
+    assert out.column("shard").to_pylist() == [0, 1, 2]
+    assert out.column("pos").to_pylist() == [0, 0, 0]
+    assert out.column("first").to_pylist() == [True, True, False]
+    assert np.frombuffer(out.column("data")[2].as_py(), "<u2").tolist() == [6, 7]
+    with pytest.raises(ValueError, match="must start with <|endoftext|>"):
+        list(arrow_pieces(iter([batch([("a", 0, [1, 2, 3])])]), plan))
+    with pytest.raises(ValueError, match="outside the GPT-2 vocabulary"):
+        list(arrow_pieces(iter([batch([("a", 0, [EOT_TOKEN, 50257, 1])])]), plan))
 
 
 # --- writing from pieces, check-shards ------------------------------------------------------------

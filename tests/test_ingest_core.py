@@ -336,3 +336,15 @@ def test_warc_gzipped_as_a_whole_is_read_through(tmp_path):
     path.write_bytes(gzip.compress(b.bytes()))
     recs = list(core.process_file(str(path), "warc", core.IngestOptions(max_record_bytes=1 << 20)))
     assert [r.id for r in recs] == b.ids and {r.id: r.reason for r in recs} == expect
+
+
+def test_large_warc_gzipped_as_a_whole(tmp_path):
+    # Larger than warcio's read block, so the single gzip member is still open after record one.
+    b = WarcBuilder(gzip=False)
+    for i in range(40):
+        b.response("http://ex.com/%d" % i, page_bytes(i, words=600))
+    path = tmp_path / "whole-big.warc.gz"
+    path.write_bytes(gzip.compress(b.bytes()))
+    assert path.stat().st_size > 16384
+    recs = list(core.process_file(str(path), "warc", OPTS))
+    assert [r.id for r in recs] == b.ids and all(r.reason is None for r in recs)

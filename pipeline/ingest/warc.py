@@ -6,9 +6,11 @@ HTTP headers are parsed here rather than by warcio, so one malformed response co
 `bad_record` instead of ending the file.
 
 Broken files: warcio ends silently on a truncated file, handing out a last record whose block is
-shorter than its Content-Length. We count the bytes of every block, so that record becomes the
-single `bad_record` for the broken tail; an exception mid-file does the same. A file that fails
-before its first record is not a WARC at all: one `unreadable_file`.
+shorter than its Content-Length (or, cut inside the gzip trailer, whose gzip member never ends). We
+count the bytes of every block and check the last member, so that record becomes the single
+`bad_record` for the broken tail; an exception or garbage after the last record does the same. A
+file that fails before its first record is not a WARC at all: one `unreadable_file`. A WARC gzipped
+as a whole (`gzip x.warc`, which warcio refuses) is read again through Python's gzip module.
 """
 from __future__ import annotations
 
@@ -141,8 +143,8 @@ def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions,
 def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int) -> Iterator[Record]:
     from warcio.archiveiterator import ArchiveIterator
 
-    n, last_end = 0, 0
-    it = None
+    n = yielded = last_end = 0
+    it = pending = pending_gzip = None
     try:
         it = ArchiveIterator(stream, no_record_parse=True)
         for rec in it:
@@ -153,6 +155,10 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
             n += 1
             if n <= skip:  # already handed out before a restart
                 continue
+            # A record is handed out once the next one is found: only then is it known to be whole.
+            if pending is not None:
+                yield pending
+                yielded, pending = yielded + 1, None
             h = rec.rec_headers
             rid, url, date = (h.get_header("WARC-Record-ID"), h.get_header("WARC-Target-URI"),
                               h.get_header("WARC-Date"))
@@ -166,19 +172,26 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
                 reason, text, detail = _response(rec, block, opts)
             block.drain()
             pos = it.get_record_offset()
-            decompressor = it.reader.decompressor if it.reader is not None else None
-            if rec.length is None or block.count < rec.length or not getattr(decompressor, "eof", True):
-                # End of file inside this record (or inside its gzip member): a truncated file.
-                what = ("its gzip member ends early" if rec.length and block.count == rec.length
-                        else "%d of %s bytes" % (block.count, rec.length or "?"))
+            if rec.length is None or block.count < rec.length:
+                # End of file inside this record: the broken tail of a truncated file.
                 yield dropped(source, pos, "bad_record", "truncated file: record at offset %d is cut off "
-                              "(%s)" % (pos, what), rid, url, date)
+                              "(%d of %s bytes)" % (pos, block.count, rec.length or "?"), rid, url, date)
                 return
             if reason == "ok":
-                yield kept(source, pos, rid, url, text, date)
+                pending = kept(source, pos, rid, url, text, date)
             else:
-                yield dropped(source, pos, reason, detail, rid, url, date)
+                pending = dropped(source, pos, reason, detail, rid, url, date)
+            pending_gzip = it.reader.decompressor if it.reader is not None else None
             last_end = pos + it.member_info[1]
+        if pending is not None:
+            # The iterator has read to the end of the file, so a complete gzip member is at its end
+            # now; one that is not lost its CRC/size trailer: the file was cut right there.
+            if not getattr(pending_gzip, "eof", True):
+                pending = dropped(source, pending.pos, "bad_record", "truncated file: the gzip member of "
+                                  "the record at offset %d ends early" % pending.pos, pending.id,
+                                  pending.url, pending.warc_date)
+            yield pending
+            yielded, pending = yielded + 1, None
         # warcio also stops quietly at a gzip member cut off inside its header: look for leftovers.
         size = it.fh.tell()
         if n == 0 and size > 0:
@@ -188,7 +201,9 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
                           "complete record (offset %d) are not a record" % (size - last_end, last_end))
     except Exception as e:
         if n > 0 and "non-chunked gzip" in str(e):
-            raise _WholeFileGzip(n)
+            raise _WholeFileGzip(yielded)
+        if pending is not None:  # whole, and read before the break
+            yield pending
         # warcio quotes the unparseable first line (binary junk, for a non-WARC file): leave it out.
         msg = "%s: %s" % (type(e).__name__, _printable(str(e).split(" first line:")[0])[:200])
         if n == 0:

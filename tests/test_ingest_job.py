@@ -177,6 +177,7 @@ def test_cli_main_with_resiliparse_and_non_string_text_column(spark, tmp_path, c
     assert "5 records in, 3 documents out" in printed and "bad_record" in printed
     saved = json.load(open(os.path.join(out, "docs", "_config.json")))
     assert saved["job"] == "IngestConfig" and saved["config"]["extractor"] == "resiliparse"
+    assert os.path.exists(os.path.join(out, "ingest", "dropped", "_config.json"))
     texts = [r.text for r in spark.read.parquet(os.path.join(out, "docs")).collect()]
     assert len(texts) == 3 and all(t.startswith("Page ") for t in texts)
     assert job.main(["--input", str(tmp_path / "nothing-here*.warc"), "--output", out]) == 2
@@ -190,3 +191,15 @@ def test_corrupt_parquet_is_a_clear_error(spark, tmp_path):
     bad.write_bytes(b"PAR1" + os.urandom(500))
     with pytest.raises(InputError, match=r"cannot read parquet input \(.*broken\.parquet\)"):
         job.run(spark, IngestConfig(input=(str(bad),), output=str(tmp_path / "out")))
+
+
+def test_job_file_runs_as_a_script(tmp_path):
+    # spark-submit runs jobs/ingest.py as a file, with jobs/ first on sys.path (where jobs/tokenize.py
+    # would shadow the standard library's tokenize).
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "ingest.py")
+    res = subprocess.run([sys.executable, script, "--help"], cwd=str(tmp_path), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "--max-record-bytes" in res.stdout

@@ -26,23 +26,22 @@ def _cut_lineage(df, reliable: bool):
 
 
 def _large_star(edges):
-    from pyspark.sql import functions as F
+    from pyspark.sql import Window, functions as F
 
     sym = edges.select("src", "dst").union(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
-    mins = sym.groupBy("src").agg(F.min("dst").alias("m"))
-    return (sym.join(mins, "src")
+    # m(u) with a window instead of groupBy + join: one shuffle. Duplicates are left to small-star.
+    m = F.least(F.col("src"), F.min("dst").over(Window.partitionBy("src")))
+    return (sym.select("src", "dst", m.alias("m"))
             .where(F.col("dst") > F.col("src"))
-            .select(F.col("dst").alias("src"), F.least("m", "src").alias("dst"))
-            .distinct())
+            .select(F.col("dst").alias("src"), F.col("m").alias("dst")))
 
 
 def _small_star(edges):
-    from pyspark.sql import functions as F
+    from pyspark.sql import Window, functions as F
 
-    # orient every edge as (hi, lo); the "neighbours smaller than hi" of hi are its lo's
+    # orient every edge as (hi, lo); the neighbours of hi smaller than hi are its lo's
     oriented = edges.select(F.greatest("src", "dst").alias("hi"), F.least("src", "dst").alias("lo"))
-    mins = oriented.groupBy("hi").agg(F.min("lo").alias("m"))
-    joined = oriented.join(mins, "hi")
+    joined = oriented.select("hi", "lo", F.min("lo").over(Window.partitionBy("hi")).alias("m"))
     out = (joined.where(F.col("lo") != F.col("m")).select(F.col("lo").alias("src"), F.col("m").alias("dst"))
            .union(joined.select(F.col("hi").alias("src"), F.col("m").alias("dst"))))
     return out.distinct()

@@ -85,9 +85,10 @@ def candidate_edges(buckets, window: int = 2):
     """
     from pyspark.sql import Window, functions as F
 
-    bucket = Window.partitionBy("band", "key")
-    ordered = bucket.orderBy("n", "id")
-    partners = [F.min("id").over(bucket)] + [F.lead("id", k).over(ordered) for k in range(1, window + 1)]
+    ordered = Window.partitionBy("band", "key").orderBy("n", "id")
+    # one window spec (one sort) for both: the min over the whole ordered partition, and the leads
+    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    partners = [F.min("id").over(whole)] + [F.lead("id", k).over(ordered) for k in range(1, window + 1)]
     edges = (buckets
              .select("id", F.array(*partners).alias("others"))
              .select("id", F.explode("others").alias("other"))

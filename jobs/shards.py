@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make `jobs` and 
 
 from pipeline import storage  # noqa: E402
 from pipeline.config import JobConfig, flag, save_config  # noqa: E402
-from pipeline.shard_plan import (DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION, ShardPlan,  # noqa: E402
+from pipeline.shard_plan import (DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION, PlanError, ShardPlan,  # noqa: E402
                                  arrow_pieces, block_stats, check_shard_tokens, locate, with_starts,
                                  val_end_from_docs, val_target)
 from pipeline.shards import MANIFEST, write_shard_pieces  # noqa: E402
@@ -70,7 +70,8 @@ def _write_shards(plan: ShardPlan, out_dir: str):
 
 def run(spark, cfg: ShardsConfig) -> dict:
     t0 = time.time()
-    check_shard_tokens(cfg.shard_tokens)  # fail before any Spark work
+    check_shard_tokens(cfg.shard_tokens)  # fail on bad sizes before any Spark work
+    val_target(0, cfg.val_fraction, cfg.val_tokens)
     sc = spark.sparkContext
     out_dir = storage.join(cfg.output, "shards")
     tokens = spark.read.parquet(storage.to_spark_path(cfg.input))
@@ -130,7 +131,11 @@ def run(spark, cfg: ShardsConfig) -> dict:
 def main(argv=None) -> int:
     cfg = ShardsConfig.from_argv(argv, prog="pipeline shards")
     spark = get_spark("pipeline-shards")
-    stats = run(spark, cfg)
+    try:
+        stats = run(spark, cfg)
+    except PlanError as e:  # a layout problem the user can fix with flags: no traceback
+        print("pipeline shards: error: %s" % e, file=sys.stderr)
+        return 2
     save_config(cfg, storage.join(cfg.output, "shards"))
     print("shards: %d docs, %d tokens (val %d) -> %d shard(s) in %s (%.1fs)" % (
         stats["records_out"], stats["tokens"], stats["val_tokens"], stats["shards"],

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make `jobs` and 
 from pipeline import storage  # noqa: E402
 from pipeline.config import JobConfig, flag, save_config  # noqa: E402
 from pipeline.spark import get_spark  # noqa: E402
-from pipeline.tokenize import DEFAULT_BATCH_SIZE, load_bpe_bytes, tokenize_arrow_batches  # noqa: E402
+from pipeline.tokenize import DEFAULT_BATCH_SIZE, BpeError, load_bpe_bytes, tokenize_arrow_batches  # noqa: E402
 
 TOKENS_SCHEMA = "id string, n_tokens int, tokens array<int>"
 INPUT_BYTES_PER_PARTITION = 64 * 2 ** 20  # ~100 MB of token parquet per output file
@@ -66,8 +66,10 @@ def run(spark, cfg: TokenizeConfig) -> dict:
     docs = spark.read.parquet(in_path).select("id", "text")
     n_parts = cfg.tokenize_partitions or max(1, math.ceil(input_bytes(spark, in_path) / INPUT_BYTES_PER_PARTITION))
 
+    batch_size, threads = cfg.encode_batch_size, cfg.encode_threads  # plain values for the closure
+
     def encode(batches):
-        return tokenize_arrow_batches(batches, bpe_data.value, cfg.encode_batch_size, cfg.encode_threads)
+        return tokenize_arrow_batches(batches, bpe_data.value, batch_size, threads)
 
     tokens = (docs.filter(F.col("text").isNotNull() & F.col("id").isNotNull())
               .repartition(n_parts, "id")
@@ -89,7 +91,11 @@ def run(spark, cfg: TokenizeConfig) -> dict:
 def main(argv=None) -> int:
     cfg = TokenizeConfig.from_argv(argv, prog="pipeline tokenize")
     spark = get_spark("pipeline-tokenize")
-    stats = run(spark, cfg)
+    try:
+        stats = run(spark, cfg)
+    except BpeError as e:  # missing/wrong BPE ranks: say which flag fixes it, no traceback
+        print("pipeline tokenize: error: %s" % e, file=sys.stderr)
+        return 2
     save_config(cfg, storage.join(cfg.output, "tokens"))
     print("tokenize: %d docs -> %d tokens in %s (%.1fs)" % (
         stats["records_out"], stats["tokens"], storage.join(cfg.output, "tokens"), stats["seconds"]))

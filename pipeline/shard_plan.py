@@ -72,7 +72,7 @@ class ShardPlan:
     def __post_init__(self):
         check_shard_tokens(self.shard_tokens)
         if self.total <= 0:
-            raise PlanError("no tokens to shard")
+            raise PlanError("no tokens to shard: the tokens input has no documents")
         if self.val_end > MAX_TOKENS_PER_SHARD:
             raise PlanError("the validation shard would hold %d tokens, over the 2 GiB limit (%d): "
                             "lower --val-fraction / --val-tokens" % (self.val_end, MAX_TOKENS_PER_SHARD))

@@ -90,19 +90,11 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
     t_start = time.perf_counter()
-    # the trainer's pipelining: read step s's numbers after queueing step s+1 (see train.py)
-    pending, t_mark = None, time.perf_counter()
-    for step in range(steps + 1):
-        stats = None
-        if step < steps:
-            loss, norm = tr.train_step(model, raw, opt, batches, 1, run, 6e-4)
-            stats = torch.stack([loss, norm.float()])
-        if pending is not None:
-            losses.append(pending.tolist()[0])
-            now = time.perf_counter()
-            times.append(now - t_mark)
-            t_mark = now
-        pending = stats
+    for step in range(steps):
+        t0 = time.perf_counter()
+        loss, norm = tr.train_step(model, raw, opt, batches, 1, run, 6e-4)
+        losses.append(torch.stack([loss, norm.float()]).tolist()[0])  # the trainer's one sync
+        times.append(time.perf_counter() - t0)
     warm = max(3, steps // 3)
     med = statistics.median(times[warm:])
     tok_s = B * T / med

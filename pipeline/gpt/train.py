@@ -438,18 +438,9 @@ def train(args: argparse.Namespace) -> int:
     resuming = resume_step >= 0
     step_times = []
     batches = batch_source(train_loader, run, overfit=bool(args.a))
-    # Host-GPU pipelining: step s's loss/norm are read only after step s+1 has been queued, so the
-    # GPU never idles while Python logs, loads the next batch and launches kernels. Anything that
-    # needs the model's current state (evals, samples, checkpoints) first drains the pending step.
-    pending = []  # [(step, lr, stats tensor)] of at most one step whose numbers are unread
-    t_mark = [0.0]
 
-    def report() -> bool:
-        (s, lr, stats), = pending
-        loss_val, norm_val = stats.tolist()  # the host sync
-        now = time.perf_counter()
-        dt, t_mark[0] = now - t_mark[0], now
-        pending.clear()
+    def report(s: int, lr: float, stats: torch.Tensor, dt: float) -> bool:
+        loss_val, norm_val = stats.tolist()
         step_times.append(dt)
         logger.log_train(s, loss_val, lr, norm_val)
         if not args.quiet:
@@ -469,9 +460,6 @@ def train(args: argparse.Namespace) -> int:
             do_sample = run.master and args.s > 0 and ((step > 0 and step % args.s == 0) or last_step)
             do_ckpt = (args.n > 0 and bool(args.o) and not resuming and
                        ((step > 0 and step % args.n == 0) or last_step))
-            if pending and (last_step or do_val or do_eval or do_sample or do_ckpt):
-                if not report():
-                    return 4
             if do_val:
                 vl = val_loss(model, val_loader, val_batches, run)
                 run.print("s:%d val loss %.6f" % (step, vl))
@@ -491,17 +479,14 @@ def train(args: argparse.Namespace) -> int:
             if last_step:
                 break
 
-            if not pending:
-                t_mark[0] = time.perf_counter()
+            t0 = time.perf_counter()
             lr = schedule(step)
             loss_sum, norm = train_step(model, raw, optimizer, batches, accum, run, lr)
-            stats = torch.stack([run.all_mean(loss_sum), norm.float()])
-            if pending and not report():
+            # one host sync per step, for loss and norm together (tolist waits for the GPU)
+            stats = torch.stack([run.all_mean(loss_sum), norm.float()]).cpu()
+            if not report(step, lr, stats, time.perf_counter() - t0):
                 return 4
-            pending.append((step, lr, stats))
             step += 1
-            if not run.cuda and not report():  # CPU work is synchronous: nothing to overlap
-                return 4
     except torch.cuda.OutOfMemoryError:
         print(oom_message(args, run), file=sys.stderr)
         return 3

@@ -38,9 +38,10 @@ class TokenizeConfig(JobConfig):
     bpe_file: Optional[str] = field(default=None, metadata=flag(
         "--bpe-file", help="r50k_base.tiktoken rank file, local or s3:// (driver-side; shipped to executors)"))
     encode_batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=flag(
-        "--encode-batch-size", type=int, help="documents per tiktoken encode_ordinary_batch call"))
+        "--encode-batch-size", type=int, help="documents encoded per chunk (one encode_ordinary_batch call "
+        "when --encode-threads > 1)"))
     encode_threads: int = field(default=1, metadata=flag(
-        "--encode-threads", type=int, help="tiktoken threads per Spark task (Spark already runs one task per core)"))
+        "--encode-threads", type=int, help="tiktoken threads per Spark task; >1 only helps when tasks get several cores"))
     tokenize_partitions: int = field(default=0, metadata=flag(
         "--tokenize-partitions", type=int, help="output partitions; 0 = one per 64 MiB of input"))
 

@@ -226,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Validate llm.c token shards: magic, version, exact file size, token ids < vocab; "
                     "also sha256/token counts against a _manifest.json next to them, if present.")
     parser.add_argument("paths", nargs="+", help="shard files, directories or globs (local or s3://)")
-    parser.add_argument("--vocab-size", type=int, default=GPT2_VOCAB_SIZE, help="(default: %(default)s)")
+    parser.add_argument("--vocab-size", type=int, default=GPT2_VOCAB_SIZE,
+                        help="token ids must be below this (default: %(default)s, GPT-2)")
     ns = parser.parse_args(argv)
     try:
         paths = storage.list_files(ns.paths, suffixes=(".bin",))

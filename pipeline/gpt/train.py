@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-ih", dest="ih", help="HellaSwag eval file (llm.c hellaswag_val.bin)")
     g.add_argument("-e", dest="e", help="init: llm.c model .bin, or a descriptor dN for a fresh model (d12)")
     g.add_argument("-o", dest="o", help="log/checkpoint dir (main.log, model_*.bin, state_*.bin)")
-    g.add_argument("-n", dest="n", type=int, help="checkpoint every N steps (0 = only never)")
+    g.add_argument("-n", dest="n", type=int, help="checkpoint every N steps (0 = never)")
     g.add_argument("-nk", dest="nk", type=int, help="keep only the last N checkpoints (0 = all)")
     g.add_argument("-y", dest="y", type=int, help="1 = resume from the latest checkpoint in -o")
     g = p.add_argument_group("batch and schedule")

@@ -46,7 +46,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
     from functools import partial
 
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
+    from pyspark.sql import Window, functions as F
 
     t0 = time.time()
     bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows,
@@ -56,6 +56,12 @@ def run(spark, cfg: DedupConfig) -> Dict:
     if missing:
         raise ValueError("%s: missing column(s) %s (have %s)" % (cfg.input, missing, docs.columns))
     partitions = cfg.partitions or max(1, docs.rdd.getNumPartitions())
+    if cfg.checkpoint_dir:
+        spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
+
+    def cut(df):
+        # Cut lineage between phases; reliable checkpoints survive executors lost to dynamic allocation.
+        return df.checkpoint(eager=True) if cfg.checkpoint_dir else df.localCheckpoint(eager=True)
 
     sig = (docs.select("id", "text")
            .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
@@ -65,7 +71,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
     phases = {"signatures": time.time() - t0}
 
     buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
-    candidates = candidate_edges(buckets, cfg.window).localCheckpoint(eager=True)
+    candidates = cut(candidate_edges(buckets, cfg.window))
     candidate_pairs = candidates.count()
     phases["candidates"] = time.time() - t0 - sum(phases.values())
 
@@ -74,20 +80,17 @@ def run(spark, cfg: DedupConfig) -> Dict:
              .join(shingles.withColumnRenamed("id", "src").withColumnRenamed("shingles", "a"), "src")
              .join(shingles.withColumnRenamed("id", "dst").withColumnRenamed("shingles", "b"), "dst")
              .select("src", "dst", "a", "b"))
-    verified = (pairs.mapInArrow(verify_batches, VERIFY_SCHEMA)
-                .where(F.col("jaccard") >= cfg.threshold).select("src", "dst")
-                .localCheckpoint(eager=True))
+    verified = cut(pairs.mapInArrow(verify_batches, VERIFY_SCHEMA)
+                   .where(F.col("jaccard") >= cfg.threshold).select("src", "dst"))
     verified_pairs = verified.count()
     phases["verify"] = time.time() - t0 - sum(phases.values())
 
-    labels, cc_rounds = connected_components(verified, cfg.max_iterations, cfg.checkpoint_dir or None)
-    clusters = (labels.join(sig.select("id", "length"), "id")
-                .groupBy("cluster_id")
-                .agg(F.count("*").alias("cluster_size"), F.min(keep_key_column()).alias("best"))
-                .select("cluster_id", "cluster_size", F.col("best.id").alias("kept_id")))
-    members = (labels.join(clusters, "cluster_id")
-               .select("id", "cluster_id", "cluster_size", (F.col("id") == F.col("kept_id")).alias("kept"))
-               .localCheckpoint(eager=True))
+    labels, cc_rounds = connected_components(verified, cfg.max_iterations, cfg.checkpoint_dir or None, clean=True)
+    cluster = Window.partitionBy("cluster_id")
+    members = cut(labels.join(sig.select("id", "length"), "id")
+                  .select("id", "cluster_id", F.count("*").over(cluster).alias("cluster_size"),
+                          F.min(keep_key_column()).over(cluster)["id"].alias("kept_id"))
+                  .select("id", "cluster_id", "cluster_size", (F.col("id") == F.col("kept_id")).alias("kept")))
     phases["components"] = time.time() - t0 - sum(phases.values())
 
     report = (sig.select("id").join(members, "id", "left")

@@ -60,8 +60,9 @@ def _is_star_forest(edges) -> bool:
 
 
 def connected_components(edges, max_iterations: int = 100, checkpoint_dir: Optional[str] = None,
-                         ) -> Tuple[object, int]:
-    """edges: DataFrame (src string, dst string), undirected, any order, duplicates allowed.
+                         clean: bool = False) -> Tuple[object, int]:
+    """edges: DataFrame (src string, dst string), undirected, any order, duplicates allowed -- or, with
+    clean=True, already distinct with src < dst and checkpointed (saves a shuffle and a job).
 
     Returns (labels, rounds): labels is a DataFrame (id, cluster_id) with one row for every node that
     appears in an edge, cluster_id = the smallest id of its component; rounds = large/small-star rounds.
@@ -72,15 +73,19 @@ def connected_components(edges, max_iterations: int = 100, checkpoint_dir: Optio
     reliable = bool(checkpoint_dir)
     if reliable:
         spark.sparkContext.setCheckpointDir(checkpoint_dir)
-    cur = _cut_lineage(edges.where(F.col("src") != F.col("dst"))
-                       .select(F.least("src", "dst").alias("src"), F.greatest("src", "dst").alias("dst"))
-                       .distinct(), reliable)
+    if clean:
+        cur = edges
+    else:
+        cur = _cut_lineage(edges.where(F.col("src") != F.col("dst"))
+                           .select(F.least("src", "dst").alias("src"), F.greatest("src", "dst").alias("dst"))
+                           .distinct(), reliable)
     rounds = 0
     while not _is_star_forest(cur):
         if rounds >= max_iterations:
             raise RuntimeError("connected components did not converge in %d rounds" % max_iterations)
         nxt = _cut_lineage(_small_star(_large_star(cur)), reliable)
-        cur.unpersist()
+        if cur is not edges:
+            cur.unpersist()
         cur = nxt
         rounds += 1
     # A star forest: every edge is (leaf, root) with root < leaf; roots label themselves.

@@ -25,7 +25,7 @@ class DedupConfig(JobConfig):
         "--fp-weight", type=float, help="weight of false-positive area when choosing bands x rows"))
     fn_weight: float = field(default=DEFAULT_FN_WEIGHT, metadata=flag(
         "--fn-weight", type=float, help="weight of false-negative area when choosing bands x rows"))
-    window: int = field(default=2, metadata=flag(
+    window: int = field(default=4, metadata=flag(
         "--window", type=int, help="chain edges per bucket member (to the next N by shingle count)"))
     seed: int = field(default=1, metadata=flag("--seed", type=int, help="MinHash permutation seed"))
     partitions: int = field(default=0, metadata=flag(

@@ -38,7 +38,7 @@ class _UnionFind:
 
 def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: float = 0.8,
                 ngram: int = DEFAULT_NGRAM, num_perm: int = 128, bands: int = 0, rows: int = 0,
-                seed: int = 1, window: int = 2, batch_size: int = 1000) -> Tuple[List[Dict], Dict]:
+                seed: int = 1, window: int = 4, batch_size: int = 1000) -> Tuple[List[Dict], Dict]:
     """Returns (report rows {id, cluster_id, cluster_size, kept} in input order, stats)."""
     t0 = time.time()
     bands, rows = resolve_bands_rows(threshold, num_perm, bands, rows)

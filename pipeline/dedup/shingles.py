@@ -24,17 +24,13 @@ import xxhash
 
 DEFAULT_NGRAM = 5
 _NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
-# Fast path: one C pass of bytes.translate over the utf-8 text turns every ASCII non-alphanumeric byte
-# into a space and lowercases ASCII letters (bytes >= 0x80 pass through; utf-8 continuation bytes are
-# never ASCII, so splitting on ASCII spaces never cuts a character). Before that, only the runs of
-# non-ASCII characters go through the Unicode regex. Same words as normalize_words, ~5x faster.
+# Fast path, same words as normalize_words at a fraction of the cost: first every non-ASCII character
+# that is not a word character becomes a space (one C-level regex pass that rarely matches, no
+# callback), then one bytes.translate pass over the utf-8 text turns every ASCII non-alphanumeric byte
+# (underscore included) into a space and lowercases ASCII letters; bytes >= 0x80 pass through, and
+# utf-8 continuation bytes are never ASCII, so splitting on spaces never cuts a character.
 _TABLE = bytes((c if c >= 128 or chr(c).isalnum() else 32) for c in range(256)).lower()
-_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
-
-
-def _fix_run(m) -> str:
-    return _NON_ALNUM.sub(" ", m.group())
-
+_NON_ASCII_NON_WORD = re.compile(r"[^\x00-\x7f\w]")
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _FIN1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -50,7 +46,7 @@ def _word_bytes(text: str) -> List[bytes]:
     """normalize_words(text), utf-8 encoded (what the hashes are computed over)."""
     low = text.lower()
     if not low.isascii():
-        low = _NON_ASCII_RUN.sub(_fix_run, low)
+        low = _NON_ASCII_NON_WORD.sub(" ", low)
     return low.encode("utf-8").translate(_TABLE).split()
 
 

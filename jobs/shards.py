@@ -14,15 +14,20 @@ The output bytes depend only on the input rows, never on partitioning or task or
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
-from dataclasses import dataclass, field
-from typing import Optional
 
-if __package__ in (None, ""):  # run as a file by spark-submit: make `jobs` and `pipeline` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file by spark-submit
+    # Python put jobs/ first on sys.path, where this very file would shadow the standard library's
+    # `tokenize` module (dataclasses -> inspect imports it); use the repository root instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import json  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Optional  # noqa: E402
 
 from pipeline import storage  # noqa: E402
 from pipeline.config import JobConfig, flag, save_config  # noqa: E402

@@ -177,8 +177,9 @@ def main(argv=None) -> int:
     for reason, n in stats["dropped"].items():
         print("  dropped %-15s %d" % (reason, n))
     if stats["errors"]:
-        print("  %d+ problem records/files listed above; all drops: %s" % (
-            len(stats["errors"]), storage.join(cfg.output, "ingest", "dropped")))
+        print("  %s%d unreadable files / bad records listed on stderr; every drop is a row in %s" % (
+            "the first " if len(stats["errors"]) >= MAX_ERRORS_LISTED else "", len(stats["errors"]),
+            storage.join(cfg.output, "ingest", "dropped")))
     return 0
 
 

@@ -137,3 +137,16 @@ def test_benchmark_writes_table_json_csv_plot(capsys, ckpt, tmp_path):
     assert check["rel_err"] < 1e-4 and check["argmax_agreement"] == 1.0
     prefix = doc["summary"]["greedy_common_prefix_vs_no_cache_fp32"]
     assert prefix["hf_fp32"] == 8 and prefix["engine_eager_fp32"] == 8
+
+
+def test_bf16_checkpoint_loads_and_generates(capsys, enc, tmp_path):
+    # llm.c's bf16 model files (version 5) are what train_gpt2cu writes by default
+    from pipeline.gpt.checkpoint import load_model, save_model
+
+    torch.manual_seed(3)
+    path = str(tmp_path / "model_bf16.bin")
+    save_model(GPT(TINY), path, "bf16")
+    model = load_model(path).eval()
+    out = run_cli(capsys, "-e", path, "-p", "Hello", "-n", "6", "--greedy", "--ignore-eot", "--dtype", "fp32")
+    want = reference_generate(model, [EOT_TOKEN] + enc.encode("Hello"), 6, stop_token=None)
+    assert out.out == "Hello" + enc.decode(want) + "\n"

@@ -11,10 +11,14 @@ the attention with a cached one, so whatever weights the model holds are the wei
 - Batches of different prompt lengths are LEFT-padded so that every sequence writes the same cache
   slot at each step; a padded sequence gets position ids that start at 0 at its first real token and
   a mask that hides its pad slots, so it computes exactly what it would compute alone.
-- On CUDA the decode step is captured once per (batch size, cache window) into a CUDA graph and
-  replayed: a d12 step is ~150 small kernels, and launching them from Python one by one would cost
-  more than running them. The cache window (how many slots attention reads) grows in powers of two,
-  so early steps do not read the whole cache.
+- On CUDA the decode step is captured into a CUDA graph and replayed: a d12 step is ~100-160 small
+  kernels, and launching them from Python one by one costs more than running them. At batch 1 the
+  step is still bound by kernel count, so three fused kernels cut it (each used only after a
+  numerical self-check against the plain PyTorch ops, else the engine falls back to those):
+  bias+GELU in cuBLASLt's matmul epilogue; residual add + bias + the next LayerNorm in one Triton
+  kernel; and a Triton decode-attention kernel that writes the new key/value and attends over
+  exactly the slots in use (bounds read from device memory, so one graph serves every step).
+  Without that kernel, attention reads a power-of-two window of slots, one graph per window.
 """
 from __future__ import annotations
 

@@ -56,6 +56,8 @@ class GenerateConfig(JobConfig):
         "--dtype", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on CUDA, fp32 on CPU"))
     cuda_graphs: bool = field(default=True, metadata=flag(
         "--cuda-graphs", help="replay the decode step as a CUDA graph (CUDA only)"))
+    fused_kernels: bool = field(default=True, metadata=flag(
+        "--fused-kernels", help="fused Triton/cuBLASLt decode kernels (CUDA only; self-checked)"))
     tiktoken_cache: Optional[str] = field(default=None, metadata=flag(
         "--tiktoken-cache", help="tiktoken cache directory (offline BPE)"))
     bpe_file: Optional[str] = field(default=None, metadata=flag(
@@ -184,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     batch = max(1, min(cfg.batch_size, len(prompts)))
     engine = Engine(model, max_batch_size=batch,
                     max_seq_len=min(block_size, max(map(len, prompts)) + cfg.max_new_tokens),
-                    cuda_graphs=cfg.cuda_graphs and device.type == "cuda")
+                    cuda_graphs=cfg.cuda_graphs and device.type == "cuda", fuse=cfg.fused_kernels)
     temperature = 0.0 if cfg.greedy else cfg.temperature
     kwargs = dict(temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                   stop_token=None if cfg.ignore_eot else EOT_TOKEN)

@@ -102,3 +102,28 @@ def test_plot_writes_png(tmp_path):
     assert main(runs + ["-o", out, "--loss-ref", "3.28"]) == 0
     assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(out) > 10000
     assert main([str(tmp_path / "missing"), "-o", out]) == 2
+
+
+def test_estimate_cli_runs_twenty_steps(tmp_path):
+    import json
+
+    from pipeline.gpt import train as tr
+    from pipeline.shards import write_shard
+
+    write_shard(str(tmp_path / "e_train_000001.bin"), np.arange(3000) % 500)
+    out = str(tmp_path / "est")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = tr.main(["-i", str(tmp_path / "e_train_*.bin"), "-e", "d1", "-1c", "32", "-1h", "2",
+                      "-b", "2", "-t", "16", "-x", "4725", "--device", "cpu", "--estimate",
+                      "--price-per-hour", "2.0", "-o", out])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    e = json.load(open(os.path.join(out, "estimate.json")))
+    assert len(e["step_seconds"]) == 20
+    assert e["slowest_step_s"] == max(e["step_seconds"][10:20])
+    assert e["hours"] == pytest.approx(e["slowest_step_s"] * 4725 / 3600)
+    assert e["dollars"] == pytest.approx(e["hours"] * 2.0)
+    assert not os.path.exists(os.path.join(out, "main.log"))  # an estimate is not a run

@@ -455,8 +455,9 @@ def train(args: argparse.Namespace) -> int:
     try:
         while True:
             last_step = step >= last
-            do_val = bool(val_loader and val_batches and (step % args.v == 0 or last_step))
-            do_eval = eval_examples is not None and ((step > 0 and step % args.v == 0) or last_step)
+            every_v = args.v > 0 and step % args.v == 0  # -v 0: evaluate only at the end
+            do_val = bool(val_loader and val_batches and (every_v or last_step))
+            do_eval = eval_examples is not None and ((step > 0 and every_v) or last_step)
             do_sample = run.master and args.s > 0 and ((step > 0 and step % args.s == 0) or last_step)
             do_ckpt = (args.n > 0 and bool(args.o) and not resuming and
                        ((step > 0 and step % args.n == 0) or last_step))

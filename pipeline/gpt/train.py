@@ -367,7 +367,7 @@ def sample(model: GPT, genT: int, run: Run) -> str:
 
 def train(args: argparse.Namespace) -> int:
     run = Run(args)
-    if run.world > 1 and args.y and not args.o:
+    if args.y and not args.o:
         raise SystemExit("-y 1 needs -o")
     tokens_per_micro = args.b * args.t * run.world
     total_batch = args.d if args.d > 0 else tokens_per_micro

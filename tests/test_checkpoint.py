@@ -141,3 +141,13 @@ def test_state_round_trip_restores_optimizer(tmp_path):
         o.step()
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_padded_vocab_rows_start_at_zero():
+    # the tied head must not re-draw the embedding's padded rows (llm.c writes them as zeros)
+    from pipeline.gpt.model import GPT, GPTConfig
+
+    cfg = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16)
+    w = GPT(cfg).transformer.wte.weight
+    assert w[cfg.vocab_size:].abs().sum().item() == 0.0
+    assert 0.015 < w[:cfg.vocab_size].std().item() < 0.025

@@ -126,6 +126,8 @@ class GPT(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2/llm.c init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer).
+        if module is self.lm_head:
+            return  # tied to wte, initialised (with zero padded rows) as the embedding
         if isinstance(module, nn.Linear):
             std = 0.02
             if getattr(module, "RESIDUAL_SCALE_INIT", False):

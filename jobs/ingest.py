@@ -57,19 +57,24 @@ def read_records(spark, plan: Dict[str, List[str]], opts: core.IngestOptions):
 
 def mark_duplicate_ids(records):
     """Among records that would be kept, the first per id by (source, pos) stays; the rest become
-    `duplicate_id` drop rows that name the record kept instead."""
+    `duplicate_id` drop rows that name the record kept instead.
+
+    One window over all records (not a union of kept and dropped branches, which would run the
+    extraction twice): kept records are grouped by id, every drop row is a group of its own.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = Window.partitionBy("id").orderBy("source", "pos")
-    ok = records.filter(F.col("reason").isNull()).withColumn("_n", F.row_number().over(w))
-    dup = F.col("_n") > 1
-    ok = ok.select("source", "pos", "id", "url",
-                   F.when(~dup, F.col("text")).alias("text"), "warc_date",
-                   F.when(dup, F.lit("duplicate_id")).alias("reason"),
-                   F.when(dup, F.format_string("same id as %s at position %d", F.first("source").over(w),
-                                               F.first("pos").over(w))).alias("detail"))
-    return records.filter(F.col("reason").isNotNull()).unionByName(ok)
+    ok = F.col("reason").isNull()
+    group = F.when(ok, F.col("id")).otherwise(F.concat_ws("#", "source", F.col("pos").cast("string")))
+    w = Window.partitionBy(ok, group).orderBy("source", "pos")
+    dup = ok & (F.row_number().over(w) > 1)
+    return records.select(
+        "source", "pos", "id", "url",
+        F.when(~dup, F.col("text")).alias("text"), "warc_date",
+        F.when(dup, F.lit("duplicate_id")).otherwise(F.col("reason")).alias("reason"),
+        F.when(dup, F.format_string("same id as %s at position %d", F.first("source").over(w),
+                                    F.first("pos").over(w))).otherwise(F.col("detail")).alias("detail"))
 
 
 def _missing_text_column(records, jsonl_files: List[str], text_col: str) -> None:

@@ -203,3 +203,13 @@ def test_job_file_runs_as_a_script(tmp_path):
     res = subprocess.run([sys.executable, script, "--help"], cwd=str(tmp_path), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "--max-record-bytes" in res.stdout
+
+
+def test_each_input_is_read_and_extracted_once(spark, ingested):
+    # Duplicate marking must not split the records into branches that each rerun the extraction.
+    from pipeline.ingest import core
+
+    plan, _ = core.plan_inputs([ingested["inp"]])
+    records = job.mark_duplicate_ids(job.read_records(spark, plan, core.IngestOptions()))
+    physical = records._jdf.queryExecution().executedPlan().toString()
+    assert physical.count("Scan ExistingRDD") == 1 and physical.count("FileScan parquet") == 1

@@ -8,14 +8,19 @@ reads the previous stage's output directory, exactly as when the stages are run 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
-from typing import List, Optional
 
-if __package__ in (None, ""):  # run as a file by spark-submit: make `jobs` and `pipeline` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file by spark-submit
+    # Python put jobs/ first on sys.path, where jobs/tokenize.py would shadow the standard library's
+    # tokenize module; replace it with the repository root so that `jobs` and `pipeline` import.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+from typing import List, Optional  # noqa: E402
 
 from jobs import dedup, ingest, shards, tokenize  # noqa: E402
 from pipeline import accounting, storage  # noqa: E402

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Dict, Optional, Sequence
 
-if __name__ == "__main__" and __package__ is None:  # spark-submit jobs/dedup.py: make `pipeline` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file by spark-submit
+    # Python put jobs/ first on sys.path, where jobs/tokenize.py would shadow the standard library's
+    # `tokenize` (dataclasses -> inspect imports it); use the repository root instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import time  # noqa: E402
+from typing import Dict, Optional, Sequence  # noqa: E402
 
 from pipeline import storage  # noqa: E402
 from pipeline.config import save_config  # noqa: E402

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipeline.dedup.minhash import MinHasher, band_keys
 from pipeline.dedup.shingles import jaccard
@@ -17,12 +18,29 @@ SIGNATURE_SCHEMA = "id string, n int, length long, shingles binary, bands array<
 VERIFY_SCHEMA = "src string, dst string, jaccard double"
 
 
+# Text characters per piece of an Arrow batch: bounds the uint64 shingle buffer (at most ~8 bytes per
+# character) far below the 2 GiB that Arrow's 32-bit binary offsets allow, whatever the batch holds.
+MAX_CHARS_PER_PIECE = 32 * 1024 * 1024
+
+
+def _bounded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        lengths = pa.compute.utf8_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
+        ends = np.cumsum(lengths)
+        start = 0
+        while start < len(lengths):
+            base = ends[start - 1] if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, base + MAX_CHARS_PER_PIECE, side="right")))
+            yield batch.slice(start, stop - start)
+            start = stop
+
+
 def signature_batches(batches: Iterator[pa.RecordBatch], num_perm: int, seed: int, ngram: int,
                       bands: int, rows: int) -> Iterator[pa.RecordBatch]:
     """(id, text) -> (id, n = shingle count, length = characters, shingles = sorted uint64 bytes,
     bands = band keys, or null when the document has no shingles)."""
     hasher = MinHasher(num_perm, seed, ngram)
-    for batch in batches:
+    for batch in _bounded(batches):
         texts = batch.column("text").to_pylist()
         flat, offsets, sigs = hasher.signatures(texts)
         sizes = np.diff(offsets)

@@ -108,7 +108,15 @@ def bench_spark(spark, cores: int, sample_dir: str, out_dir: str, threshold: flo
 
     import pandas as pd
 
-    cfg = DedupConfig(input=os.path.join(sample_dir, "parquet"), output=out_dir, threshold=threshold,
+    import pyarrow.parquet as pq
+
+    # The sample is one parquet file with one row group, which Spark reads as ONE task; ingest output
+    # is many part files. Give Spark 4 row groups per core so every core gets work, as it would.
+    table = pq.read_table(os.path.join(sample_dir, "parquet"))
+    os.makedirs(os.path.join(out_dir, "in"))
+    pq.write_table(table, os.path.join(out_dir, "in", "docs.parquet"),
+                   row_group_size=max(1, -(-table.num_rows // (4 * cores))))
+    cfg = DedupConfig(input=os.path.join(out_dir, "in"), output=out_dir, threshold=threshold,
                       num_perm=num_perm)
     jvm = spark.sparkContext._gateway.proc.pid
     t0, c0 = time.time(), _proc_cpu(jvm) + _self_cpu()
@@ -151,11 +159,11 @@ def main(argv=None) -> int:
     if spark is not None and args.warmup_docs:
         sample_dir, docs = corpus(args.sizes[0], args.data_dir, args.seed)
         with tempfile.TemporaryDirectory(prefix="bench-dedup-warmup-") as tmp:
-            os.makedirs(os.path.join(tmp, "in", "parquet"))
-            docs.head(args.warmup_docs).to_parquet(os.path.join(tmp, "in", "parquet", "docs.parquet"))
+            os.makedirs(os.path.join(tmp, "sample", "parquet"))
+            docs.head(args.warmup_docs).to_parquet(os.path.join(tmp, "sample", "parquet", "docs.parquet"))
             docs.head(args.warmup_docs)[["id"]].assign(cluster=docs["id"]).to_parquet(
-                os.path.join(tmp, "in", "truth.parquet"))
-            w = bench_spark(spark, cores, os.path.join(tmp, "in"), os.path.join(tmp, "out"),
+                os.path.join(tmp, "sample", "truth.parquet"))
+            w = bench_spark(spark, cores, os.path.join(tmp, "sample"), os.path.join(tmp, "out"),
                             args.threshold, args.num_perm)
             print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]))
     for size in args.sizes:

@@ -7,6 +7,7 @@ tied to the token embedding, as in GPT-2 and llm.c.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -110,6 +111,9 @@ class GPT(nn.Module):
         self.config = config
         self.recompute = recompute
         self.lowp_residual = True
+        # Training loss through `linear_cross_entropy` (softmax gradient computed in the loss's
+        # forward pass): None = on CUDA only, True = always (tests on CPU), False = never.
+        self.fused_loss = None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -162,6 +166,9 @@ class GPT(nn.Module):
             else:
                 x = block(x)
         x = self.transformer.ln_f(x)
+        fused = self.fused_loss if self.fused_loss is not None else x.is_cuda
+        if targets is not None and not return_logits and fused and torch.is_grad_enabled():
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size)
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
@@ -182,3 +189,129 @@ class GPT(nn.Module):
             pad = torch.arange(Vp, device=logits.device) >= V
             logits = logits.masked_fill(pad, float("-inf"))
         return F.cross_entropy(logits.view(-1, Vp), targets.reshape(-1))
+
+
+# ----------------------------------------------------------------------------- fused loss
+# The classifier is the step's largest memory-bound piece: (B*T) x 50304 logits. Autograd's cross
+# entropy reads them in the forward and again in the backward, where it writes the gradient. Like
+# llm.c's fused classifier, `linear_cross_entropy` computes the loss and the softmax gradient in
+# one kernel during the forward pass, writing the gradient over the logits (no second buffer): one
+# read for the row's log-sum-exp, one read (mostly from L2) and one write for the gradient. The
+# backward is then only the classifier's two matmuls.
+
+def _cross_entropy_grad_reference(logits, targets, vocab_size):
+    """Per-row loss (float32); overwrites logits with d(loss_row)/d(logits) = softmax - onehot.
+
+    Columns >= vocab_size (llm.c's padding) get probability 0 and gradient 0. Reference version,
+    used off CUDA; on CUDA the Triton kernel below does the same.
+    """
+    lf = logits.float()
+    cols = torch.arange(lf.size(-1), device=lf.device)
+    lf = lf.masked_fill(cols >= vocab_size, float("-inf"))
+    lse = torch.logsumexp(lf, dim=-1)
+    losses = lse - lf.gather(1, targets.view(-1, 1)).squeeze(1)
+    logits.copy_(torch.exp(lf - lse[:, None]) - (cols == targets.view(-1, 1)).float())
+    return losses
+
+
+# An opaque op for torch.compile: inductor schedules the kernel as one unit, and since the logits
+# are an intermediate nobody else reads, it lets the op overwrite them in place.
+cross_entropy_grad_ = torch.library.custom_op(
+    "gpt::cross_entropy_grad_", _cross_entropy_grad_reference, mutates_args=("logits",),
+    schema="(Tensor(a!) logits, Tensor targets, int vocab_size) -> Tensor")
+
+
+@cross_entropy_grad_.register_fake
+def _(logits, targets, vocab_size):
+    return logits.new_empty(logits.shape[:1], dtype=torch.float32)
+
+
+# BLOCK columns per loop iteration; per_sm > 0: that many programs per SM, each looping over rows
+# (fewer rows in flight, so the second read of a row hits L2); 0: one program per row.
+CE_LAUNCH = dict(BLOCK=4096, num_warps=16, per_sm=0)  # fastest of bench_train.py --fused-check, H100
+
+
+@cross_entropy_grad_.register_kernel("cuda")
+def _(logits, targets, vocab_size):
+    try:
+        kernel = _triton_ce_kernel()
+    except ImportError:  # no Triton: the reference math, still on the GPU
+        return _cross_entropy_grad_reference(logits, targets, vocab_size)
+    assert logits.is_contiguous() and logits.dim() == 2
+    n, width = logits.shape
+    losses = torch.empty(n, dtype=torch.float32, device=logits.device)
+    launch = dict(CE_LAUNCH)
+    per_sm = launch.pop("per_sm")
+    programs = n if per_sm <= 0 else min(n, per_sm * _sm_count(logits.device.index))
+    kernel[(programs,)](logits, targets.contiguous(), losses, n, width, vocab_size, **launch)
+    return losses
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_ce_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def ce_kernel(logits_ptr, targets_ptr, losses_ptr, n_rows, width, vocab, BLOCK: tl.constexpr):
+        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+            ptr = logits_ptr + row.to(tl.int64) * width
+            # Pass 1: running max and rescaled sum of exp per lane (online softmax), so the row is
+            # read once for its log-sum-exp. The finite start keeps lanes that see no data at 0.
+            m = tl.full([BLOCK], -1e30, tl.float32)
+            s = tl.zeros([BLOCK], tl.float32)
+            for start in range(0, vocab, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                x = tl.load(ptr + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+                m_new = tl.maximum(m, x)
+                s = s * tl.exp(m - m_new) + tl.exp(x - m_new)
+                m = m_new
+            row_max = tl.max(m, axis=0)
+            lse = row_max + tl.log(tl.sum(s * tl.exp(m - row_max), axis=0))
+            target = tl.load(targets_ptr + row)
+            tl.store(losses_ptr + row, lse - tl.load(ptr + target).to(tl.float32))
+            # Pass 2: softmax - onehot over the full padded width (padding gets exactly 0),
+            # written over the logits block it was computed from.
+            for start in range(0, width, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                x = tl.load(ptr + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+                g = tl.exp(x - lse) - (cols == target).to(tl.float32)
+                tl.store(ptr + cols, g.to(logits_ptr.dtype.element_ty), mask=cols < width)
+
+    return ce_kernel
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, targets, vocab_size):
+        # The dtype autocast would give the classifier matmul (bf16 in training), explicitly:
+        # backward runs outside autocast.
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
+            else x.dtype
+        xl = x.reshape(-1, x.size(-1)).to(dtype)
+        wl = weight.to(dtype)
+        grad = torch.mm(xl, wl.t())  # the logits, until the loss kernel overwrites them
+        losses = cross_entropy_grad_(grad, targets.reshape(-1), vocab_size)
+        ctx.save_for_backward(xl, wl, grad)
+        ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
+        return losses.mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        xl, wl, grad = ctx.saved_tensors
+        scale = grad_loss / grad.size(0)  # d(mean)/d(row loss), applied to the small outputs
+        dx = (torch.mm(grad, wl) * scale).to(ctx.x_dtype).view(ctx.x_shape)
+        dw = torch.mm(grad.t(), xl).to(ctx.w_dtype) * scale
+        return dx, dw, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         vocab_size: int) -> torch.Tensor:
+    """Mean cross-entropy of (x @ weight.T)[..., :vocab_size] against targets, never keeping the
+    logits: the same value and gradients as `GPT.loss(lm_head(x), targets)`, up to rounding."""
+    return _LinearCrossEntropy.apply(x, weight, targets, vocab_size)

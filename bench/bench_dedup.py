@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-docs", type=int, default=2000,
                    help="run the Spark job once on this many docs first (JVM JIT, codegen cache, "
                         "Python workers), as a long-running job would be; 0 = cold")
+    p.add_argument("--sweep", nargs="*", default=[], metavar="BxRwW",
+                   help="also score the single-process core with these bands x rows / windows on the "
+                        "first size, e.g. 9x13w4 16x8w2 18x7w4 25x5w4")
     p.add_argument("--skip", nargs="*", default=[], choices=["datasketch", "core", "spark"])
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dedup.json"))
     args = p.parse_args(argv)
@@ -210,13 +213,34 @@ def main(argv=None) -> int:
             pf = row["spark"]["scores"]
             print("quality %dk (spark vs truth.parquet): %s" % (row["docs"] // 1000, json.dumps(
                 {k: pf[k] for k in ("pairs", "has_dup")}, default=str)))
+    sweep = []
+    if args.sweep:
+        import pandas as pd
+
+        from pipeline.dedup.local import dedup_local
+        from pipeline.evaluate import score
+
+        sample_dir, docs = corpus(args.sizes[0], args.data_dir, args.seed)
+        truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
+        print("\n%-10s %7s %11s %9s %9s %9s %8s" % ("bands", "window", "candidates", "verified",
+                                                    "pairs P", "pairs R", "F1"))
+        for spec in args.sweep:
+            br, window = spec.split("w")
+            bands, rows = (int(x) for x in br.split("x"))
+            report, stats = dedup_local(docs["id"].tolist(), docs["text"].tolist(), args.threshold,
+                                        num_perm=args.num_perm, bands=bands, rows=rows, window=int(window))
+            pf = score(pd.DataFrame(report), truth)["pairs"]
+            sweep.append({"bands": bands, "rows": rows, "window": int(window), "stats": stats, "pairs": pf})
+            print("%-10s %7s %11d %9d %9.4f %9.4f %8.4f" % (br, window, stats["candidate_pairs"],
+                                                         stats["verified_pairs"], pf["precision"],
+                                                         pf["recall"], pf["f1"]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                "warmup_docs": args.warmup_docs,
                                "load_avg_at_end": os.getloadavg()},
                    "master": args.master, "threshold": args.threshold, "num_perm": args.num_perm,
-                   "results": results}, f, indent=2, sort_keys=True, default=str)
+                   "results": results, "sweep": sweep}, f, indent=2, sort_keys=True, default=str)
     print("wrote", args.out)
     if spark is not None:
         spark.stop()

@@ -148,8 +148,9 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor = None, return_logits: bool = True):
         """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets, the mean loss.
 
-        The trainer passes `return_logits=False`: under torch.compile the (B, T, 50304) logits then
-        never have to be written out as an output, only consumed by the fused loss kernel.
+        The trainer passes `return_logits=False`: the (B, T, 50304) logits are then never an output,
+        and with gradients on (and `fused_loss`) the loss goes through `linear_cross_entropy`, which
+        computes the loss and its gradient in one kernel and keeps no logits for the backward.
         """
         B, T = idx.shape
         if T > self.config.block_size:

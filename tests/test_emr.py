@@ -597,7 +597,7 @@ def test_bootstrap_fails_the_node_when_nothing_was_uploaded(node):
 def test_constraints_pin_every_requirement_within_its_range():
     from packaging.requirements import Requirement
 
-    reqs = [Requirement(l) for l in open(package.REQUIREMENTS) if l.strip() and not l.startswith("#")]
+    reqs = [Requirement(l.strip()) for l in open(package.REQUIREMENTS) if l.strip() and not l.startswith("#")]
     pins = dict(l.strip().split("==") for l in open(package.CONSTRAINTS) if l.strip() and not l.startswith("#"))
     for r in reqs:
         assert r.name in pins, r.name

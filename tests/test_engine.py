@@ -4,7 +4,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pipeline.gpt.engine import (EOT_TOKEN, Engine, filter_logits, reference_generate,  # noqa: E402
-                                 sample_next)
+                                 sample_next, split_count)
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 
 TINY = GPTConfig(block_size=64, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
@@ -180,7 +180,7 @@ def test_cuda_engine_matches_reference(graphs, fuse, dtype):
     model = tiny_model().to("cuda", getattr(torch, dtype))
     engine = Engine(model, max_batch_size=4, cuda_graphs=graphs, fuse=fuse)
     # on a CUDA build both fused kernels must pass their self-checks, or the fast path silently vanished
-    assert engine.fuse_gelu == engine.fuse_ln == engine.fuse_attn == fuse
+    assert engine.fuse_gelu == engine.fuse_ln == engine.fuse_embed == engine.fuse_attn == fuse
     seen = record_logits(engine)
     prompts = prompts_of([3, 17, 1, 10])
     got = engine.generate(prompts, 40, temperature=0, stop_token=None)
@@ -191,3 +191,59 @@ def test_cuda_engine_matches_reference(graphs, fuse, dtype):
         torch.testing.assert_close(logits[1].float(), full[0, len(p) + j - 1].float(), rtol=tol, atol=tol)
     if dtype == "float32":
         assert got == [reference_generate(model, p, 40, stop_token=None) for p in prompts]
+
+
+def test_split_count():
+    # batch 1 of GPT-2 small on an H100 (132 SMs): one program per 64-slot block of a 1024-slot cache
+    assert split_count(1, 12, 1024, 132) == 16
+    assert split_count(1, 12, 300, 132) == 4     # never more splits than blocks (5), a power of two
+    assert split_count(4, 12, 1024, 132) == 4    # ceil(264 / 48) = 6 -> 4
+    assert split_count(64, 12, 1024, 132) == 1   # 768 programs already fill the GPU
+    assert split_count(1, 12, 64, 132) == 1
+    with pytest.raises(ValueError, match="power of two"):
+        Engine(tiny_model(), attn_splits=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_split_attention_kernel_variants():
+    from pipeline.gpt.engine import _decode_attn_works
+    for min_blocks in (1, 2):
+        assert _decode_attn_works(torch.device("cuda"), 32, (1, 2, 4, 8, 16), min_blocks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("splits,reduce_in_kernel", [(None, True), (4, True), (8, False), (1, True)])
+def test_cuda_long_context_split_attention_matches_reference(splits, reduce_in_kernel):
+    # Long enough that the cache spans many 64-slot blocks, so several splits hold real work.
+    config = GPTConfig(block_size=512, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=2,
+                       n_embd=64)
+    model = tiny_model(config=config).to("cuda")
+    engine = Engine(model, max_batch_size=3, attn_splits=splits)
+    engine._attn_reduce_in_kernel = reduce_in_kernel
+    assert engine.fuse_attn and engine._splits(3) == (splits or 8)  # auto: ceil(264 / 6) -> 8 blocks
+    prompts = prompts_of([3, 150, 40])
+    seen = record_logits(engine)
+    got = engine.generate(prompts, 300, temperature=0, stop_token=None)
+    p = prompts[1]
+    full, _ = model(torch.tensor([p + got[1]], device="cuda"))
+    for j, logits in enumerate(seen):
+        torch.testing.assert_close(logits[1], full[0, len(p) + j - 1], rtol=1e-4, atol=1e-4)
+    assert got == [reference_generate(model, p, 300, stop_token=None) for p in prompts]
+    assert int(engine._attn_count.abs().sum()) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lengths", [[1], [4], [3, 3], [5]])
+def test_cuda_short_prompt_prefill_by_graph_steps(lengths):
+    # Prompts of <= 4 tokens without padding are prefilled by replaying the decode graph (cache
+    # slot 0 included); [5] takes the one-forward prefill. Same logits either way.
+    model = tiny_model().to("cuda")
+    engine = Engine(model, max_batch_size=2)
+    seen = record_logits(engine)
+    prompts = prompts_of(lengths, seed=len(lengths) + lengths[0])
+    got = engine.generate(prompts, 20, temperature=0, stop_token=None)
+    for i, p in enumerate(prompts):
+        full, _ = model(torch.tensor([p + got[i]], device="cuda"))
+        for j, logits in enumerate(seen):
+            torch.testing.assert_close(logits[i], full[0, len(p) + j - 1], rtol=1e-4, atol=1e-4)
+        assert got[i] == reference_generate(model, p, 20, stop_token=None)

@@ -57,7 +57,7 @@ def logits_error(model, engine: Engine, tokens: List[int]) -> Dict[str, float]:
     full, _ = model(torch.tensor([tokens], device=engine.device))
     full = full[0].float()
     got = [engine._prefill(torch.tensor([tokens[:1]], device=engine.device),
-                           torch.zeros(1, dtype=torch.long, device=engine.device))[0].float()]
+                           torch.zeros(1, dtype=torch.long, device=engine.device))[0].float().clone()]
     engine._pad[:1].zero_()
     for i in range(1, len(tokens)):
         engine._tok[:1].fill_(tokens[i])

@@ -72,48 +72,54 @@ def run(spark, cfg: DedupConfig) -> Dict:
            .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
                                bands=bands, rows=rows), SIGNATURE_SCHEMA)
            .persist(StorageLevel.MEMORY_AND_DISK))
-    records_in = sig.count()
+    # One action fills the cache and gives both counts (each Spark action costs scheduling time).
+    head = sig.agg(F.count("*").alias("n"), F.sum(F.col("bands").isNull().cast("int")).alias("empty")).first()
+    records_in, empty_docs = int(head["n"]), int(head["empty"] or 0)
     phases = {"signatures": time.time() - t0}
 
+    # Candidates are not materialised on their own: they stream into the verification joins, and the
+    # one checkpoint after verification (all candidate pairs with their Jaccard: small) gives both counts.
     buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
-    candidates = cut(candidate_edges(buckets, cfg.window))
-    candidate_pairs = candidates.count()
-    phases["candidates"] = time.time() - t0 - sum(phases.values())
-
+    candidates = candidate_edges(buckets, cfg.window)
     shingles = sig.select("id", "shingles")
     pairs = (candidates
              .join(shingles.withColumnRenamed("id", "src").withColumnRenamed("shingles", "a"), "src")
              .join(shingles.withColumnRenamed("id", "dst").withColumnRenamed("shingles", "b"), "dst")
              .select("src", "dst", "a", "b"))
-    verified = cut(pairs.mapInArrow(verify_batches, VERIFY_SCHEMA)
-                   .where(F.col("jaccard") >= cfg.threshold).select("src", "dst"))
-    verified_pairs = verified.count()
-    phases["verify"] = time.time() - t0 - sum(phases.values())
+    scored = cut(pairs.mapInArrow(verify_batches, VERIFY_SCHEMA))
+    ok = F.col("jaccard") >= cfg.threshold
+    counts = scored.agg(F.count("*").alias("candidates"), F.sum(ok.cast("int")).alias("verified")).first()
+    candidate_pairs, verified_pairs = int(counts["candidates"]), int(counts["verified"] or 0)
+    verified = scored.where(ok).select("src", "dst")
+    phases["candidates+verify"] = time.time() - t0 - sum(phases.values())
 
-    labels, cc_rounds = connected_components(verified, cfg.max_iterations, cfg.checkpoint_dir or None, clean=True)
+    labels, cc_rounds = connected_components(verified, cfg.max_iterations, cfg.checkpoint_dir or None, clean=True,
+                                             edge_count=verified_pairs,
+                                             single_task_max_edges=cfg.single_task_max_edges)
+    # Every document gets its row here (singletons: cluster of itself), hash-partitioned and sorted by
+    # id as written, and cached: the kept/ write and the summary reuse it without recomputing clusters.
     cluster = Window.partitionBy("cluster_id")
-    members = cut(labels.join(sig.select("id", "length"), "id")
-                  .select("id", "cluster_id", F.count("*").over(cluster).alias("cluster_size"),
-                          F.min(keep_key_column()).over(cluster)["id"].alias("kept_id"))
-                  .select("id", "cluster_id", "cluster_size", (F.col("id") == F.col("kept_id")).alias("kept")))
-    phases["components"] = time.time() - t0 - sum(phases.values())
-
-    report = (sig.select("id").join(members, "id", "left")
-              .select("id", F.coalesce("cluster_id", "id").alias("cluster_id"),
-                      F.coalesce("cluster_size", F.lit(1)).cast("long").alias("cluster_size"),
-                      F.coalesce("kept", F.lit(True)).alias("kept")))
+    report = (sig.select("id", "length").join(labels, "id", "left")
+              .withColumn("cluster_id", F.coalesce("cluster_id", "id"))
+              .select("id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
+                      (F.min(keep_key_column()).over(cluster)["id"] == F.col("id")).alias("kept"))
+              .repartition(partitions, "id").sortWithinPartitions("id")
+              .persist(StorageLevel.MEMORY_AND_DISK))
     dirs = output_dirs(cfg)
-    _write_sorted(report, dirs["report"], partitions)
-    removed = members.where(~F.col("kept")).select("id")
-    _write_sorted(docs.join(removed, "id", "left_anti").select(*docs.columns), dirs["kept"], partitions)
+    report.write.mode("overwrite").parquet(storage.to_spark_path(dirs["report"]))
+    phases["components+report"] = time.time() - t0 - sum(phases.values())
 
-    phases["write"] = time.time() - t0 - sum(phases.values())
-    summary = (members.agg(F.count("*").alias("in_clusters"),
-                           F.sum(F.when(F.col("kept"), 0).otherwise(1)).alias("removed"),
-                           F.sum(F.col("kept").cast("int")).alias("clusters"),
-                           F.max("cluster_size").alias("largest"))
+    removed = report.where(~F.col("kept")).select("id")
+    _write_sorted(docs.join(removed, "id", "left_anti").select(*docs.columns), dirs["kept"], partitions)
+    phases["write kept"] = time.time() - t0 - sum(phases.values())
+    summary = (report.where(F.col("cluster_size") > 1)
+               .agg(F.count("*").alias("in_clusters"),
+                    F.sum(F.when(F.col("kept"), 0).otherwise(1)).alias("removed"),
+                    F.sum(F.col("kept").cast("int")).alias("clusters"),
+                    F.max("cluster_size").alias("largest"))
                .first())
-    empty_docs = sig.where(F.col("bands").isNull()).count()
+    report.unpersist()
+    scored.unpersist()
     sig.unpersist()
     duplicates_removed = int(summary["removed"] or 0)
     return {

@@ -199,3 +199,19 @@ def test_connected_components_long_path(spark):
     assert all(got[n] == "n0000" for n in nodes)
     assert got["m3"] == got["m2"] == "m1" and got["z1"] == "z0" == got["z0"]
     assert 2 <= rounds <= 30                                       # log-ish, not the path length
+
+
+def test_single_task_components_match_distributed(spark):
+    # same graph through both paths: the bounded single-task union-find must give the distributed labels
+    rng = random.Random(3)
+    nodes = ["v%03d" % i for i in range(300)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(220)] + [("v999", "v998"), ("a", "a")]
+    df = spark.createDataFrame(edges, "src string, dst string")
+    dist, rounds = connected_components(df)
+    fast, fast_rounds = connected_components(df, single_task_max_edges=len(edges))
+    assert rounds >= 1 and fast_rounds == 0
+    got = {r["id"]: r["cluster_id"] for r in fast.collect()}
+    assert got == {r["id"]: r["cluster_id"] for r in dist.collect()}
+    assert got["v999"] == got["v998"] == "v998" and "a" not in got   # self-loops are not edges
+    # over the bound, the distributed path runs
+    assert connected_components(df, single_task_max_edges=len(edges) - 1)[1] == rounds

@@ -35,3 +35,7 @@ class DedupConfig(JobConfig):
                                  "with dynamic allocation); empty = localCheckpoint"))
     max_iterations: int = field(default=100, metadata=flag(
         "--max-iterations", type=int, help="connected-components rounds before giving up"))
+    single_task_max_edges: int = field(default=1000000, metadata=flag(
+        "--single-task-max-edges", type=int,
+        help="verified edges up to this many: connected components by union-find in one task instead of "
+             "distributed large/small-star rounds (fewer Spark jobs); 0 = always distributed"))

@@ -23,3 +23,15 @@ def spark():
                                     "spark.default.parallelism": "4"})
     yield session
     session.stop()
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny CPU models: one torch thread is faster on the 2-core CI box (shared with Spark) and
+    deterministic. GPU test modules opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,13 +10,7 @@ from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 TINY = GPTConfig(block_size=64, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls: extra threads only add contention on a busy CI box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_model(seed=0, config=TINY):

@@ -14,12 +14,7 @@ from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

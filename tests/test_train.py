@@ -17,13 +17,7 @@ from pipeline.shards import write_shard  # noqa: E402
 TINY = ["-e", "d2", "-1c", "32", "-1h", "2", "-b", "4", "-t", "32", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CI box has 2 cores shared with Spark tests; one thread is faster and deterministic
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ SMALL = GPTConfig(block_size=32, vocab_size=100, padded_vocab_size=128, n_layer=
                   n_embd=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small_model(seed=0):

@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", nargs="*", default=[], metavar="BxRwW",
                    help="also score the single-process core with these bands x rows / windows on the "
                         "first size, e.g. 9x13w4 16x8w2 18x7w4 25x5w4")
+    p.add_argument("--spark-conf", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra Spark settings for the session, e.g. spark.shuffle.compress=false")
     p.add_argument("--skip", nargs="*", default=[], choices=["datasketch", "core", "spark"])
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dedup.json"))
     args = p.parse_args(argv)
@@ -156,7 +158,8 @@ def main(argv=None) -> int:
         else os.cpu_count()
     spark = None
     if "spark" not in args.skip:
-        spark = get_spark("bench-dedup", master=args.master)
+        spark = get_spark("bench-dedup", master=args.master,
+                          extra_conf=dict(kv.split("=", 1) for kv in args.spark_conf))
         spark.range(1000).selectExpr("sum(id)").collect()  # start the JVM and Python workers first
     results = []
     if spark is not None and args.warmup_docs:
@@ -239,7 +242,7 @@ def main(argv=None) -> int:
         json.dump({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                "warmup_docs": args.warmup_docs,
                                "load_avg_at_end": os.getloadavg()},
-                   "master": args.master, "threshold": args.threshold, "num_perm": args.num_perm,
+                   "master": args.master, "spark_conf": args.spark_conf, "threshold": args.threshold, "num_perm": args.num_perm,
                    "results": results, "sweep": sweep}, f, indent=2, sort_keys=True, default=str)
     print("wrote", args.out)
     if spark is not None:

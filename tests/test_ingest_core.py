@@ -168,7 +168,7 @@ def test_warc_every_record_is_kept_or_dropped_for_its_reason(gz):
     assert "too_large" == by_url["http://ex.com/big"].reason and "max-record-bytes" in by_url["http://ex.com/big"].detail
 
 
-@pytest.mark.parametrize("gz,pads", [(True, range(25000, 29000, 4)), (False, range(15000, 16500, 4))])
+@pytest.mark.parametrize("gz,pads", [(True, range(23000, 31000, 4)), (False, range(15000, 16500, 4))])
 def test_http_headers_split_across_read_buffers(gz, pads):
     # warcio reads the file in 16 KiB blocks. Slide the second record's start across the end of the
     # first block so that its WARC and HTTP header lines get split there, one position at a time.
@@ -185,7 +185,8 @@ def test_http_headers_split_across_read_buffers(gz, pads):
         recs = warc_records(b.bytes())
         assert [r.reason for r in recs] == [None, None], (pad, recs[1].detail)
         tested += 1
-    assert tested >= 50
+    # gzip sizes vary with the random record ids, so how many pads land in the window varies a little
+    assert tested >= 40
 
 
 def test_min_chars_and_max_record_bytes():

@@ -20,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pipeline import bpe  # noqa: E402
 from pipeline import tokenize as tk  # noqa: E402
 from pipeline.bpe import EOT_TOKEN  # noqa: E402
 from pipeline.sample import generate_documents  # noqa: E402
@@ -87,8 +88,8 @@ def main(argv=None) -> int:
 
     import pyarrow as pa
 
-    data = tk.load_bpe_bytes(ns.tiktoken_cache, ns.bpe_file)
-    enc = tk.encoding_from_bytes(data)
+    data = bpe.load_bpe_bytes(ns.tiktoken_cache, ns.bpe_file)
+    enc = bpe.encoding_from_bytes(data)
     texts = [d["text"] for d in generate_documents(ns.docs, seed=1)]
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     reference = tk.encode_docs_one_by_one(enc, texts)

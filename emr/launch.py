@@ -104,7 +104,7 @@ def upload_plan(cfg: LaunchConfig, bundle_path: str) -> List[Tuple[str, str]]:
 
 
 def upload(cfg: LaunchConfig) -> Dict:
-    from pipeline.tokenize import R50K_SHA256
+    from pipeline.bpe import R50K_SHA256
 
     a = spec.artifacts(cfg)
     scratch = storage.local_scratch_dir()

@@ -80,7 +80,7 @@ def find_bpe_file(explicit: str = "") -> Optional[str]:
     cache entries by sha1 of the download URL)."""
     if explicit:
         return explicit
-    from pipeline.tokenize import R50K_URL
+    from pipeline.bpe import R50K_URL
 
     cache = os.environ.get("TIKTOKEN_CACHE_DIR")
     if cache:

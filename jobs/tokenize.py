@@ -27,7 +27,8 @@ from typing import Optional  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.config import JobConfig, flag, save_config  # noqa: E402
 from pipeline.spark import get_spark  # noqa: E402
-from pipeline.tokenize import DEFAULT_BATCH_SIZE, BpeError, load_bpe_bytes, tokenize_arrow_batches  # noqa: E402
+from pipeline.bpe import BpeError, load_bpe_bytes  # noqa: E402
+from pipeline.tokenize import DEFAULT_BATCH_SIZE, tokenize_arrow_batches  # noqa: E402
 
 TOKENS_SCHEMA = "id string, n_tokens int, tokens array<int>"
 INPUT_BYTES_PER_PARTITION = 64 * 2 ** 20  # ~100 MB of token parquet per output file

@@ -5,97 +5,20 @@ Special-token text that happens to occur inside a crawled page (someone writing 
 web page) is encoded as ordinary text; only the delimiter we add is token 50256. So the token stream
 never contains a document boundary the pipeline did not put there.
 
-The BPE ranks are loaded once on the driver (from `--bpe-file`, local or s3://, from a tiktoken cache
-directory, or from tiktoken's own cache/download) and their bytes are shipped to executors, which
-build the encoder from them once per Python worker. Executors therefore need neither internet access
+The BPE ranks are loaded once on the driver by `pipeline.bpe.load_bpe_bytes` (from `--bpe-file`, local
+or s3://, from a tiktoken cache directory, or from tiktoken's own cache/download) and their bytes are
+shipped to executors, which build the encoder from them once per Python worker. Executors therefore need neither internet access
 nor a cache directory: this is what makes the stage work on air-gapped clusters.
 
 Nothing here imports Spark; `jobs/tokenize.py` wires it up.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Sequence, Tuple
 
-from pipeline import bpe, storage
-
-# Where tiktoken downloads r50k_base from, and the SHA-256 it expects (tiktoken_ext/openai_public.py).
-# A tiktoken cache directory stores the file under sha1(URL).
-R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
-R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+from pipeline.bpe import EOT_TOKEN, cached_encoding
 
 DEFAULT_BATCH_SIZE = 512  # documents per encode_ordinary_batch call
-
-
-class BpeError(ValueError):
-    """The GPT-2 BPE ranks could not be found, or are not GPT-2's."""
-
-
-def load_bpe_bytes(cache_dir: Optional[str] = None, bpe_file: Optional[str] = None) -> bytes:
-    """The raw `r50k_base.tiktoken` rank file, checked against tiktoken's published SHA-256.
-
-    Same precedence as `pipeline.bpe.get_encoding`: `bpe_file`, then `cache_dir`, then
-    `TIKTOKEN_CACHE_DIR` / tiktoken's default cache / download.
-    """
-    if bpe_file:
-        try:
-            with storage.open_read(bpe_file) as f:
-                data = f.read()
-        except storage.InputError as e:
-            raise BpeError("--bpe-file: %s" % e) from e
-        where = bpe_file
-    elif cache_dir:
-        where = os.path.join(cache_dir, hashlib.sha1(R50K_URL.encode()).hexdigest())
-        if not os.path.isfile(where):
-            raise BpeError("tiktoken cache %s has no r50k_base ranks (expected the file %s)"
-                           % (cache_dir, where))
-        with open(where, "rb") as f:
-            data = f.read()
-    else:
-        from tiktoken.load import read_file_cached
-
-        where = os.environ.get("TIKTOKEN_CACHE_DIR") or R50K_URL
-        try:
-            data = read_file_cached(R50K_URL, R50K_SHA256)
-        except Exception as e:  # no cache and no internet: say how to fix it
-            raise BpeError("cannot load GPT-2 BPE ranks (%s); pass --tiktoken-cache DIR or "
-                           "--bpe-file r50k_base.tiktoken" % e) from e
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != R50K_SHA256:
-        raise BpeError("%s is not tiktoken's r50k_base (GPT-2) rank file: sha256 %s, expected %s"
-                       % (where, digest, R50K_SHA256))
-    return data
-
-
-def encoding_from_bytes(data: bytes):
-    """A tiktoken Encoding identical to `r50k_base`, built from the rank file's bytes.
-
-    Mirrors `pipeline.bpe.get_encoding(bpe_file=...)` without touching the file system, so executors
-    never write tiktoken cache files.
-    """
-    import tiktoken
-
-    ranks = {}
-    for line in data.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return tiktoken.Encoding(name=bpe.ENCODING_NAME, pat_str=bpe.R50K_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": bpe.EOT_TOKEN},
-                             explicit_n_vocab=bpe.GPT2_VOCAB_SIZE)
-
-
-# One encoder per Python worker process (Spark reuses workers across tasks), keyed by the ranks' hash.
-_ENCODERS: Dict[str, object] = {}
-
-
-def cached_encoding(data: bytes):
-    key = hashlib.sha256(data).hexdigest()
-    if key not in _ENCODERS:
-        _ENCODERS[key] = encoding_from_bytes(data)
-    return _ENCODERS[key]
 
 
 def encode_docs(enc, texts: Sequence[str], num_threads: int = 1) -> List[List[int]]:
@@ -111,13 +34,13 @@ def encode_docs(enc, texts: Sequence[str], num_threads: int = 1) -> List[List[in
     else:
         out = [enc.encode_ordinary(t) for t in texts]
     for toks in out:
-        toks.insert(0, bpe.EOT_TOKEN)
+        toks.insert(0, EOT_TOKEN)
     return out
 
 
 def encode_docs_one_by_one(enc, texts: Iterable[str]) -> List[List[int]]:
     """The per-document baseline the benchmark compares batch encoding against."""
-    return [[bpe.EOT_TOKEN] + enc.encode_ordinary(t) for t in texts]
+    return [[EOT_TOKEN] + enc.encode_ordinary(t) for t in texts]
 
 
 def tokenize_arrow_batches(batches: Iterator, bpe_data: bytes, batch_size: int = DEFAULT_BATCH_SIZE,

@@ -468,7 +468,7 @@ def test_bootstrap_script_is_valid_bash_and_names_uploaded_artifacts():
         assert a[key][len(a["code"]):] in text  # same relative key as upload writes
     assert "/wheels/" in text
     # tiktoken names its cache entry sha1(URL); the script hard-codes that name.
-    from pipeline.tokenize import R50K_URL
+    from pipeline.bpe import R50K_URL
     assert hashlib.sha1(R50K_URL.encode()).hexdigest() in text
     assert spec.NODE_TIKTOKEN_DIR in text
     reqs = [l.split(">")[0].split("<")[0].split("=")[0].strip() for l in open(package.REQUIREMENTS)

@@ -13,10 +13,11 @@ import tiktoken
 from jobs.tokenize import TokenizeConfig, run
 from pipeline import cli
 from pipeline import tokenize as tk
+from pipeline import bpe
 from pipeline.bpe import EOT_TOKEN
 
 SHARED_CACHE = os.environ.get("TIKTOKEN_CACHE_DIR")
-R50K_CACHE_NAME = hashlib.sha1(tk.R50K_URL.encode()).hexdigest()
+R50K_CACHE_NAME = hashlib.sha1(bpe.R50K_URL.encode()).hexdigest()
 
 TEXTS = [
     "Hello world.",
@@ -36,11 +37,11 @@ def enc():
 
 @pytest.fixture(scope="module")
 def bpe_data():
-    return tk.load_bpe_bytes()
+    return bpe.load_bpe_bytes()
 
 
 def test_encode_docs_matches_tiktoken_with_eot_first(enc, bpe_data):
-    mine = tk.encoding_from_bytes(bpe_data)
+    mine = bpe.encoding_from_bytes(bpe_data)
     got = tk.encode_docs(mine, TEXTS)
     assert got == [[EOT_TOKEN] + enc.encode_ordinary(t) for t in TEXTS]
     # the literal special-token text is several ordinary tokens, never 50256
@@ -64,23 +65,23 @@ def test_bpe_file_flag_works_offline(tmp_path, monkeypatch, bpe_data):
     empty = tmp_path / "empty-cache"
     empty.mkdir()
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(empty))  # no cache to fall back on
-    assert tk.load_bpe_bytes(bpe_file=str(rank_file)) == bpe_data
+    assert bpe.load_bpe_bytes(bpe_file=str(rank_file)) == bpe_data
     assert not os.listdir(empty)
-    with pytest.raises(tk.BpeError, match="r50k_base"):
-        tk.load_bpe_bytes(cache_dir=str(empty))
+    with pytest.raises(bpe.BpeError, match="r50k_base"):
+        bpe.load_bpe_bytes(cache_dir=str(empty))
 
 
 def test_cache_dir_flag_and_wrong_files(tmp_path, bpe_data):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / R50K_CACHE_NAME).write_bytes(bpe_data)
-    assert tk.load_bpe_bytes(cache_dir=str(cache)) == bpe_data
+    assert bpe.load_bpe_bytes(cache_dir=str(cache)) == bpe_data
     bad = tmp_path / "other.tiktoken"
     bad.write_bytes(bpe_data[:-20])
-    with pytest.raises(tk.BpeError, match="not tiktoken's r50k_base"):
-        tk.load_bpe_bytes(bpe_file=str(bad))
-    with pytest.raises(tk.BpeError, match="missing.tiktoken"):
-        tk.load_bpe_bytes(bpe_file=str(tmp_path / "missing.tiktoken"))
+    with pytest.raises(bpe.BpeError, match="not tiktoken's r50k_base"):
+        bpe.load_bpe_bytes(bpe_file=str(bad))
+    with pytest.raises(bpe.BpeError, match="missing.tiktoken"):
+        bpe.load_bpe_bytes(bpe_file=str(tmp_path / "missing.tiktoken"))
 
 
 def _write_docs(path, texts, n_files=2):

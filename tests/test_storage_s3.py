@@ -13,9 +13,9 @@ moto = pytest.importorskip("moto")
 from pipeline import storage  # noqa: E402
 from pipeline.storage import InputError  # noqa: E402
 
+from conftest import FAKE_AWS_ENV as FAKE_CREDS  # noqa: E402
+
 BUCKET = "test-bucket"
-FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-              "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 # A tree with the awkward cases: a subdirectory, Spark metadata (files and directories), a key that
 # is a string prefix of another, and a sibling "directory" sharing the name's prefix.
@@ -32,11 +32,7 @@ TREE = [
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    for k, v in FAKE_CREDS.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def s3(fake_aws_env):
     with moto.mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)

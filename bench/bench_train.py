@@ -53,6 +53,21 @@ SPEED = [  # name, attention, compile, recompute, B, T, compile mode, SDPA kerne
     ("course step+unfused", "flash", 1, 0, 64, 1024, "default", "auto", 8),
     ("flash+compile+cudagraphs", "flash", 1, 0, 32, 1024, "reduce-overhead", "auto"),
     ("course step+cudagraphs", "flash", 1, 0, 64, 1024, "reduce-overhead", "auto", 8),
+    # "+mlp": GELU inside the MLP matmuls (cuBLASLt epilogues); "+graphs": CUDA-graph replay
+    # "+lt": every matmul through pipeline.gpt.cublaslt (GELU epilogues, tuned algorithms);
+    # "+graphs": CUDA-graph replay of the whole step
+    ("flash+compile+lt", "flash", 1, 0, 32, 1024, "default", "auto"),
+    ("flash+compile+graphs", "flash", 1, 0, 32, 1024, "default", "auto"),
+    ("flash+compile+lt+graphs", "flash", 1, 0, 32, 1024, "default", "auto"),
+    ("B32 x16", "flash", 1, 0, 32, 1024, "default", "auto", 16),
+    ("B32 x16+lt+graphs", "flash", 1, 0, 32, 1024, "default", "auto", 16),
+    ("course step+lt+graphs", "flash", 1, 0, 64, 1024, "default", "auto", 8),
+    ("flash+lt+graphs", "flash", 0, 0, 32, 1024, "default", "auto"),
+    ("flash+compile+lt+graphs+fa2", "flash", 1, 0, 32, 1024, "default", "flash"),
+    ("flash+compile+lt+recompute", "flash", 1, 1, 32, 1024, "default", "auto"),
+    ("flash+lt+recompute", "flash", 0, 1, 32, 1024, "default", "auto"),
+    ("eager+lt+graphs", "eager", 0, 0, 16, 1024, "default", "auto"),
+    ("eager+compile+lt+graphs", "eager", 1, 0, 16, 1024, "default", "auto"),
     ("flash", "flash", 0, 0, 32, 1024, "default", "auto"),
     ("flash+recompute", "flash", 0, 1, 32, 1024, "default", "auto"),
     ("eager", "eager", 0, 0, 16, 1024, "default", "auto"),
@@ -101,13 +116,15 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     raw.lowp_residual = "+f32res" not in name
     # "+unfused": autograd's cross-entropy on materialised logits (before the fused loss)
     raw.fused_loss = False if "+unfused" in name else None
+    step_fn = make_step(name, raw, opt, model, run, accum, B, T)
     batches = tr.batch_source(DataLoader(glob_, B, T), run)
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
     t_start = time.perf_counter()
     for step in range(steps):
         t0 = time.perf_counter()
-        loss, norm = tr.train_step(model, raw, opt, batches, accum, run, 6e-4)
+        loss, norm = step_fn(batches, 6e-4)
+        batches.prefetch()  # as the trainer does: next batch's host work while the GPU runs
         losses.append(torch.stack([loss, norm.float()]).tolist()[0])  # the trainer's one sync
         times.append(time.perf_counter() - t0)
     warm = max(3, steps // 3)
@@ -118,7 +135,10 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
                B=B, T=T, accum=accum, fused_loss=raw.fused_loss is not False,
                median_step_ms=1000 * med, tokens_per_s=tok_s, mfu=tok_s * flop_tok / H100_BF16_PEAK,
                peak_mem_gib=torch.cuda.max_memory_allocated() / 2 ** 30, first_step_s=times[0],
-               wall_s=time.perf_counter() - t_start, losses=losses[:3] + losses[-2:],
+               wall_s=time.perf_counter() - t_start, losses=losses,
+               fused_mlp=any(b.mlp.fused for b in raw.transformer.h),
+               graphs=bool(getattr(step_fn, "active", False)),
+               graphs_failed=getattr(step_fn, "failed", None), matmul_tuning=tuning_report(),
                step_ms=[round(1000 * t, 2) for t in times])
     del args, run, raw, opt, model, batches
     for kind in ("flash", "cudnn", "mem_efficient"):  # back to PyTorch's defaults
@@ -127,17 +147,55 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     return out
 
 
-def profile(glob_, steps=3, out=None):
-    """Top CUDA kernels of the main config (flash + compile, B=32): where the step time goes."""
+def tuning_report():
+    """Per matmul problem the cuBLASLt path has seen: the best candidate's and PyTorch's time."""
+    from pipeline.gpt import cublaslt
+    if not cublaslt._lt.cache_info().currsize:
+        return {}
+    out = {}
+    for key, t in cublaslt._lt().tuning.items():
+        _, ta, tb, epi, a_shape, b_shape, d_shape = key[:7]
+        out["epi%d %s x %s -> %s" % (epi, a_shape[:2], b_shape[:2], d_shape[:2])] = dict(
+            best_lt_ms=round(min(t["candidates_ms"]), 4), torch_ms=round(t["torch_ms"], 4)
+            if t["torch_ms"] != float("inf") else None, chosen=t["chosen"],
+            candidates=len(t["candidates_ms"]))
+    return out
+
+
+def make_step(name, raw, opt, model, run, accum, B, T):
+    """The step function a config name asks for: fused MLP on with "+mlp", CUDA graphs with
+    "+graphs" (both as the trainer would set them up)."""
+    from pipeline.gpt import cublaslt
+    from pipeline.gpt.graphed import GraphedTrainStep
+    if "+lt" in name:
+        ok = cublaslt.available(run.device)
+        if not ok:
+            print("cuBLASLt path unavailable: %s" % cublaslt.unavailable_reason(run.device.index), flush=True)
+        raw.set_cublaslt(ok)
+    if "+graphs" in name:
+        return GraphedTrainStep(model, raw, opt, run, accum, (B, T), tr.train_step)
+    return lambda batches, lr: tr.train_step(model, raw, opt, batches, accum, run, lr)
+
+
+def profile(glob_, steps=3, out=None, name="flash+compile"):
+    """Top CUDA kernels of one B=32 config: where the step time goes. Also the GPU's busy time
+    (kernel time) against the step's wall time: the difference is GPU idle time."""
     from torch.profiler import ProfilerActivity, profile as prof
     args, run, raw, opt, model = setup(glob_, "flash", 1, 0, 32, 1024)
+    step_fn = make_step(name, raw, opt, model, run, 1, 32, 1024)
     batches = tr.batch_source(DataLoader(glob_, 32, 1024), run)
-    for _ in range(3):
-        tr.train_step(model, raw, opt, batches, 1, run, 6e-4)[0].item()
+    for _ in range(5):
+        step_fn(batches, 6e-4)[0].item()
+    torch.cuda.synchronize()
     with prof(activities=[ProfilerActivity.CUDA]) as p:
+        t0 = time.perf_counter()
         for _ in range(steps):
-            tr.train_step(model, raw, opt, batches, 1, run, 6e-4)[0].item()
-    text = p.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+            step_fn(batches, 6e-4)[0].item()
+        wall = (time.perf_counter() - t0) / steps
+    events = p.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / steps / 1000
+    text = "%s: wall %.2f ms/step, kernels %.2f ms/step (profiler on)\n" % (name, wall * 1000, busy)
+    text += events.table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
     if out:
         with open(out, "w") as f:
             f.write(text)
@@ -250,6 +308,147 @@ def fused_check(glob_):
         (grads[True][1]["transformer.wte.weight"] - f32["transformer.wte.weight"]).norm()
         / f32["transformer.wte.weight"].norm()).item()
     del args, run, raw, opt, model, grads, f32
+    release()
+    return out
+
+
+def mlp_check(M=32768, C=768):
+    """The fused MLP: self-check result, errors against PyTorch's bf16 MLP at the d12 size, and
+    forward+backward time against the compiled unfused MLP."""
+    from pipeline.gpt import cublaslt
+    out = dict(available=cublaslt.available(), reason=cublaslt.unavailable_reason(0))
+    if not out["available"]:
+        return out
+    torch.manual_seed(0)
+    fc, proj = torch.nn.Linear(C, 4 * C).cuda(), torch.nn.Linear(4 * C, C).cuda()
+    x = torch.randn(M, C, device="cuda", requires_grad=True)
+    dy = torch.randn(M, C, device="cuda").bfloat16()
+
+    def unfused(x):
+        return proj(torch.nn.functional.gelu(fc(x), approximate="tanh"))
+    compiled = torch.compile(unfused)
+    res = {}
+    def with_dgelu(flag):
+        def fn(x):
+            cublaslt.DGELU_EPILOGUE = flag
+            return cublaslt.fused_mlp(x, fc, proj)
+        return fn
+    for label, fn in (("fused", with_dgelu(True)), ("fused_no_dgelu", with_dgelu(False)),
+                      ("ops", lambda x: cublaslt.fused_mlp(x, fc, proj, epilogue=False)),
+                      ("unfused_eager", unfused), ("unfused_compiled", compiled)):
+        def run():
+            for t in (x, fc.weight, fc.bias, proj.weight, proj.bias):
+                t.grad = None
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = fn(x)
+            y.backward(dy)
+            return y
+        y = run()
+        res[label] = (y.float(), [t.grad.float().clone() for t in (x, fc.weight, fc.bias, proj.weight, proj.bias)])
+        out[label + "_fwd_bwd_ms"] = cuda_ms(run)
+    ref = res["unfused_eager"]
+    cublaslt.DGELU_EPILOGUE = True
+    for label in ("fused", "fused_no_dgelu", "ops", "unfused_compiled"):
+        y, grads = res[label]
+        errs = [((y - ref[0]).norm() / ref[0].norm()).item()]
+        errs += [((g - r).norm() / r.norm()).item() for g, r in zip(grads, ref[1])]
+        out[label + "_rel_err_y_dx_dwfc_dbfc_dwproj_dbproj"] = [float("%.3g" % e) for e in errs]
+    out["tuning_ms"] = {str(k[3:7]): [round(t, 4) for t in v] for k, v in cublaslt._lt().tuning.items()}
+    # the same products without epilogues, through PyTorch (cuBLAS)
+    h = torch.randn(M, 4 * C, device="cuda").bfloat16()
+    w, xb = fc.weight.bfloat16(), x.bfloat16()
+    out["torch_mm_fc_fwd_ms"] = cuda_ms(lambda: torch.addmm(fc.bias.bfloat16(), xb, w.t()))
+    out["torch_mm_proj_dx_ms"] = cuda_ms(lambda: dy @ proj.weight.bfloat16())
+    # candidate epilogues for the backward, one product at a time (ms, and error vs PyTorch)
+    L = cublaslt
+    wp = proj.weight.bfloat16().contiguous()
+    pre = torch.randn(M, 4 * C, device="cuda").bfloat16()
+    dpre = torch.randn(M, 4 * C, device="cuda").bfloat16()
+
+    def rel(a, b):
+        return float("%.3g" % ((a.float() - b.float()).norm() / b.float().norm()).item())
+    trials = {
+        "lt_default_proj_dx": (lambda: L.lt_mm(dy, wp, False, False, L._EPILOGUE_DEFAULT), lambda: dy @ wp),
+        "lt_dgelu_proj_dx": (lambda: L.lt_mm(dy, wp, False, False, L._EPILOGUE_DGELU, aux=pre),
+                             lambda: torch.ops.aten.gelu_backward(dy @ wp, pre, approximate="tanh")),
+        "torch_dw_fc": (lambda: dpre.t() @ xb, None),
+        "torch_sum_dpre": (lambda: dpre.sum(0, dtype=torch.float32), None),
+        "torch_mv_dpre": (lambda: torch.mv(dpre.t(), torch.ones(M, device="cuda", dtype=dpre.dtype)), None),
+        "torch_sum_dy": (lambda: dy.sum(0, dtype=torch.float32), None),
+        "torch_dw_proj": (lambda: dy.t() @ h, None),
+    }
+    for dt in (torch.float32, torch.bfloat16):
+        db = torch.empty(4 * C, device="cuda", dtype=dt)
+        dbp = torch.empty(C, device="cuda", dtype=dt)
+        tag = "f32" if dt == torch.float32 else "bf16"
+        trials["lt_bgradb_dw_fc_" + tag] = (
+            lambda db=db: (L.lt_mm(dpre, xb, True, False, L._EPILOGUE_BGRADB, bias=db), db),
+            lambda: (dpre.t() @ xb, dpre.float().sum(0)))
+        trials["lt_bgradb_dw_proj_" + tag] = (
+            lambda dbp=dbp: (L.lt_mm(dy, h, True, False, L._EPILOGUE_BGRADB, bias=dbp), dbp),
+            lambda: (dy.t() @ h, dy.float().sum(0)))
+    for label, (fn, ref) in trials.items():
+        try:
+            got = fn()
+            entry = {"ms": round(cuda_ms(fn), 4)}
+            if ref is not None:
+                want = ref()
+                if isinstance(got, tuple):
+                    entry["err"] = [rel(g, w) for g, w in zip(got, want)]
+                else:
+                    entry["err"] = rel(got, want)
+        except Exception as e:  # noqa: BLE001 - record which epilogues cuBLASLt refuses
+            entry = {"error": "%s: %s" % (type(e).__name__, e)}
+        out[label] = entry
+    del h, pre, dpre
+    release()
+    return out
+
+
+def attn_check(B=32, T=1024, C=768, H=12):
+    """Where the attention gradients land: SDPA's dq/dk/dv strides when q, k, v are slices of one
+    packed qkv tensor vs separate dense tensors, and the qkv projection + attention forward and
+    backward (compiled) both ways."""
+    import torch.nn.functional as F
+    D = C // H
+    out = {}
+    torch.manual_seed(0)
+    x = torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (0.02 * torch.randn(3 * C, C, device="cuda")).bfloat16().requires_grad_()
+    b = torch.zeros(3 * C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    for label, packed in (("packed", True), ("dense", False)):
+        if packed:
+            qkv = torch.randn(B, T, 3 * C, device="cuda", dtype=torch.bfloat16)
+            q, k, v = (t.view(B, T, H, D).transpose(1, 2).detach().requires_grad_()
+                       for t in qkv.split(C, 2))
+        else:
+            q, k, v = (torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16).view(B, T, H, D)
+                       .transpose(1, 2).detach().requires_grad_() for _ in range(3))
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+        out["sdpa_%s_q_strides" % label] = list(q.stride())
+        out["sdpa_%s_dq_strides" % label] = list(q.grad.stride())
+
+    def packed(x):
+        qkv = F.linear(x, w, b)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(C, 2))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+
+    def separate(x):
+        q, k, v = (F.linear(x, ws, bs).view(B, T, H, D).transpose(1, 2)
+                   for ws, bs in zip(w.split(C, 0), b.split(C, 0)))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+    dy = torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16)
+    for label, fn in (("packed", packed), ("separate", separate)):
+        for comp in (False, True):
+            f = torch.compile(fn) if comp else fn
+
+            def step():
+                x.grad = w.grad = b.grad = None
+                f(x).backward(dy)
+            try:
+                out["%s_%s_fwd_bwd_ms" % (label, "compiled" if comp else "eager")] = round(cuda_ms(step), 4)
+            except Exception as e:  # noqa: BLE001
+                out["%s_%s_error" % (label, comp)] = str(e)[:300]
     release()
     return out
 
@@ -373,6 +572,10 @@ def main(argv=None):
                    help="check the fused loss against autograd's cross-entropy first")
     p.add_argument("--compiled-memory", action="store_true",
                    help="also probe compiled flash configs at the memory limit")
+    p.add_argument("--profile-config", default="flash+compile",
+                   help="SPEED name whose flags (+mlp, +graphs) the profile uses")
+    p.add_argument("--mlp-check", action="store_true",
+                   help="check and time the fused MLP (cuBLASLt GELU epilogues) first")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--configs", help="comma-separated SPEED names to run (default all)")
     p.add_argument("--limit", type=float, default=24.0)
@@ -394,6 +597,15 @@ def main(argv=None):
     if a.fused_check:
         res["fused_check"] = fused_check(glob_)
         print(json.dumps(res["fused_check"], indent=1), flush=True)
+        save()
+    if a.mlp_check:
+        res["mlp_check"] = mlp_check()
+        print(json.dumps(res["mlp_check"], indent=1), flush=True)
+        try:
+            res["attn_check"] = attn_check()
+        except Exception as e:  # noqa: BLE001 - a diagnostic: report and go on
+            res["attn_check"] = {"error": "%s: %s" % (type(e).__name__, e)}
+        print(json.dumps(res["attn_check"], indent=1), flush=True)
         save()
     if a.suite == "smoke":
         res["smoke"] = smoke(glob_)
@@ -421,7 +633,7 @@ def main(argv=None):
                   % (name, row["tokens_per_s"], 100 * row["mfu"], row["peak_mem_gib"],
                      row["median_step_ms"], row["first_step_s"]), flush=True)
     if a.profile:
-        print(profile(glob_, out=a.profile)[:6000])
+        print(profile(glob_, out=a.profile, name=a.profile_config)[:6000])
     if a.suite in ("memory", "all"):
         for att, r, T in MEMORY:
             row = max_batch(glob_, att, r, T, a.limit)

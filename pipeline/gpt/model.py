@@ -50,6 +50,12 @@ class GPTConfig:
         return Vp * C + T * C + L * per_layer + 2 * C
 
 
+def _bf16_training(x: torch.Tensor) -> bool:
+    """Gradients on under bf16 autocast: where the cuBLASLt paths (set_cublaslt) apply."""
+    return (torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type)
+            and torch.get_autocast_dtype(x.device.type) == torch.bfloat16)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, attention: str = "flash"):
         super().__init__()
@@ -63,10 +69,15 @@ class CausalSelfAttention(nn.Module):
         mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
         self.register_buffer("causal_mask", mask.view(1, 1, config.block_size, config.block_size),
                              persistent=False)
+        # bf16 training through pipeline.gpt.cublaslt's tuned matmuls (GPT.set_cublaslt)
+        self.tuned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        tuned = self.tuned and _bf16_training(x)
+        if tuned:
+            from pipeline.gpt.cublaslt import tuned_linear
+        q, k, v = (tuned_linear(x, self.c_attn) if tuned else self.c_attn(x)).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.attention == "flash":
@@ -76,7 +87,7 @@ class CausalSelfAttention(nn.Module):
             att = att.masked_fill(~self.causal_mask[:, :, :T, :T], float("-inf"))
             y = F.softmax(att.float(), dim=-1).to(q.dtype) @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
+        return tuned_linear(y, self.c_proj) if tuned else self.c_proj(y)
 
 
 class MLP(nn.Module):
@@ -85,8 +96,14 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE_INIT = True
+        # bf16 training through `pipeline.gpt.cublaslt.fused_mlp`, GELU inside the matmuls'
+        # cuBLASLt epilogues (GPT.set_cublaslt)
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and _bf16_training(x):
+            from pipeline.gpt.cublaslt import fused_mlp
+            return fused_mlp(x, self.c_fc, self.c_proj)
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
@@ -114,6 +131,7 @@ class GPT(nn.Module):
         # Training loss through `linear_cross_entropy` (softmax gradient computed in the loss's
         # forward pass): None = on CUDA only, True = always (tests on CPU), False = never.
         self.fused_loss = None
+        self.tuned_head = False  # classifier matmuls through cublaslt.mm (set_cublaslt)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -123,6 +141,16 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2 and llm.c
         self.apply(self._init_weights)
+
+    def set_cublaslt(self, enabled: bool) -> None:
+        """bf16 training with every matmul through `pipeline.gpt.cublaslt`: GELU (forward and
+        backward) inside the MLP's matmul epilogues, biases in the epilogues, and each matmul
+        shape on the cuBLASLt algorithm timed fastest. Turn on only where
+        `pipeline.gpt.cublaslt.available()` said yes; on CPU the same ops run as reference math."""
+        self.tuned_head = bool(enabled)
+        for block in self.transformer.h:
+            block.mlp.fused = bool(enabled)
+            block.attn.tuned = bool(enabled)
 
     def set_attention(self, attention: str) -> None:
         for block in self.transformer.h:
@@ -169,7 +197,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         fused = self.fused_loss if self.fused_loss is not None else x.is_cuda
         if targets is not None and not return_logits and fused and torch.is_grad_enabled():
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size)
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size,
+                                              tuned=self.tuned_head)
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
@@ -289,14 +318,18 @@ def _triton_ce_kernel():
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, targets, vocab_size):
+    def forward(ctx, x, weight, targets, vocab_size, tuned):
         # The dtype autocast would give the classifier matmul (bf16 in training), explicitly:
         # backward runs outside autocast.
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
             else x.dtype
         xl = x.reshape(-1, x.size(-1)).to(dtype)
         wl = weight.to(dtype)
-        grad = torch.mm(xl, wl.t())  # the logits, until the loss kernel overwrites them
+        if tuned:
+            from pipeline.gpt.cublaslt import mm
+        ctx.tuned = tuned
+        # the logits, until the loss kernel overwrites them
+        grad = mm(xl, wl, False, True) if tuned else torch.mm(xl, wl.t())
         losses = cross_entropy_grad_(grad, targets.reshape(-1), vocab_size)
         ctx.save_for_backward(xl, wl, grad)
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
@@ -306,13 +339,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         xl, wl, grad = ctx.saved_tensors
         scale = grad_loss / grad.size(0)  # d(mean)/d(row loss), applied to the small outputs
-        dx = (torch.mm(grad, wl) * scale).to(ctx.x_dtype).view(ctx.x_shape)
-        dw = torch.mm(grad.t(), xl).to(ctx.w_dtype) * scale
-        return dx, dw, None, None
+        if ctx.tuned:
+            from pipeline.gpt.cublaslt import mm
+            dx, dw = mm(grad, wl, False, False), mm(grad, xl, True, False)
+        else:
+            dx, dw = torch.mm(grad, wl), torch.mm(grad.t(), xl)
+        dx = (dx * scale).to(ctx.x_dtype).view(ctx.x_shape)
+        dw = dw.to(ctx.w_dtype) * scale
+        return dx, dw, None, None, None
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         vocab_size: int) -> torch.Tensor:
+                         vocab_size: int, tuned: bool = False) -> torch.Tensor:
     """Mean cross-entropy of (x @ weight.T)[..., :vocab_size] against targets, never keeping the
-    logits: the same value and gradients as `GPT.loss(lm_head(x), targets)`, up to rounding."""
-    return _LinearCrossEntropy.apply(x, weight, targets, vocab_size)
+    logits: the same value and gradients as `GPT.loss(lm_head(x), targets)`, up to rounding.
+    `tuned`: the three matmuls through `pipeline.gpt.cublaslt.mm`."""
+    return _LinearCrossEntropy.apply(x, weight, targets, vocab_size, bool(tuned))

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flash = fused SDPA kernel (default); eager = explicit T x T matrix")
     g.add_argument("--compile", type=int, nargs="?", const=1, default=None,
                    help="torch.compile the model (default: 1 on CUDA, 0 on CPU)")
+    g.add_argument("--cuda-graphs", type=int, default=None,
+                   help="1 = replay each step from CUDA graphs after 3 warm-up steps (default: 1 on "
+                   "one CUDA GPU without -r; 0 elsewhere)")
+    g.add_argument("--cublaslt", type=int, default=None,
+                   help="1 = bf16 matmuls through cuBLASLt: GELU in the MLP matmuls' epilogues, "
+                   "each shape on its fastest algorithm (default: 1 on CUDA when its self-check passes)")
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
     g.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
@@ -293,16 +299,50 @@ def oom_message(args, run: Run) -> str:
                if args.memory_limit_gb else "", "; or ".join(hints)))
 
 
-def batch_source(loader: DataLoader, run: Run, overfit: bool = False):
-    """Endless (x, y) device batches; with overfit (-a 1) the first batch forever."""
-    first = None
-    while True:
-        if overfit and first is not None:
-            yield first
-            continue
-        batch = to_device(loader.next_batch(), run)
-        first = batch if overfit else None
-        yield batch
+class BatchSource:
+    """Endless (x, y) device batches from a DataLoader; with overfit (-a 1) the first batch forever.
+
+    `prefetch()` reads and uploads the next batch ahead of time: the trainer calls it right after
+    queueing a step on the GPU and before waiting for the step's loss, so that the host work
+    (reading the shard, pinning, the copy) overlaps the GPU's instead of leaving it idle between
+    steps. `state_dict()` is the loader's position before any prefetched batch, which is what a
+    checkpoint must hold for an exact resume.
+    """
+
+    def __init__(self, loader: DataLoader, run: Run, overfit: bool = False):
+        self.loader, self.run, self.overfit = loader, run, overfit
+        self.first = None
+        self.pending = None
+        self.pending_state = None
+
+    def __iter__(self):
+        return self
+
+    def _fetch(self):
+        if self.overfit and self.first is not None:
+            return self.first
+        batch = to_device(self.loader.next_batch(), self.run)
+        if self.overfit:
+            self.first = batch
+        return batch
+
+    def __next__(self):
+        if self.pending is not None:
+            batch, self.pending, self.pending_state = self.pending, None, None
+            return batch
+        return self._fetch()
+
+    def prefetch(self) -> None:
+        if self.pending is None:
+            self.pending_state = self.loader.state_dict()
+            self.pending = self._fetch()
+
+    def state_dict(self) -> dict:
+        return self.pending_state if self.pending is not None else self.loader.state_dict()
+
+
+def batch_source(loader: DataLoader, run: Run, overfit: bool = False) -> BatchSource:
+    return BatchSource(loader, run, overfit)
 
 
 def train_step(model, raw: GPT, optimizer, batches, accum: int, run: Run, lr: float):
@@ -325,6 +365,19 @@ def train_step(model, raw: GPT, optimizer, batches, accum: int, run: Run, lr: fl
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, norm
+
+
+def make_step_fn(args, run: Run, model, raw: GPT, optimizer, accum: int):
+    """step_fn(batches, lr) -> (loss, norm): the ordinary step, or its CUDA-graph replay."""
+    graphs = args.cuda_graphs if args.cuda_graphs is not None else int(run.cuda and not run.ddp and not args.r)
+    if graphs and not run.cuda:
+        raise SystemExit("--cuda-graphs 1 needs a CUDA device")
+    if graphs and (run.ddp or args.r):
+        raise SystemExit("--cuda-graphs 1 works on one GPU without -r 1 (recompute); use --cuda-graphs 0")
+    if graphs:
+        from pipeline.gpt.graphed import GraphedTrainStep
+        return GraphedTrainStep(model, raw, optimizer, run, accum, (args.b, args.t), train_step)
+    return lambda batches, lr: train_step(model, raw, optimizer, batches, accum, run, lr)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -402,11 +455,19 @@ def train(args: argparse.Namespace) -> int:
         run.print("resuming from %s at step %d" % (state_path, step))
 
     raw = model
+    if run.cuda and run.amp_dtype == torch.bfloat16 and args.cublaslt != 0:
+        from pipeline.gpt import cublaslt
+        ok = cublaslt.available(run.device)
+        if not ok:
+            run.print("cuBLASLt matmuls off: %s" % (cublaslt.unavailable_reason(run.device.index)
+                                                   or "self-check failed"))
+        raw.set_cublaslt(ok)
     if run.compile:
         model = torch.compile(model, mode=args.compile_mode)
     if run.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[run.device.index] if run.cuda else None)
+    step_fn = make_step_fn(args, run, model, raw, optimizer, accum)
 
     n_params = raw.config.num_params()
     flops_per_step = (6 * n_params + 6 * raw.config.n_layer * raw.config.n_embd * args.t) * total_batch
@@ -422,6 +483,8 @@ def train(args: argparse.Namespace) -> int:
               "sample_every": args.s, "genT": args.g, "hellaswag": int(eval_examples is not None),
               "checkpoint_every": args.n, "recompute": args.r, "attention": args.attention,
               "compile": int(run.compile), "autocast": str(run.amp_dtype), "device": str(run.device),
+              "cuda graphs": int(hasattr(step_fn, "graphs")),
+              "cublaslt": int(any(b.mlp.fused for b in raw.transformer.h)),
               "num_layers L": raw.config.n_layer, "num_heads NH": raw.config.n_head,
               "channels C": raw.config.n_embd, "max_seq_len": raw.config.block_size,
               "num_parameters": n_params, "train tokens": train_loader.num_tokens, "preset": args.preset}
@@ -432,7 +495,7 @@ def train(args: argparse.Namespace) -> int:
     logger = Logger(None if args.estimate else args.o, run.rank, resume=resume_step >= 0)
 
     if args.estimate:
-        return estimate_run(args, run, model, raw, optimizer, schedule, train_loader, accum, steps,
+        return estimate_run(args, run, step_fn, optimizer, schedule, train_loader, accum, steps,
                             total_batch)
     last = steps if args.es < 0 else min(args.es, steps)
     resuming = resume_step >= 0
@@ -475,14 +538,15 @@ def train(args: argparse.Namespace) -> int:
             if do_sample:
                 run.print("generating:\n---\n%s\n---" % sample(raw, args.g, run))
             if do_ckpt:
-                write_checkpoint(args, run, raw, optimizer, train_loader, step)
+                write_checkpoint(args, run, raw, optimizer, batches, step)
             resuming = False
             if last_step:
                 break
 
             t0 = time.perf_counter()
             lr = schedule(step)
-            loss_sum, norm = train_step(model, raw, optimizer, batches, accum, run, lr)
+            loss_sum, norm = step_fn(batches, lr)
+            batches.prefetch()  # host work for the next step while the GPU runs this one
             # one host sync per step, for loss and norm together (tolist waits for the GPU)
             stats = torch.stack([run.all_mean(loss_sum), norm.float()]).cpu()
             if not report(step, lr, stats, time.perf_counter() - t0):
@@ -499,7 +563,7 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_checkpoint(args, run: Run, model: GPT, optimizer, loader: DataLoader, step: int) -> None:
+def write_checkpoint(args, run: Run, model: GPT, optimizer, loader, step: int) -> None:
     """model_%08d.bin (rank 0), state_%08d_%05d.bin (every rank), then DONE_%08d: llm.c's trio."""
     if run.master:
         ckpt.save_model(model, os.path.join(args.o, "model_%08d.bin" % step), dtype=args.save_dtype)
@@ -523,7 +587,7 @@ def write_checkpoint(args, run: Run, model: GPT, optimizer, loader: DataLoader, 
             os.remove(os.path.join(args.o, "state_%08d_%05d.bin" % (step - args.nk * args.n, run.rank)))
 
 
-def estimate_run(args, run: Run, model, raw, optimizer, schedule, loader, accum, steps,
+def estimate_run(args, run: Run, step_fn, optimizer, schedule, loader, accum, steps,
                  total_batch) -> int:
     """Time ESTIMATE_STEPS real optimizer steps and project the full run."""
     times = []
@@ -533,7 +597,7 @@ def estimate_run(args, run: Run, model, raw, optimizer, schedule, loader, accum,
     try:
         for step in range(est.ESTIMATE_STEPS):
             t0 = time.perf_counter()
-            loss, _ = train_step(model, raw, optimizer, batches, accum, run, schedule(step))
+            loss, _ = step_fn(batches, schedule(step))
             loss.item()  # wait for the GPU before reading the clock
             times.append(time.perf_counter() - t0)
             run.print("estimate step %2d: %.1f ms" % (step, times[-1] * 1000))

@@ -1,0 +1,505 @@
+"""The MLP's GELU inside its matmuls, through cuBLASLt epilogues (as llm.c's bf16 build does).
+
+GELU is the step's largest memory-bound piece after the classifier: PyTorch (even compiled) writes
+the c_fc output, reads it back for GELU, writes GELU's output, and in backward reads both again to
+form the GELU gradient and then the c_fc bias gradient. cuBLASLt can do both ends inside the
+matmuls that are running anyway:
+
+- forward, epilogue GELU_AUX_BIAS: `h = gelu(x @ W_fc^T + b_fc)` and, as the "aux" output, the
+  pre-activation `pre` that backward needs; no separate GELU kernel.
+- backward, epilogue DGELU on c_proj's input-gradient matmul: `dpre = (dy @ W_proj) * gelu'(pre)`
+  in the same kernel.
+
+PyTorch exposes neither epilogue, so this module calls cuBLASLt (the library PyTorch itself loaded)
+through ctypes on PyTorch's current stream. Both calls are `torch.library` custom ops, so
+torch.compile schedules them as opaque kernels, and CUDA graphs can capture them. `available()`
+runs a numerical self-check once per device against PyTorch's ops; callers fall back to the
+unfused MLP when it fails, so the fused path is only ever a speed-up. cuBLASLt's GELU is the tanh
+approximation that GPT-2 uses.
+
+Column-major view (cuBLAS's): a row-major (M, N) tensor is an N x M column-major matrix with
+leading dimension N, so every PyTorch product `out = a @ b` is computed as `out^T = b^T a^T`.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import threading
+from typing import Dict, Optional, Tuple
+
+import torch
+
+# cublasLt.h enum values
+_CUBLAS_COMPUTE_32F = 68
+_CUDA_R_32F, _CUDA_R_16BF = 0, 14
+_OP_N, _OP_T = 0, 1
+_DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
+_DESC_AUX_POINTER, _DESC_AUX_LD, _DESC_BIAS_DATA_TYPE = 11, 12, 26
+_EPILOGUE_DEFAULT, _EPILOGUE_GELU_AUX_BIAS, _EPILOGUE_DGELU, _EPILOGUE_DGELU_BGRAD = 1, 164, 192, 208
+_EPILOGUE_BIAS, _EPILOGUE_BGRADB = 4, 512
+_PREF_MAX_WORKSPACE_BYTES = 1
+_WORKSPACE_BYTES = 32 * 2 ** 20  # what cuBLAS asks for on Hopper
+
+
+class _HeuristicResult(ctypes.Structure):
+    _fields_ = [("algo", ctypes.c_uint64 * 8), ("workspaceSize", ctypes.c_size_t),
+                ("state", ctypes.c_int), ("wavesCount", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
+
+
+def _find_library() -> ctypes.CDLL:
+    """The libcublasLt PyTorch already loaded (same version as its own matmuls), else by soname."""
+    torch.cuda.init()
+    torch.ones(8, 8, device="cuda") @ torch.ones(8, 8, device="cuda")  # makes PyTorch load cuBLAS
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "libcublasLt.so" in line})
+    except OSError:
+        paths = []
+    for name in paths + ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so"]:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise OSError("libcublasLt not found")
+
+
+class _CublasLt:
+    """One cuBLASLt handle; matmul descriptors and chosen algorithms cached per problem."""
+
+    def __init__(self):
+        self.lib = _find_library()
+        self.handle = ctypes.c_void_p()
+        self._check(self.lib.cublasLtCreate(ctypes.byref(self.handle)), "cublasLtCreate")
+        self.workspace: Dict[int, torch.Tensor] = {}
+        self.plans: Dict[Tuple, list] = {}
+        self.tuning: Dict[Tuple, list] = {}  # per problem: ms of each candidate algorithm
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError("%s failed with cuBLAS status %d" % (what, status))
+
+    def _set(self, desc, attr: int, value) -> None:
+        self._check(self.lib.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(value),
+                                                            ctypes.sizeof(value)), "set attribute %d" % attr)
+
+    def _layout(self, rows: int, cols: int, ld: int):
+        layout = ctypes.c_void_p()
+        self._check(self.lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), _CUDA_R_16BF,
+                                                        ctypes.c_uint64(rows), ctypes.c_uint64(cols),
+                                                        ctypes.c_int64(ld)), "layout")
+        return layout
+
+    def _plan(self, key, trans_a, trans_b, epilogue, a_shape, b_shape, d_shape, bias_fp32, has_bias,
+              has_aux):
+        """Descriptor, layouts and the heuristic's first algorithm for one problem (cached)."""
+        plan = self.plans.get(key)
+        if plan is not None:
+            return plan
+        desc = ctypes.c_void_p()
+        self._check(self.lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _CUBLAS_COMPUTE_32F,
+                                                      _CUDA_R_32F), "desc")
+        self._set(desc, _DESC_TRANSA, ctypes.c_int32(trans_a))
+        self._set(desc, _DESC_TRANSB, ctypes.c_int32(trans_b))
+        self._set(desc, _DESC_EPILOGUE, ctypes.c_int32(epilogue))
+        # The heuristic checks pointer alignment through these attributes: any 256-byte-aligned
+        # address stands in for the real ones, which are set per call.
+        dummy = ctypes.c_void_p(256)
+        if has_bias:
+            self._set(desc, _DESC_BIAS_DATA_TYPE, ctypes.c_int32(_CUDA_R_32F if bias_fp32 else _CUDA_R_16BF))
+            self._set(desc, _DESC_BIAS_POINTER, dummy)
+        if has_aux:
+            self._set(desc, _DESC_AUX_LD, ctypes.c_int64(d_shape[0]))
+            self._set(desc, _DESC_AUX_POINTER, dummy)
+        a, b, d = (self._layout(*s) for s in (a_shape, b_shape, d_shape))
+        pref = ctypes.c_void_p()
+        self._check(self.lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "preference")
+        ws = ctypes.c_uint64(_WORKSPACE_BYTES)
+        self._check(self.lib.cublasLtMatmulPreferenceSetAttribute(
+            pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(ws), ctypes.sizeof(ws)), "preference")
+        results, count = (_HeuristicResult * _CANDIDATES)(), ctypes.c_int(0)
+        self._check(self.lib.cublasLtMatmulAlgoGetHeuristic(self.handle, desc, a, b, d, d, pref,
+                                                            _CANDIDATES, results, ctypes.byref(count)),
+                    "heuristic")
+        self.lib.cublasLtMatmulPreferenceDestroy(pref)
+        candidates = [results[i] for i in range(count.value) if results[i].state == 0]
+        if not candidates:
+            raise RuntimeError("cuBLASLt has no algorithm for epilogue %d at %s" % (epilogue, key))
+        plan = [desc, a, b, d, candidates, None]  # None: algorithm not chosen yet
+        self.plans[key] = plan
+        return plan
+
+    def matmul(self, trans_a, trans_b, epilogue, a: torch.Tensor, a_shape, b: torch.Tensor, b_shape,
+               d: torch.Tensor, d_shape, bias: torch.Tensor, aux: torch.Tensor, fallback=None) -> None:
+        """d = epilogue(op(a) @ op(b)) in cuBLASLt's column-major terms, on the current stream.
+
+        The heuristic's first answer is often not the fastest kernel, so the first call of each
+        problem times every candidate it offers, and `fallback` (the same product through
+        PyTorch, writing d) where there is one, once, a few ms, and keeps the fastest; a first
+        call during CUDA-graph capture takes the heuristic's first."""
+        device = d.device.index
+        bias_dtype = None if bias is None else bias.dtype
+        key = (device, trans_a, trans_b, epilogue, a_shape, b_shape, d_shape, bias_dtype, aux is None)
+        with self.lock:
+            plan = self._plan(key, trans_a, trans_b, epilogue, a_shape, b_shape, d_shape,
+                              bias_dtype == torch.float32, bias is not None, aux is not None)
+            desc, la, lb, ld, candidates, chosen = plan
+            if bias is not None:
+                self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
+            if aux is not None:
+                self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+            ws = self.workspace.get(device)
+            if ws is None:
+                ws = self.workspace[device] = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=d.device)
+            stream = torch.cuda.current_stream(d.device)
+            args = (self.handle, desc, ctypes.byref(_ONE), ctypes.c_void_p(a.data_ptr()), la,
+                    ctypes.c_void_p(b.data_ptr()), lb, ctypes.byref(_ZERO), ctypes.c_void_p(d.data_ptr()),
+                    ld, ctypes.c_void_p(d.data_ptr()), ld)
+            tail = (ctypes.c_void_p(ws.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES),
+                    ctypes.c_void_p(stream.cuda_stream))
+            if chosen is None:
+                if torch.cuda.is_current_stream_capturing() or len(candidates) == 1:
+                    chosen = 0
+                else:
+                    chosen = self._tune(key, candidates, args, tail, stream, fallback)
+                plan[5] = chosen
+            if chosen < 0:
+                fallback()
+                return
+            self._check(self.lib.cublasLtMatmul(*args, ctypes.byref(candidates[chosen].algo), *tail),
+                        "cublasLtMatmul")
+
+    def _tune(self, key, candidates, args, tail, stream, fallback) -> int:
+        """Index of the fastest candidate, or -1 for the PyTorch fallback."""
+        def timed(run) -> float:
+            try:
+                run()  # warm-up
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                for _ in range(3):
+                    run()
+                end.record(stream)
+                end.synchronize()
+                return start.elapsed_time(end) / 3
+            except RuntimeError:
+                return float("inf")
+
+        def lt(result):
+            return lambda: self._check(self.lib.cublasLtMatmul(*args, ctypes.byref(result.algo), *tail),
+                                       "cublasLtMatmul")
+        times = [timed(lt(result)) for result in candidates]
+        torch_ms = timed(fallback) if fallback is not None else float("inf")
+        best = min(range(len(times)), key=times.__getitem__)
+        chosen = -1 if torch_ms < times[best] else best
+        self.tuning[key] = dict(candidates_ms=times, torch_ms=torch_ms, chosen=chosen)
+        if min(times[best], torch_ms) == float("inf"):
+            raise RuntimeError("no cuBLASLt algorithm ran for %s" % (key,))
+        return chosen
+
+
+_CANDIDATES = 16
+_ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _lt() -> _CublasLt:
+    return _CublasLt()
+
+
+def lt_mm(a: torch.Tensor, b: torch.Tensor, trans_a: bool, trans_b: bool, epilogue: int,
+          bias: Optional[torch.Tensor] = None, aux: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out = op(a) @ op(b) with a cuBLASLt epilogue, in PyTorch's row-major terms (op = transpose
+    when trans_*). a, b: contiguous 2-D bf16. Epilogue vectors follow out's columns (bias,
+    BGRADB's gradient) and aux has out's shape.
+
+    cuBLAS sees each row-major (r, c) tensor as its column-major transpose (c x r, ld c), so it
+    computes out^T = op(b)^T @ op(a)^T: b is its first operand, a its second.
+    """
+    (ra, ca), (rb, cb) = a.shape, b.shape
+    M = ca if trans_a else ra
+    N = rb if trans_b else cb
+    out = a.new_empty((M, N))
+    fallback = None
+    if epilogue in (_EPILOGUE_DEFAULT, _EPILOGUE_BIAS):  # PyTorch's own choice competes too
+        op_a, op_b = (a.t() if trans_a else a), (b.t() if trans_b else b)
+        if epilogue == _EPILOGUE_BIAS:
+            fallback = lambda: torch.addmm(bias, op_a, op_b, out=out)  # noqa: E731
+        else:
+            fallback = lambda: torch.mm(op_a, op_b, out=out)  # noqa: E731
+    _lt().matmul(_OP_T if trans_b else _OP_N, _OP_T if trans_a else _OP_N, epilogue,
+                 b, (cb, rb, cb), a, (ca, ra, ca), out, (N, M, N), bias, aux, fallback)
+    return out
+
+
+# ----------------------------------------------------------------------------- the two ops
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def _linear_gelu_reference(x, weight, bias):
+    pre = torch.addmm(bias, x, weight.t())
+    return _gelu_tanh(pre), pre
+
+
+linear_gelu = torch.library.custom_op(
+    "gpt::linear_gelu", _linear_gelu_reference, mutates_args=(),
+    schema="(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)")
+
+
+@linear_gelu.register_fake
+def _(x, weight, bias):
+    shape = (x.size(0), weight.size(0))
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+@linear_gelu.register_kernel("cuda")
+def _(x, weight, bias):
+    """(h, pre) = (gelu(x @ weight^T + bias), x @ weight^T + bias); x (M, K), weight (N, K)."""
+    pre = x.new_empty((x.size(0), weight.size(0)))
+    h = lt_mm(x.contiguous(), weight.contiguous(), False, True, _EPILOGUE_GELU_AUX_BIAS,
+              bias=bias.contiguous(), aux=pre)
+    return h, pre
+
+
+# ----------------------------------------------------------------------------- the MLP
+# Forward and backward are each one opaque op, so that torch.compile keeps its hands off them:
+# inductor would otherwise split the bias add from the matmul and recompute GELU in backward,
+# which is slower than PyTorch's own kernels here. `epilogue` picks the cuBLASLt path; without
+# it the same math runs through PyTorch's eager kernels (addmm with bias, gelu, gelu_backward).
+
+def _mlp_forward_reference(x, w_fc, b_fc, w_proj, b_proj, epilogue):
+    pre = torch.addmm(b_fc, x, w_fc.t())
+    h = _gelu_tanh(pre)
+    return torch.addmm(b_proj, h, w_proj.t()), h, pre
+
+
+mlp_forward = torch.library.custom_op(
+    "gpt::mlp_forward", _mlp_forward_reference, mutates_args=(),
+    schema="(Tensor x, Tensor w_fc, Tensor b_fc, Tensor w_proj, Tensor b_proj, bool epilogue)"
+           " -> (Tensor, Tensor, Tensor)")
+
+
+@mlp_forward.register_fake
+def _(x, w_fc, b_fc, w_proj, b_proj, epilogue):
+    hidden = (x.size(0), w_fc.size(0))
+    return x.new_empty((x.size(0), w_proj.size(0))), x.new_empty(hidden), x.new_empty(hidden)
+
+
+@mlp_forward.register_kernel("cuda")
+def _(x, w_fc, b_fc, w_proj, b_proj, epilogue):
+    if not epilogue:
+        return _mlp_forward_reference(x, w_fc, b_fc, w_proj, b_proj, epilogue)
+    h, pre = linear_gelu(x, w_fc, b_fc)
+    return lt_mm(h, w_proj.contiguous(), False, True, _EPILOGUE_BIAS, bias=b_proj.contiguous()), h, pre
+
+
+def _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue):
+    dpre = torch.ops.aten.gelu_backward(dy @ w_proj, pre, approximate="tanh")
+    return dpre @ w_fc, dpre.t() @ x, dpre, dy.t() @ h
+
+
+# (dx, dw_fc, dpre, dw_proj); the bias gradients (column sums of dpre and dy) are left to the
+# caller's traced code, where inductor's reductions beat PyTorch's eager sum over rows 3x.
+mlp_backward = torch.library.custom_op(
+    "gpt::mlp_backward", _mlp_backward_reference, mutates_args=(),
+    schema="(Tensor dy, Tensor x, Tensor w_fc, Tensor w_proj, Tensor h, Tensor pre, bool epilogue)"
+           " -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+@mlp_backward.register_fake
+def _(dy, x, w_fc, w_proj, h, pre, epilogue):
+    return x.new_empty(x.shape), w_fc.new_empty(w_fc.shape), pre.new_empty(pre.shape), w_proj.new_empty(w_proj.shape)
+
+
+# The GELU gradient inside c_proj's input-gradient matmul (epilogue DGELU) rather than PyTorch's
+# gelu_backward after it. (DGELU_BGRAD, which would also sum the c_fc bias gradient, runs a
+# separate slow reduction kernel in cuBLAS 13: 0.9 ms against 0.38 ms on H100; not used.)
+DGELU_EPILOGUE = True
+
+
+@mlp_backward.register_kernel("cuda")
+def _(dy, x, w_fc, w_proj, h, pre, epilogue):
+    if not epilogue:
+        return _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue)
+    w_fc, w_proj = w_fc.contiguous(), w_proj.contiguous()
+    if DGELU_EPILOGUE:
+        dpre = lt_mm(dy, w_proj, False, False, _EPILOGUE_DGELU, aux=pre.contiguous())
+    else:
+        dpre = torch.ops.aten.gelu_backward(lt_mm(dy, w_proj, False, False, _EPILOGUE_DEFAULT), pre,
+                                            approximate="tanh")
+    return (lt_mm(dpre, w_fc, False, False, _EPILOGUE_DEFAULT),
+            lt_mm(dpre, x.contiguous(), True, False, _EPILOGUE_DEFAULT), dpre,
+            lt_mm(dy, h, True, False, _EPILOGUE_DEFAULT))
+
+
+def _mm_reference(a, b, trans_a, trans_b):
+    return (a.t() if trans_a else a) @ (b.t() if trans_b else b)
+
+
+# op(a) @ op(b) through cuBLASLt with the algorithm timed fastest for the shape (`lt_mm`): for
+# several of GPT-2's shapes cuBLAS's default choice, which PyTorch takes, is 5-10% slower.
+mm = torch.library.custom_op("gpt::mm", _mm_reference, mutates_args=(),
+                             schema="(Tensor a, Tensor b, bool trans_a, bool trans_b) -> Tensor")
+
+
+@mm.register_fake
+def _(a, b, trans_a, trans_b):
+    return a.new_empty((a.size(1) if trans_a else a.size(0), b.size(0) if trans_b else b.size(1)))
+
+
+@mm.register_kernel("cuda")
+def _(a, b, trans_a, trans_b):
+    return lt_mm(a.contiguous(), b.contiguous(), trans_a, trans_b, _EPILOGUE_DEFAULT)
+
+
+def _mm_setup(ctx, inputs, output):
+    a, b, trans_a, trans_b = inputs
+    ctx.save_for_backward(a, b)
+    ctx.trans = (trans_a, trans_b)
+
+
+def _mm_backward(ctx, grad):
+    a, b = ctx.saved_tensors
+    trans_a, trans_b = ctx.trans
+    # out = A @ B with A = op(a), B = op(b): dA = grad @ B^T, dB = A^T @ grad
+    da = mm(b, grad, trans_b, True) if trans_a else mm(grad, b, False, not trans_b)
+    db = mm(grad, a, True, trans_a) if trans_b else mm(a, grad, not trans_a, False)
+    return da, db, None, None
+
+
+mm.register_autograd(_mm_backward, setup_context=_mm_setup)
+
+
+def _linear_reference(x, weight, bias):
+    return torch.addmm(bias, x, weight.t())
+
+
+# x @ weight^T + bias as one op: the bias is added in the matmul's epilogue, and torch.compile
+# leaves it alone (inductor would split the add into a separate pass over the output when no
+# pointwise op follows, as for the qkv projection that feeds attention).
+linear = torch.library.custom_op("gpt::linear", _linear_reference, mutates_args=(),
+                                 schema="(Tensor x, Tensor weight, Tensor bias) -> Tensor")
+
+
+@linear.register_fake
+def _(x, weight, bias):
+    return x.new_empty((x.size(0), weight.size(0)))
+
+
+@linear.register_kernel("cuda")
+def _(x, weight, bias):
+    return lt_mm(x.contiguous(), weight.contiguous(), False, True, _EPILOGUE_BIAS, bias=bias.contiguous())
+
+
+def _linear_setup(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight)
+
+
+def _linear_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    # the bias gradient stays a traced sum, which inductor fuses with grad's producer
+    return mm(grad, weight, False, False), mm(grad, x, True, False), grad.sum(0)
+
+
+linear.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+def tuned_linear(x: torch.Tensor, module: torch.nn.Linear) -> torch.Tensor:
+    """`module(x)` in bf16 through `linear` (autocast's F.linear, with tuned cuBLASLt matmuls)."""
+    dt = torch.bfloat16
+    shape = x.shape
+    y = linear(x.reshape(-1, shape[-1]).to(dt), module.weight.to(dt), module.bias.to(dt))
+    return y.view(*shape[:-1], y.size(-1))
+
+
+class _FusedMLP(torch.autograd.Function):
+    """c_proj(gelu(c_fc(x))) on 2-D operands of one dtype, forward and backward as single ops."""
+
+    @staticmethod
+    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, epilogue):
+        y, h, pre = mlp_forward(x, w_fc, b_fc, w_proj, b_proj, epilogue)
+        ctx.save_for_backward(x, w_fc, w_proj, h, pre)
+        ctx.epilogue = epilogue
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w_fc, w_proj, h, pre = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx, dw_fc, dpre, dw_proj = mlp_backward(dy, x, w_fc, w_proj, h, pre, ctx.epilogue)
+        return dx, dw_fc, dpre.sum(0), dw_proj, dy.sum(0), None
+
+
+def fused_mlp(x: torch.Tensor, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear,
+              epilogue: bool = True) -> torch.Tensor:
+    """`c_proj(gelu_tanh(c_fc(x)))` in bf16, forward and backward each one op; with `epilogue`,
+    GELU runs inside cuBLASLt matmuls (CUDA, after `available()`). x: (..., C)."""
+    dt = torch.bfloat16
+    shape = x.shape
+    y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), c_fc.weight.to(dt), c_fc.bias.to(dt),
+                        c_proj.weight.to(dt), c_proj.bias.to(dt), bool(epilogue))
+    return y.view(*shape[:-1], y.size(-1))
+
+
+# ----------------------------------------------------------------------------- self-check
+
+_checked: Dict[int, bool] = {}
+_check_error: Dict[int, str] = {}
+
+
+def available(device: Optional[torch.device] = None) -> bool:
+    """Whether the fused MLP runs on this CUDA device and matches PyTorch's bf16 MLP (checked once:
+    outputs and all five gradients against the same math through PyTorch's own kernels)."""
+    if not torch.cuda.is_available() or os.environ.get("GPT_FUSED_MLP", "1") == "0":
+        return False
+    index = torch.cuda.current_device() if device is None or device.index is None else device.index
+    if index not in _checked:
+        try:
+            _checked[index] = _self_check(torch.device("cuda", index))
+        except Exception as exc:  # library missing, unsupported GPU, cuBLAS error: unfused path
+            _check_error[index] = "%s: %s" % (type(exc).__name__, exc)
+            _checked[index] = False
+    return _checked[index]
+
+
+def unavailable_reason(device_index: int = 0) -> str:
+    return _check_error.get(device_index, "")
+
+
+def _self_check(device: torch.device) -> bool:
+    gen = torch.Generator(device=device).manual_seed(0)
+    M, C = 512, 256
+
+    def rand(*s, std=1.0):
+        return (torch.randn(*s, generator=gen, device=device) * std).requires_grad_()
+
+    x, w_fc, b_fc = rand(M, C), rand(4 * C, C, std=0.05), rand(4 * C, std=0.5)
+    w_proj, b_proj, dy = rand(C, 4 * C, std=0.05), rand(C, std=0.5), torch.randn(M, C, generator=gen, device=device)
+    params = (x, w_fc, b_fc, w_proj, b_proj)
+    bf = [p.detach().to(torch.bfloat16).requires_grad_() for p in params]
+    y = _FusedMLP.apply(*bf, True)
+    y.backward(dy.to(torch.bfloat16))
+    # reference: the same bf16 operands through PyTorch's matmuls and GELU, in float32
+    ref = [p.detach().to(torch.bfloat16).float().requires_grad_() for p in params]
+    yr = torch.addmm(ref[4], _gelu_tanh(torch.addmm(ref[2], ref[0], ref[1].t())), ref[3].t())
+    yr.backward(dy.to(torch.bfloat16).float())
+    pairs = [(y, yr)] + [(a.grad, b.grad) for a, b in zip(bf, ref)]
+    # the tuned matmul in all four transpose combinations, and the bias epilogue
+    a, b = torch.randn(384, 192, generator=gen, device=device), torch.randn(192, 320, generator=gen, device=device)
+    bias = torch.randn(320, generator=gen, device=device)
+    for ta in (False, True):
+        for tb in (False, True):
+            aa, bb = (a.t().contiguous() if ta else a), (b.t().contiguous() if tb else b)
+            pairs.append((mm(aa.bfloat16(), bb.bfloat16(), ta, tb), a.bfloat16().float() @ b.bfloat16().float()))
+    pairs.append((linear(a.bfloat16(), b.t().contiguous().bfloat16(), bias.bfloat16()),
+                  a.bfloat16().float() @ b.bfloat16().float() + bias.bfloat16().float()))
+    for got, want in pairs:
+        err = (got.float() - want).norm() / want.norm().clamp_min(1e-12)
+        if not bool(torch.isfinite(err)) or float(err) > 2e-2:
+            _check_error[device.index] = "relative error %.3g" % float(err)
+            return False
+    return True

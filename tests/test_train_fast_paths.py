@@ -1,0 +1,175 @@
+"""The trainer's speed paths: cuBLASLt matmuls (GELU epilogues, tuned algorithms), CUDA-graph
+replay of the step, and batch prefetching. On CPU the ops run their reference math, which checks
+the autograd wiring; the CUDA tests (skipped without a GPU) check the kernels and the graphs
+against PyTorch's own ops and the ordinary step."""
+import copy
+import os
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipeline.gpt import cublaslt  # noqa: E402
+from pipeline.gpt import train as tr  # noqa: E402
+from pipeline.gpt.data import DataLoader  # noqa: E402
+from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
+from pipeline.shards import write_shard  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def restore_tf32():
+    """tr.Run turns TF32 on for the process (-f 1); later fp32 tests must not inherit it."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.fixture(scope="module")
+def shard_glob(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fast_shards")
+    rng = np.random.default_rng(1)
+    write_shard(str(d / "f_train_000001.bin"), rng.integers(0, 50257, size=20000))
+    return str(d / "f_train_*.bin")
+
+
+def _grads(model, x, y, device_type):
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        _, loss = model(x, y, return_logits=False)
+    loss.backward()
+    return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+
+def test_cublaslt_model_matches_plain_model_on_cpu_reference_ops():
+    """set_cublaslt routes the MLP, attention projections and classifier through the custom ops;
+    their CPU reference math must give the plain model's loss and gradients."""
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
+    plain.fused_loss = True
+    fast = copy.deepcopy(plain)
+    fast.set_cublaslt(True)
+    assert all(b.mlp.fused and b.attn.tuned for b in fast.transformer.h) and fast.tuned_head
+    x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
+    loss_a, ga = _grads(plain, x, y, "cpu")
+    loss_b, gb = _grads(fast, x, y, "cpu")
+    assert abs(loss_a - loss_b) < 1e-4
+    for name, g in ga.items():
+        err = ((gb[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
+        assert err < 2e-2, (name, err)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_mm_op_gradients_in_every_transpose_combination(trans_a, trans_b):
+    torch.manual_seed(0)
+    A, B = torch.randn(5, 7, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+    a = (A.t().contiguous() if trans_a else A.clone()).requires_grad_()
+    b = (B.t().contiguous() if trans_b else B.clone()).requires_grad_()
+    out = cublaslt.mm(a, b, trans_a, trans_b)
+    assert torch.allclose(out, A @ B)
+    assert torch.autograd.gradcheck(lambda a, b: cublaslt.mm(a, b, trans_a, trans_b), (a, b))
+
+
+def test_linear_op_matches_f_linear():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(cublaslt.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    assert torch.autograd.gradcheck(cublaslt.linear, (x, w, b))
+
+
+def test_fused_mlp_function_gradients_match_autograd():
+    torch.manual_seed(0)
+    args = [torch.randn(*s, dtype=torch.float64, requires_grad=True)
+            for s in ((6, 4), (16, 4), (16,), (4, 16), (4,))]
+    ref = torch.nn.functional.linear(torch.nn.functional.gelu(
+        torch.nn.functional.linear(args[0], args[1], args[2]), approximate="tanh"), args[3], args[4])
+    got = cublaslt._FusedMLP.apply(*args, True)
+    assert torch.allclose(got, ref)
+    assert torch.autograd.gradcheck(lambda *a: cublaslt._FusedMLP.apply(*a, True), tuple(args))
+
+
+def test_prefetched_batch_is_not_lost_on_checkpoint(shard_glob):
+    """A checkpoint written while a batch is prefetched must resume at that batch."""
+    run = tr.Run(tr.parse_args(["-i", shard_glob, "--device", "cpu"]))
+    source = tr.batch_source(DataLoader(shard_glob, 2, 16, shuffle=True), run)
+    next(source)
+    source.prefetch()
+    state = source.state_dict()
+    pending = next(source)
+    resumed = DataLoader(shard_glob, 2, 16, shuffle=True)
+    resumed.load_state_dict(state)
+    x, y = resumed.next_batch()
+    assert np.array_equal(x, pending[0].numpy()) and np.array_equal(y, pending[1].numpy())
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+@cuda
+def test_cublaslt_kernels_match_pytorch():
+    assert cublaslt.available(), cublaslt.unavailable_reason(torch.cuda.current_device())
+    torch.manual_seed(0)
+    dev = "cuda"
+    a = torch.randn(256, 192, device=dev).bfloat16()
+    b = torch.randn(192, 320, device=dev).bfloat16()
+    bias = torch.randn(320, device=dev).bfloat16()
+    ref = a.float() @ b.float()
+
+    def close(got, want, tol=2e-2):
+        return ((got.float() - want).norm() / want.norm()).item() < tol
+    for ta in (False, True):
+        for tb in (False, True):
+            aa = a.t().contiguous() if ta else a
+            bb = b.t().contiguous() if tb else b
+            assert close(cublaslt.mm(aa, bb, ta, tb), ref), (ta, tb)
+    assert close(cublaslt.linear(a, b.t().contiguous(), bias), ref + bias.float())
+    h, pre = cublaslt.linear_gelu(a, b.t().contiguous(), bias)
+    assert close(pre, ref + bias.float())
+    assert close(h, torch.nn.functional.gelu(ref + bias.float(), approximate="tanh"))
+
+
+def _tiny_setup(shard_glob, B, T, accum_tokens):
+    argv = ["-i", shard_glob, "-e", "d2", "-1c", "128", "-1h", "4", "-b", str(B), "-t", str(T),
+            "-d", str(accum_tokens), "--compile", "0", "--quiet"]
+    args = tr.parse_args(argv)
+    run = tr.Run(args)
+    raw = tr.build_model(args, run, -1)
+    raw.set_cublaslt(cublaslt.available(run.device))
+    return args, run, raw
+
+
+@cuda
+@pytest.mark.parametrize("accum", [1, 2])
+def test_graph_replay_matches_ordinary_steps(shard_glob, accum):
+    B, T = 4, 64
+    losses = {}
+    for graphs in (0, 1):
+        args, run, raw = _tiny_setup(shard_glob, B, T, B * T * accum)
+        args.cuda_graphs = graphs
+        opt = tr.make_optimizer(raw, args, run)
+        step = tr.make_step_fn(args, run, raw, raw, opt, accum)
+        batches = tr.batch_source(DataLoader(shard_glob, B, T), run)
+        out = []
+        for i in range(8):
+            loss, norm = step(batches, 1e-3 * (i + 1))
+            batches.prefetch()
+            out.append((loss.item(), norm.item()))
+        assert getattr(step, "active", False) == bool(graphs), getattr(step, "failed", None)
+        losses[graphs] = out
+    for (l0, n0), (l1, n1) in zip(losses[0], losses[1]):
+        assert abs(l0 - l1) < 1e-3 and abs(n0 - n1) < 1e-2 * max(1.0, n0)
+
+
+@cuda
+def test_trainer_defaults_use_graphs_and_cublaslt_on_cuda(shard_glob, tmp_path):
+    out = str(tmp_path / "gpu_run")
+    assert tr.main(["-i", shard_glob, "-e", "d2", "-1c", "128", "-1h", "4", "-b", "4", "-t", "64",
+                    "-x", "12", "-l", "3e-3", "-o", out, "--compile", "0", "--quiet"]) == 0
+    params = open(os.path.join(out, "run_parameters.txt")).read()
+    assert re.search(r"^cuda graphs\s*\| 1$", params, re.M), params
+    assert re.search(r"^cublaslt\s*\| 1$", params, re.M), params

@@ -493,6 +493,45 @@ def max_batch_compiled(glob_, att, r, T, limit, candidates):
     return out
 
 
+DEFAULT_MEMORY = [  # attention, recompute, T, candidate micro-batches (tried in order)
+    ("flash", 0, 1024, [32, 40, 48, 56]), ("flash", 1, 1024, [64, 96, 128, 160]),
+    ("eager", 0, 1024, [8, 12, 16, 20]), ("eager", 1, 1024, [32, 48, 64]),
+    ("flash", 0, 2048, [16, 20, 24, 28]), ("flash", 1, 2048, [32, 48, 64]),
+    ("eager", 0, 2048, [2, 4, 6]), ("eager", 1, 2048, [8, 16, 24]),
+]
+
+
+def max_batch_default(glob_, att, r, T, limit, candidates, steps=5):
+    """The trainer's default CUDA setup (compiled; cuBLASLt and CUDA graphs unless -r 1) under the
+    memory limit: a fresh model per candidate micro-batch, a few real steps each (the graphs are
+    captured at step 4), in increasing order until one does not fit."""
+    t0, fits, graphs = time.perf_counter(), {}, {}
+    for B in candidates:
+        args, run, raw, opt, model = setup(glob_, att, 1, r, B, T, limit=limit)
+        step = make_step("" if r else "+lt+graphs", raw, opt, model, run, 1, B, T)
+        batches = tr.batch_source(DataLoader(glob_, B, T), run)
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            for _ in range(steps):
+                step(batches, 6e-4)[0].item()
+            fits[B] = torch.cuda.max_memory_allocated() / 2 ** 30
+            graphs[B] = bool(getattr(step, "active", False))
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # compiled code may wrap the OOM
+            if "out of memory" not in str(e).lower():
+                raise
+            fits[B] = None
+        del args, run, raw, opt, model, step, batches
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        release()
+        if fits[B] is None:
+            break
+    ok_bs = [b for b, p in fits.items() if p is not None]
+    return dict(attention=att, recompute=r, T=T, limit_gb=limit, compiled=1, default_setup=1,
+                max_B=max(ok_bs) if ok_bs else 0, tried=fits, graphs=graphs,
+                search_s=time.perf_counter() - t0,
+                peak_mem_gib_at_max=fits.get(max(ok_bs)) if ok_bs else None)
+
+
 def max_batch(glob_, att, r, T, limit, cap=256, deadline=60.0):
     args, run, raw, opt, model = setup(glob_, att, 0, r, 1, T, limit=limit)
     t0 = time.perf_counter()
@@ -576,6 +615,10 @@ def main(argv=None):
                    help="SPEED name whose flags (+mlp, +graphs) the profile uses")
     p.add_argument("--mlp-check", action="store_true",
                    help="check and time the fused MLP (cuBLASLt GELU epilogues) first")
+    p.add_argument("--default-memory", action="store_true",
+                   help="max micro-batch under --limit for the trainer's default CUDA setup")
+    p.add_argument("--memory-only", help="comma-separated attention/recompute/T keys for "
+                   "--default-memory, e.g. flash/0/1024,eager/1/2048 (default all)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--configs", help="comma-separated SPEED names to run (default all)")
     p.add_argument("--limit", type=float, default=24.0)
@@ -642,6 +685,16 @@ def main(argv=None):
             print("max B at %.0f GB: T=%d %-5s recompute=%d -> B=%d (%s GiB, %d trials, %.0f s)"
                   % (a.limit, T, att, r, row["max_B"], row["peak_mem_gib_at_max"], row["trials"],
                      row["search_s"]), flush=True)
+    if a.default_memory:
+        for att, r, T, cands in DEFAULT_MEMORY:
+            if a.memory_only and "%s/%d/%d" % (att, r, T) not in a.memory_only.split(","):
+                continue
+            row = max_batch_default(glob_, att, r, T, a.limit, cands)
+            res["memory"].append(row)
+            save()
+            print("default setup, max B at %.0f GB: T=%d %s recompute=%d -> B>=%d  tried %s graphs %s (%.0f s)"
+                  % (a.limit, T, att, r, row["max_B"], row["tried"], row["graphs"], row["search_s"]),
+                  flush=True)
     if a.compiled_memory:
         for att, r, T, cands in (("flash", 0, 1024, [32, 40, 48, 56]), ("flash", 1, 1024, [64, 96])):
             row = max_batch_compiled(glob_, att, r, T, a.limit, cands)

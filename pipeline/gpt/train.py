@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "one CUDA GPU without -r; 0 elsewhere)")
     g.add_argument("--cublaslt", type=int, default=None,
                    help="1 = bf16 matmuls through cuBLASLt: GELU in the MLP matmuls' epilogues, "
-                   "each shape on its fastest algorithm (default: 1 on CUDA when its self-check passes)")
+                   "each shape on its fastest algorithm (default: 1 on CUDA when its self-check "
+                   "passes, 0 with -r 1)")
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
     g.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
@@ -455,7 +456,11 @@ def train(args: argparse.Namespace) -> int:
         run.print("resuming from %s at step %d" % (state_path, step))
 
     raw = model
-    if run.cuda and run.amp_dtype == torch.bfloat16 and args.cublaslt != 0:
+    # With -r 1 the cuBLASLt ops stay off by default: torch.compile's recompute keeps the outputs
+    # of opaque ops (the MLP's 4C-wide activations) instead of recomputing them, which undoes
+    # most of the memory -r 1 is for.
+    use_lt = args.cublaslt if args.cublaslt is not None else int(not args.r)
+    if use_lt and run.cuda and run.amp_dtype == torch.bfloat16:
         from pipeline.gpt import cublaslt
         ok = cublaslt.available(run.device)
         if not ok:

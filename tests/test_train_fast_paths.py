@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from pipeline.gpt import cublaslt  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402
+from pipeline.gpt.logs import parse_log  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 from pipeline.shards import write_shard  # noqa: E402
 
@@ -167,9 +168,19 @@ def test_graph_replay_matches_ordinary_steps(shard_glob, accum):
 
 @cuda
 def test_trainer_defaults_use_graphs_and_cublaslt_on_cuda(shard_glob, tmp_path):
-    out = str(tmp_path / "gpu_run")
-    assert tr.main(["-i", shard_glob, "-e", "d2", "-1c", "128", "-1h", "4", "-b", "4", "-t", "64",
-                    "-x", "12", "-l", "3e-3", "-o", out, "--compile", "0", "--quiet"]) == 0
+    """Defaults on CUDA: graphs and cuBLASLt on; checkpoints (with lr as a device tensor in the
+    optimizer under graph replay) are written, and a resumed run continues on the same losses."""
+    out, resumed = str(tmp_path / "gpu_run"), str(tmp_path / "gpu_resumed")
+    common = ["-i", shard_glob, "-e", "d2", "-1c", "128", "-1h", "4", "-b", "4", "-t", "64", "-x", "12",
+              "-l", "3e-3", "-n", "6", "--compile", "0", "--quiet", "--save-dtype", "fp32"]
+    assert tr.main(common + ["-o", out]) == 0
     params = open(os.path.join(out, "run_parameters.txt")).read()
     assert re.search(r"^cuda graphs\s*\| 1$", params, re.M), params
     assert re.search(r"^cublaslt\s*\| 1$", params, re.M), params
+    assert os.path.exists(os.path.join(out, "DONE_00000012"))
+    assert tr.main(common + ["-o", resumed, "-es", "6"]) == 0
+    assert tr.main(common + ["-o", resumed, "-y", "1"]) == 0
+    full, after = parse_log(out)["train"], parse_log(resumed)["train"]
+    assert [s for s, _ in after] == list(range(12))
+    for (_, a), (_, b) in zip(full[6:], after[6:]):
+        assert abs(a - b) < 1e-3

@@ -244,7 +244,8 @@ def save_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimiz
             yield _to_bytes(t if t is not None else torch.zeros_like(params[name]), "fp32")
 
     extra = dict(extra, optimizer_steps=_optimizer_steps(optimizer, params, names),
-                 param_groups=[{k: v for k, v in g.items() if k != "params"}
+                 param_groups=[{k: (v.item() if torch.is_tensor(v) else v) for k, v in g.items()
+                                if k != "params"}  # lr is a device tensor under CUDA graphs
                                for g in optimizer.param_groups])
     blob = json.dumps(extra, sort_keys=True).encode()
     chunks = [header.tobytes()]
@@ -296,6 +297,9 @@ def load_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         offset += k
     if groups:
         for g, saved in zip(optimizer.param_groups, groups):
-            g["lr"] = saved.get("lr", g["lr"])
+            if torch.is_tensor(g["lr"]):  # CUDA-graph replay reads lr from this tensor
+                g["lr"].fill_(saved.get("lr", g["lr"].item()))
+            else:
+                g["lr"] = saved.get("lr", g["lr"])
     extra["step"] = int(header[10])
     return extra

@@ -1,4 +1,5 @@
-"""The MLP's GELU inside its matmuls, through cuBLASLt epilogues (as llm.c's bf16 build does).
+"""bf16 training matmuls through cuBLASLt: GELU inside the MLP's matmuls (as llm.c's bf16 build
+does it) and every matmul shape on the algorithm timed fastest.
 
 GELU is the step's largest memory-bound piece after the classifier: PyTorch (even compiled) writes
 the c_fc output, reads it back for GELU, writes GELU's output, and in backward reads both again to
@@ -11,11 +12,17 @@ matmuls that are running anyway:
   in the same kernel.
 
 PyTorch exposes neither epilogue, so this module calls cuBLASLt (the library PyTorch itself loaded)
-through ctypes on PyTorch's current stream. Both calls are `torch.library` custom ops, so
-torch.compile schedules them as opaque kernels, and CUDA graphs can capture them. `available()`
-runs a numerical self-check once per device against PyTorch's ops; callers fall back to the
-unfused MLP when it fails, so the fused path is only ever a speed-up. cuBLASLt's GELU is the tanh
-approximation that GPT-2 uses.
+through ctypes on PyTorch's current stream. The other matmuls (`linear`: attention projections with
+the bias in the epilogue; `mm`: the classifier) go the same way for a second reason: cuBLAS's
+default algorithm, which PyTorch takes, is not the fastest for several of GPT-2's shapes, so the
+first call of each shape times the heuristic's candidates and PyTorch's own matmul and keeps the
+fastest (`_CublasLt._tune`).
+
+Every entry point is a `torch.library` custom op with a reference implementation (used off CUDA,
+e.g. by the CPU tests), so torch.compile schedules them as opaque kernels and CUDA graphs can
+capture them. `available()` runs a numerical self-check once per device against PyTorch's ops;
+the trainer uses plain PyTorch when it fails, so this path is only ever a speed-up. cuBLASLt's
+GELU is the tanh approximation that GPT-2 uses.
 
 Column-major view (cuBLAS's): a row-major (M, N) tensor is an N x M column-major matrix with
 leading dimension N, so every PyTorch product `out = a @ b` is computed as `out^T = b^T a^T`.
@@ -36,7 +43,7 @@ _CUDA_R_32F, _CUDA_R_16BF = 0, 14
 _OP_N, _OP_T = 0, 1
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD, _DESC_BIAS_DATA_TYPE = 11, 12, 26
-_EPILOGUE_DEFAULT, _EPILOGUE_GELU_AUX_BIAS, _EPILOGUE_DGELU, _EPILOGUE_DGELU_BGRAD = 1, 164, 192, 208
+_EPILOGUE_DEFAULT, _EPILOGUE_GELU_AUX_BIAS, _EPILOGUE_DGELU = 1, 164, 192
 _EPILOGUE_BIAS, _EPILOGUE_BGRADB = 4, 512
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 * 2 ** 20  # what cuBLAS asks for on Hopper
@@ -233,7 +240,7 @@ def lt_mm(a: torch.Tensor, b: torch.Tensor, trans_a: bool, trans_b: bool, epilog
     return out
 
 
-# ----------------------------------------------------------------------------- the two ops
+# ----------------------------------------------------------------------------- GELU in c_fc
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(x, approximate="tanh")
@@ -265,10 +272,10 @@ def _(x, weight, bias):
 
 
 # ----------------------------------------------------------------------------- the MLP
-# Forward and backward are each one opaque op, so that torch.compile keeps its hands off them:
-# inductor would otherwise split the bias add from the matmul and recompute GELU in backward,
-# which is slower than PyTorch's own kernels here. `epilogue` picks the cuBLASLt path; without
-# it the same math runs through PyTorch's eager kernels (addmm with bias, gelu, gelu_backward).
+# Forward and backward are each one opaque op: the epilogues belong to particular matmuls, and
+# backward needs the pre-activation the forward epilogue wrote, which inductor's own choice (save
+# the matmul output, recompute GELU) would not provide. `epilogue` picks the cuBLASLt path; without
+# it (and off CUDA) the same math runs through PyTorch's ops (addmm, gelu, gelu_backward).
 
 def _mlp_forward_reference(x, w_fc, b_fc, w_proj, b_proj, epilogue):
     pre = torch.addmm(b_fc, x, w_fc.t())

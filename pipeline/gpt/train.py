@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "one CUDA GPU without -r; 0 elsewhere)")
     g.add_argument("--cublaslt", type=int, default=None,
                    help="1 = bf16 matmuls through cuBLASLt: GELU in the MLP matmuls' epilogues, "
-                   "each shape on its fastest algorithm (default: 1 on CUDA when its self-check "
-                   "passes, 0 with -r 1)")
+                   "each shape on its fastest algorithm (default: 1 on compute capability >= 9.0 "
+                   "(H100) when its self-check passes, 0 with -r 1 or on older GPUs)")
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
     g.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
@@ -456,10 +456,13 @@ def train(args: argparse.Namespace) -> int:
         run.print("resuming from %s at step %d" % (state_path, step))
 
     raw = model
-    # With -r 1 the cuBLASLt ops stay off by default: torch.compile's recompute keeps the outputs
-    # of opaque ops (the MLP's 4C-wide activations) instead of recomputing them, which undoes
-    # most of the memory -r 1 is for.
-    use_lt = args.cublaslt if args.cublaslt is not None else int(not args.r)
+    # Default: on for Hopper-class GPUs (compute capability >= 9, where it was measured; llm.c also
+    # enables its GELU epilogues only there), off with -r 1: torch.compile's recompute keeps the
+    # outputs of opaque ops (the MLP's 4C-wide activations) instead of recomputing them, which
+    # undoes most of the memory -r 1 is for. `--cublaslt 1` turns it on anywhere it self-checks.
+    use_lt = args.cublaslt
+    if use_lt is None:
+        use_lt = int(not args.r and run.cuda and torch.cuda.get_device_capability(run.device)[0] >= 9)
     if use_lt and run.cuda and run.amp_dtype == torch.bfloat16:
         from pipeline.gpt import cublaslt
         ok = cublaslt.available(run.device)

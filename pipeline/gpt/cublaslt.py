@@ -159,7 +159,8 @@ class _CublasLt:
                 self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
             ws = self.workspace.get(device)
             if ws is None:
-                ws = self.workspace[device] = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=d.device)
+                ws = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=d.device)
+                self.workspace[device] = ws
             stream = torch.cuda.current_stream(d.device)
             args = (self.handle, desc, ctypes.byref(_ONE), ctypes.c_void_p(a.data_ptr()), la,
                     ctypes.c_void_p(b.data_ptr()), lb, ctypes.byref(_ZERO), ctypes.c_void_p(d.data_ptr()),
@@ -318,7 +319,8 @@ mlp_backward = torch.library.custom_op(
 
 @mlp_backward.register_fake
 def _(dy, x, w_fc, w_proj, h, pre, epilogue):
-    return x.new_empty(x.shape), w_fc.new_empty(w_fc.shape), pre.new_empty(pre.shape), w_proj.new_empty(w_proj.shape)
+    return (x.new_empty(x.shape), w_fc.new_empty(w_fc.shape), pre.new_empty(pre.shape),
+            w_proj.new_empty(w_proj.shape))
 
 
 # The GELU gradient inside c_proj's input-gradient matmul (epilogue DGELU) rather than PyTorch's
@@ -485,7 +487,8 @@ def _self_check(device: torch.device) -> bool:
         return (torch.randn(*s, generator=gen, device=device) * std).requires_grad_()
 
     x, w_fc, b_fc = rand(M, C), rand(4 * C, C, std=0.05), rand(4 * C, std=0.5)
-    w_proj, b_proj, dy = rand(C, 4 * C, std=0.05), rand(C, std=0.5), torch.randn(M, C, generator=gen, device=device)
+    w_proj, b_proj = rand(C, 4 * C, std=0.05), rand(C, std=0.5)
+    dy = torch.randn(M, C, generator=gen, device=device)
     params = (x, w_fc, b_fc, w_proj, b_proj)
     bf = [p.detach().to(torch.bfloat16).requires_grad_() for p in params]
     y = _FusedMLP.apply(*bf, True)
@@ -496,12 +499,14 @@ def _self_check(device: torch.device) -> bool:
     yr.backward(dy.to(torch.bfloat16).float())
     pairs = [(y, yr)] + [(a.grad, b.grad) for a, b in zip(bf, ref)]
     # the tuned matmul in all four transpose combinations, and the bias epilogue
-    a, b = torch.randn(384, 192, generator=gen, device=device), torch.randn(192, 320, generator=gen, device=device)
+    a = torch.randn(384, 192, generator=gen, device=device)
+    b = torch.randn(192, 320, generator=gen, device=device)
     bias = torch.randn(320, generator=gen, device=device)
     for ta in (False, True):
         for tb in (False, True):
             aa, bb = (a.t().contiguous() if ta else a), (b.t().contiguous() if tb else b)
-            pairs.append((mm(aa.bfloat16(), bb.bfloat16(), ta, tb), a.bfloat16().float() @ b.bfloat16().float()))
+            want = a.bfloat16().float() @ b.bfloat16().float()
+            pairs.append((mm(aa.bfloat16(), bb.bfloat16(), ta, tb), want))
     pairs.append((linear(a.bfloat16(), b.t().contiguous().bfloat16(), bias.bfloat16()),
                   a.bfloat16().float() @ b.bfloat16().float() + bias.bfloat16().float()))
     for got, want in pairs:

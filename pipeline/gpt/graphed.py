@@ -32,7 +32,7 @@ class GraphedTrainStep:
                  warmup_steps: int = 3):
         self.model, self.raw, self.optimizer, self.run, self.accum = model, raw, optimizer, run, accum
         self.batch_shape = tuple(batch_shape)
-        self.plain_step = plain_step  # the ordinary step: train_step(model, raw, opt, batches, accum, run, lr)
+        self.plain_step = plain_step  # train_step(model, raw, opt, batches, accum, run, lr)
         self.warmup_steps = warmup_steps
         self.steps = 0
         self.graphs = None

@@ -370,7 +370,9 @@ def train_step(model, raw: GPT, optimizer, batches, accum: int, run: Run, lr: fl
 
 def make_step_fn(args, run: Run, model, raw: GPT, optimizer, accum: int):
     """step_fn(batches, lr) -> (loss, norm): the ordinary step, or its CUDA-graph replay."""
-    graphs = args.cuda_graphs if args.cuda_graphs is not None else int(run.cuda and not run.ddp and not args.r)
+    graphs = args.cuda_graphs
+    if graphs is None:
+        graphs = int(run.cuda and not run.ddp and not args.r)
     if graphs and not run.cuda:
         raise SystemExit("--cuda-graphs 1 needs a CUDA device")
     if graphs and (run.ddp or args.r):
@@ -606,6 +608,7 @@ def estimate_run(args, run: Run, step_fn, optimizer, schedule, loader, accum, st
         for step in range(est.ESTIMATE_STEPS):
             t0 = time.perf_counter()
             loss, _ = step_fn(batches, schedule(step))
+            batches.prefetch()  # as in training
             loss.item()  # wait for the GPU before reading the clock
             times.append(time.perf_counter() - t0)
             run.print("estimate step %2d: %.1f ms" % (step, times[-1] * 1000))

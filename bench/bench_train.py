@@ -116,7 +116,7 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     raw.lowp_residual = "+f32res" not in name
     # "+unfused": autograd's cross-entropy on materialised logits (before the fused loss)
     raw.fused_loss = False if "+unfused" in name else None
-    step_fn = make_step(name, raw, opt, model, run, accum, B, T)
+    step_fn = make_step(name, args, run, raw, opt, model, accum)
     batches = tr.batch_source(DataLoader(glob_, B, T), run)
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
@@ -162,19 +162,17 @@ def tuning_report():
     return out
 
 
-def make_step(name, raw, opt, model, run, accum, B, T):
-    """The step function a config name asks for: fused MLP on with "+mlp", CUDA graphs with
-    "+graphs" (both as the trainer would set them up)."""
+def make_step(name, args, run, raw, opt, model, accum):
+    """The trainer's step function (`make_step_fn`) with the paths a config name asks for:
+    cuBLASLt matmuls with "+lt", CUDA-graph replay with "+graphs"."""
     from pipeline.gpt import cublaslt
-    from pipeline.gpt.graphed import GraphedTrainStep
     if "+lt" in name:
         ok = cublaslt.available(run.device)
         if not ok:
             print("cuBLASLt path unavailable: %s" % cublaslt.unavailable_reason(run.device.index), flush=True)
         raw.set_cublaslt(ok)
-    if "+graphs" in name:
-        return GraphedTrainStep(model, raw, opt, run, accum, (B, T), tr.train_step)
-    return lambda batches, lr: tr.train_step(model, raw, opt, batches, accum, run, lr)
+    args.cuda_graphs = int("+graphs" in name)
+    return tr.make_step_fn(args, run, model, raw, opt, accum)
 
 
 def profile(glob_, steps=3, out=None, name="flash+compile"):
@@ -182,7 +180,7 @@ def profile(glob_, steps=3, out=None, name="flash+compile"):
     (kernel time) against the step's wall time: the difference is GPU idle time."""
     from torch.profiler import ProfilerActivity, profile as prof
     args, run, raw, opt, model = setup(glob_, "flash", 1, 0, 32, 1024)
-    step_fn = make_step(name, raw, opt, model, run, 1, 32, 1024)
+    step_fn = make_step(name, args, run, raw, opt, model, 1)
     batches = tr.batch_source(DataLoader(glob_, 32, 1024), run)
     for _ in range(5):
         step_fn(batches, 6e-4)[0].item()
@@ -508,7 +506,7 @@ def max_batch_default(glob_, att, r, T, limit, candidates, steps=5):
     t0, fits, graphs = time.perf_counter(), {}, {}
     for B in candidates:
         args, run, raw, opt, model = setup(glob_, att, 1, r, B, T, limit=limit)
-        step = make_step("" if r else "+lt+graphs", raw, opt, model, run, 1, B, T)
+        step = make_step("" if r else "+lt+graphs", args, run, raw, opt, model, 1)
         batches = tr.batch_source(DataLoader(glob_, B, T), run)
         torch.cuda.reset_peak_memory_stats()
         try:

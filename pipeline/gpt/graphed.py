@@ -22,17 +22,17 @@ of the run, to the ordinary step, with one message.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
+from pipeline.gpt.train import clip_and_update, micro_step, train_step
+
 
 class GraphedTrainStep:
-    def __init__(self, model, raw, optimizer, run, accum: int, batch_shape, plain_step: Callable,
-                 warmup_steps: int = 3):
+    def __init__(self, model, raw, optimizer, run, accum: int, batch_shape, warmup_steps: int = 3):
         self.model, self.raw, self.optimizer, self.run, self.accum = model, raw, optimizer, run, accum
         self.batch_shape = tuple(batch_shape)
-        self.plain_step = plain_step  # train_step(model, raw, opt, batches, accum, run, lr)
         self.warmup_steps = warmup_steps
         self.steps = 0
         self.graphs = None
@@ -47,7 +47,7 @@ class GraphedTrainStep:
         if self.failed is None and self.graphs is None and self.steps > self.warmup_steps:
             self._capture()
         if self.graphs is None:
-            return self.plain_step(self.model, self.raw, self.optimizer, batches, self.accum, self.run, lr)
+            return train_step(self.model, self.raw, self.optimizer, batches, self.accum, self.run, lr)
         first, more, update = self.graphs
         for micro in range(self.accum):
             x, y = next(batches)
@@ -61,19 +61,14 @@ class GraphedTrainStep:
     # ------------------------------------------------------------------------- capture
 
     def _micro(self, accumulate: bool) -> None:
-        with self.run.autocast():
-            _, loss = self.model(self.x, self.y, return_logits=False)
-        loss = loss / self.accum
-        loss.backward()
+        loss = micro_step(self.model, self.x, self.y, self.accum, self.run)
         if accumulate:
-            self.loss_sum.add_(loss.detach())
+            self.loss_sum.add_(loss)
         else:
-            self.loss_sum.copy_(loss.detach())
+            self.loss_sum.copy_(loss)
 
     def _update(self) -> None:
-        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
-        self.optimizer.step()
-        self.norm.copy_(norm)
+        self.norm.copy_(clip_and_update(self.params, self.optimizer))
 
     def _capture(self) -> None:
         """Capture the three graphs (nothing runs but one warm-up micro-step whose gradients are

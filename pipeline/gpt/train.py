@@ -346,6 +346,23 @@ def batch_source(loader: DataLoader, run: Run, overfit: bool = False) -> BatchSo
     return BatchSource(loader, run, overfit)
 
 
+def micro_step(model, x: torch.Tensor, y: torch.Tensor, accum: int, run: Run) -> torch.Tensor:
+    """Forward and backward of one micro-batch with the loss scaled by 1/accum, so gradients add
+    up to those of the step's mean loss; returns the scaled loss, detached."""
+    with run.autocast():
+        _, loss = model(x, y, return_logits=False)
+    loss = loss / accum
+    loss.backward()
+    return loss.detach()
+
+
+def clip_and_update(params, optimizer) -> torch.Tensor:
+    """llm.c's global-norm clip at 1.0, then the AdamW update; returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return norm
+
+
 def train_step(model, raw: GPT, optimizer, batches, accum: int, run: Run, lr: float):
     """One optimizer step over `accum` micro-batches; returns (mean loss, grad norm) as device
     tensors so the caller decides when to synchronise with the GPU."""
@@ -357,13 +374,8 @@ def train_step(model, raw: GPT, optimizer, batches, accum: int, run: Run, lr: fl
         # DDP all-reduces gradients only on the last micro-step
         ctx = model.no_sync() if (run.ddp and micro < accum - 1) else contextlib.nullcontext()
         with ctx:
-            with run.autocast():
-                _, loss = model(x, y, return_logits=False)
-            loss = loss / accum
-            loss.backward()
-        loss_sum += loss.detach()
-    norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
-    optimizer.step()
+            loss_sum += micro_step(model, x, y, accum, run)
+    norm = clip_and_update(raw.parameters(), optimizer)
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, norm
 
@@ -379,7 +391,7 @@ def make_step_fn(args, run: Run, model, raw: GPT, optimizer, accum: int):
         raise SystemExit("--cuda-graphs 1 works on one GPU without -r 1 (recompute); use --cuda-graphs 0")
     if graphs:
         from pipeline.gpt.graphed import GraphedTrainStep
-        return GraphedTrainStep(model, raw, optimizer, run, accum, (args.b, args.t), train_step)
+        return GraphedTrainStep(model, raw, optimizer, run, accum, (args.b, args.t))
     return lambda batches, lr: train_step(model, raw, optimizer, batches, accum, run, lr)
 
 

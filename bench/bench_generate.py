@@ -27,6 +27,21 @@ from pipeline.gpt.generate import main  # noqa: E402
 HELLO = [31373]
 
 
+def replay_ms(graph, reps: int, warmup: int = 0) -> float:
+    """Milliseconds per replay of a captured CUDA graph (CUDA events around `reps` replays)."""
+    import torch
+
+    for _ in range(warmup):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def variants(out_dir="bench/results", n=256):
     import torch
 
@@ -61,13 +76,7 @@ def variants(out_dir="bench/results", n=256):
             row.update(seconds=secs, tokens_per_s=n / secs)
             if engine.cuda_graphs:  # bare replay of the captured step: GPU time per token, no Python loop
                 graph, _ = engine._graphs[max(engine._graphs)]
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(200):
-                    graph.replay()
-                end.record()
-                torch.cuda.synchronize()
-                row["replay_ms_window_%d" % max(engine._graphs)[1]] = start.elapsed_time(end) / 200
+                row["replay_ms_window_%d" % max(engine._graphs)[1]] = replay_ms(graph, 200)
             row["fused_active"] = [engine.fuse_gelu, engine.fuse_ln, engine.fuse_attn]
             del engine
         except Exception as e:  # a variant that does not run here is a result too
@@ -128,15 +137,7 @@ def decode_sweep(out_dir="bench/results", sweep=(16, 32, 64, 128, 256, 512, 1023
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             fn()
-        for _ in range(10):
-            g.replay()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        return g, 1000 * a.elapsed_time(b) / reps
+        return g, 1000 * replay_ms(g, reps, warmup=10)
 
     # 1. the kernel alone: 12 launches (one per layer of d12) in a graph, batch 1, bf16
     H, D, S, L = 12, 64, 1024, 12
@@ -159,15 +160,7 @@ def decode_sweep(out_dir="bench/results", sweep=(16, 32, 64, 128, 256, 512, 1023
         row = {"variant": name, "splits": n, "min_blocks": mb, "reduce_in_kernel": red}
         for c in (16, 64, 128, 256, 512, 1023):
             cur.fill_(c)
-            for _ in range(10):
-                g.replay()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(200):
-                g.replay()
-            b.record()
-            torch.cuda.synchronize()
-            row["us_per_launch_cur_%d" % c] = 1000 * a.elapsed_time(b) / 200 / L
+            row["us_per_launch_cur_%d" % c] = 1000 * replay_ms(g, 200, warmup=10) / L
         row["counters_zero"] = int(count.abs().sum()) == 0
         results["kernel"].append(row)
         print(row, flush=True)
@@ -201,15 +194,7 @@ def decode_sweep(out_dir="bench/results", sweep=(16, 32, 64, 128, 256, 512, 1023
         graph = engine._graphs[max(engine._graphs)][0]
         for c in (100, 1000):
             engine._cur.fill_(c)
-            for _ in range(5):
-                graph.replay()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(100):
-                graph.replay()
-            b.record()
-            torch.cuda.synchronize()
-            row["replay_ms_cur_%d" % c] = a.elapsed_time(b) / 100
+            row["replay_ms_cur_%d" % c] = replay_ms(graph, 100, warmup=5)
         check_tokens = (HELLO + tokens[name])[:1024]
         row["logits_check_1024"] = logits_error(model, engine, check_tokens)
         row["greedy_prefix_vs_single"] = next(

@@ -121,12 +121,18 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
     t_start = time.perf_counter()
+    readback = tr.StepReadback(run)  # as the trainer reads losses: one step late
+
+    def record(done):
+        if done is not None:
+            losses.append(done[2])
+            times.append(done[4])
     for step in range(steps):
         t0 = time.perf_counter()
         loss, norm = step_fn(batches, 6e-4)
+        record(readback.push(step, 6e-4, loss, norm, t0))
         batches.prefetch()  # as the trainer does: next batch's host work while the GPU runs
-        losses.append(torch.stack([loss, norm.float()]).tolist()[0])  # the trainer's one sync
-        times.append(time.perf_counter() - t0)
+    record(readback.drain())
     warm = max(3, steps // 3)
     med = statistics.median(times[warm:])
     tok_s = B * T * accum / med

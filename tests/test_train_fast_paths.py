@@ -95,6 +95,110 @@ def test_fused_mlp_function_gradients_match_autograd():
     assert torch.autograd.gradcheck(lambda *a: cublaslt._FusedMLP.apply(*a, True), tuple(args))
 
 
+def _ones_layout(x):
+    """x with cublaslt's ones column appended (float64, for gradcheck)."""
+    pad = torch.zeros(x.size(0), cublaslt.ones_width(x.size(1)) - x.size(1), dtype=x.dtype)
+    pad[:, 0] = 1
+    return torch.cat([x, pad], 1)
+
+
+def test_with_ones_appends_one_then_zeros():
+    x = torch.randn(3, 5, 4)
+    aug = cublaslt.with_ones(x)
+    assert aug.shape == (3, 5, 64) and aug.dtype == torch.bfloat16
+    assert cublaslt.ones_width(768) == 832 and cublaslt.ones_width(56) == 64
+    assert torch.equal(aug[..., :4], x.bfloat16())
+    assert bool((aug[..., 4] == 1).all()) and bool((aug[..., 5:] == 0).all())
+
+
+def test_linear_ones_op_takes_the_bias_gradient_from_the_weight_gradient():
+    """x[:, :K] @ w^T + b for x in the ones layout; the bias gradient is the ones column's share of
+    the weight-gradient matmul, and the input gradient keeps x's padded shape (zeros in the pad)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    xa = _ones_layout(x).requires_grad_()
+    out = cublaslt.linear_ones(xa, w, b)
+    assert torch.allclose(out, torch.nn.functional.linear(x, w, b))
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert torch.allclose(b.grad, g.sum(0)) and torch.allclose(w.grad, g.t() @ x)
+    assert xa.grad.shape == xa.shape and bool((xa.grad[:, 4:] == 0).all())
+    assert torch.allclose(xa.grad[:, :4], g @ w)
+    assert torch.autograd.gradcheck(cublaslt.linear_ones, (xa.detach().requires_grad_(), w, b))
+
+
+def test_fused_mlp_with_ones_column_matches_plain_input():
+    torch.manual_seed(0)
+    args = [torch.randn(*s, dtype=torch.float64, requires_grad=True)
+            for s in ((6, 4), (16, 4), (16,), (4, 16), (4,))]
+    plain = cublaslt._FusedMLP.apply(*args, True)
+    plain.backward(torch.ones_like(plain))
+    want = [a.grad.clone() for a in args]
+    xa = _ones_layout(args[0].detach()).requires_grad_()
+    rest = [a.detach().requires_grad_() for a in args[1:]]
+    got = cublaslt._FusedMLP.apply(xa, *rest, True)
+    assert torch.allclose(got, plain)
+    got.backward(torch.ones_like(got))
+    assert torch.allclose(xa.grad[:, :4], want[0]) and bool((xa.grad[:, 4:] == 0).all())
+    for a, w in zip(rest, want[1:]):
+        assert torch.allclose(a.grad, w)
+    assert torch.autograd.gradcheck(lambda *a: cublaslt._FusedMLP.apply(*a, True),
+                                    (xa.detach().requires_grad_(), *rest))
+
+
+def test_cublaslt_model_with_ones_column_matches_plain_model():
+    """The ones-column layout (used under torch.compile) through the reference ops: same loss and
+    gradients as the plain model, biases included."""
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
+    plain.fused_loss = True
+    fast = copy.deepcopy(plain)
+    fast.set_cublaslt(True)
+    for block in fast.transformer.h:
+        block.ones_column = True
+    x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
+    loss_a, ga = _grads(plain, x, y, "cpu")
+    loss_b, gb = _grads(fast, x, y, "cpu")
+    assert abs(loss_a - loss_b) < 1e-4
+    for name, g in ga.items():
+        err = ((gb[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
+        assert err < 2e-2, (name, err)
+
+
+@pytest.mark.parametrize("grad_scale", [5.0, 1e-4])  # clipped / not clipped
+def test_fused_adamw_clip_equals_clip_grad_norm(grad_scale):
+    """clip_and_update hands fused AdamW the clip divisor (grad_scale) instead of rescaling the
+    gradients: same norm, same update as clip_grad_norm_ + a plain AdamW step."""
+    torch.manual_seed(0)
+    pa = [torch.randn(1000, requires_grad=True) for _ in range(3)]
+    pb = [p.detach().clone().requires_grad_() for p in pa]
+    for a, b in zip(pa, pb):
+        g = torch.randn_like(a) * grad_scale
+        a.grad, b.grad = g.clone(), g.clone()
+    fused = torch.optim.AdamW(pa, lr=1e-2, fused=True)
+    plain = torch.optim.AdamW(pb, lr=1e-2, foreach=False)
+    norm = tr.clip_and_update(pa, fused)
+    want = torch.nn.utils.clip_grad_norm_(pb, 1.0)
+    plain.step()
+    assert torch.allclose(norm, want)
+    assert getattr(fused, "grad_scale", None) is None
+    for a, b in zip(pa, pb):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_step_readback_returns_each_step_once_in_order():
+    run = tr.Run(tr.parse_args(["-i", "unused", "--device", "cpu"]))
+    rb = tr.StepReadback(run)
+    seen = [rb.push(s, 0.1 * s, torch.tensor(float(s)), torch.tensor(2.0 * s), 0.0)
+            for s in range(4)]
+    seen.append(rb.drain())
+    assert seen[0] is None and rb.drain() is None
+    assert [(d[0], d[2], d[3]) for d in seen[1:]] == [(s, float(s), 2.0 * s) for s in range(4)]
+    assert all(d[4] >= 0 for d in seen[1:])
+
+
 def test_prefetched_batch_is_not_lost_on_checkpoint(shard_glob):
     """A checkpoint written while a batch is prefetched must resume at that batch."""
     run = tr.Run(tr.parse_args(["-i", shard_glob, "--device", "cpu"]))

@@ -73,7 +73,7 @@ class CausalSelfAttention(nn.Module):
         self.tuned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, C = x.shape[0], x.shape[1], self.n_embd  # x may carry cublaslt's ones column
         tuned = self.tuned and _bf16_training(x)
         if tuned:
             from pipeline.gpt.cublaslt import tuned_linear
@@ -114,10 +114,25 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, attention)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
+        # cuBLASLt's ones column on the layernorm outputs (see _normed): None = under torch.compile
+        # only, True = also eagerly (tests), False = never
+        self.ones_column = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.attn(self._normed(self.ln_1, x, self.attn.tuned))
+        return x + self.mlp(self._normed(self.ln_2, x, self.mlp.fused))
+
+    def _normed(self, ln: nn.LayerNorm, x: torch.Tensor, lt_consumer: bool) -> torch.Tensor:
+        h = ln(x)
+        # Compiled cuBLASLt training: the layernorm output gets a column of ones, from which the
+        # next matmul's weight gradient also yields the bias gradient (`cublaslt.with_ones`).
+        # Only under torch.compile, which writes the wider buffer in the layernorm kernel itself;
+        # eagerly the concatenation would be one more copy.
+        wanted = torch.compiler.is_compiling() if self.ones_column is None else self.ones_column
+        if wanted and lt_consumer and _bf16_training(x):
+            from pipeline.gpt.cublaslt import with_ones
+            h = with_ones(h)
+        return h
 
 
 class GPT(nn.Module):

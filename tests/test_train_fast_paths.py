@@ -191,8 +191,10 @@ def test_fused_adamw_clip_equals_clip_grad_norm(grad_scale):
 def test_step_readback_returns_each_step_once_in_order():
     run = tr.Run(tr.parse_args(["-i", "unused", "--device", "cpu"]))
     rb = tr.StepReadback(run)
-    seen = [rb.push(s, 0.1 * s, torch.tensor(float(s)), torch.tensor(2.0 * s), 0.0)
-            for s in range(4)]
+    seen = []
+    for s in range(4):
+        rb.begin()
+        seen.append(rb.push(s, 0.1 * s, torch.tensor(float(s)), torch.tensor(2.0 * s)))
     seen.append(rb.drain())
     assert seen[0] is None and rb.drain() is None
     assert [(d[0], d[2], d[3]) for d in seen[1:]] == [(s, float(s), 2.0 * s) for s in range(4)]
@@ -236,6 +238,28 @@ def test_cublaslt_kernels_match_pytorch():
     h, pre = cublaslt.linear_gelu(a, b.t().contiguous(), bias)
     assert close(pre, ref + bias.float())
     assert close(h, torch.nn.functional.gelu(ref + bias.float(), approximate="tanh"))
+
+
+@cuda
+def test_step_readback_times_are_gpu_step_durations():
+    """Each step's time is its GPU duration, the last one included (read at the drain)."""
+    run = tr.Run(tr.parse_args(["-i", "unused"]))
+    rb = tr.StepReadback(run)
+    cycles = int(torch.cuda.get_device_properties(run.device).clock_rate * 20)  # ~20 ms (kHz)
+    one = torch.ones((), device=run.device)
+    torch.cuda._sleep(cycles)  # warm-up
+    torch.cuda.synchronize()
+    seen = []
+    for s in range(5):
+        rb.begin()
+        torch.cuda._sleep(cycles)
+        done = rb.push(s, 0.0, one * s, one)
+        if done:
+            seen.append(done)
+    seen.append(rb.drain())
+    assert [d[0] for d in seen] == list(range(5)) and [d[2] for d in seen] == [float(s) for s in range(5)]
+    times = [d[4] for d in seen]
+    assert max(times) < 1.5 * min(times), times  # the last step is not cut short
 
 
 def _tiny_setup(shard_glob, B, T, accum_tokens):

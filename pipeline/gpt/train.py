@@ -417,42 +417,69 @@ class StepReadback:
     124M on an H100). Instead the (loss, norm) pair is copied to pinned host memory behind the
     step, and `push` returns the *previous* step's values once the next step is already queued.
     `drain` reads the last queued step (before evaluation, checkpoints and the end of the run,
-    so logs keep llm.c's order). Step time = time between consecutive steps' completions as the
-    host sees them (or from queueing, for the first step after a drain).
+    so logs keep llm.c's order).
+
+    Step times come from CUDA events, not from when the host happens to look: a step lasts from
+    the end of the step queued before it (or, for the first step after a drain, from its own
+    start) to its own end, in GPU time. Host clocks would misreport whenever the host is held up
+    while queueing, e.g. replaying one CUDA graph several times in a row (gradient accumulation)
+    waits for the previous replay. Off CUDA, steps run synchronously: host time.
+
+    Use: `begin()`, queue the step, `push(...)`; `drain()` when the queue must be empty.
     """
 
     def __init__(self, run: Run):
         self.run = run
         self.pending = None
-        self.last_done = 0.0
+        self.previous_end = None  # end event of the last pushed step, while steps run back to back
+        self.start = None
         self.buffers = [torch.empty(2, pin_memory=run.cuda) for _ in range(2)]
         self.count = 0
 
-    def push(self, step: int, lr: float, loss: torch.Tensor, norm: torch.Tensor, t_queued: float):
+    def _event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def begin(self) -> None:
+        """Call right before queueing a step."""
+        self.start = self._event() if self.run.cuda else time.perf_counter()
+
+    def push(self, step: int, lr: float, loss: torch.Tensor, norm: torch.Tensor):
+        """Queue this step's read-back; returns the previous step's (step, lr, loss, norm,
+        seconds), or None."""
         stats = torch.stack([loss.float(), norm.float()])
         host = self.buffers[self.count % 2]
         self.count += 1
-        done = None
         if self.run.cuda:
             host.copy_(stats, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+            end = self._event()
+            since = self.previous_end if self.previous_end is not None else self.start
+            self.previous_end = end
+            entry = (step, lr, host, since, end)
         else:
             host.copy_(stats)
-        previous, self.pending = self.drain(), (step, lr, host, done, t_queued)
+            entry = (step, lr, host, None, time.perf_counter() - self.start)
+        previous = self._read()
+        self.pending = entry
         return previous
 
     def drain(self):
-        """(step, lr, loss, norm, seconds) of the queued step, or None."""
+        """(step, lr, loss, norm, seconds) of the queued step, or None; the next step's time
+        then counts from its own start."""
+        self.previous_end = None
+        return self._read()
+
+    def _read(self):
         if self.pending is None:
             return None
-        step, lr, host, done, t_queued = self.pending
+        step, lr, host, since, end = self.pending
         self.pending = None
-        if done is not None:
-            done.synchronize()
-        now = time.perf_counter()
-        seconds = now - max(t_queued, self.last_done)
-        self.last_done = now
+        if since is not None:
+            end.synchronize()
+            seconds = since.elapsed_time(end) / 1000.0
+        else:
+            seconds = end
         loss, norm = host.tolist()
         return step, lr, loss, norm, seconds
 
@@ -632,10 +659,10 @@ def train(args: argparse.Namespace) -> int:
             if last_step:
                 break
 
-            t0 = time.perf_counter()
             lr = schedule(step)
+            readback.begin()
             loss_sum, norm = step_fn(batches, lr)
-            previous = readback.push(step, lr, run.all_mean(loss_sum), norm, t0)
+            previous = readback.push(step, lr, run.all_mean(loss_sum), norm)
             batches.prefetch()  # host work for the next step while the GPU runs this one
             if not report(previous):  # the step before this one: this one is queued already
                 return 4
@@ -690,10 +717,10 @@ def estimate_run(args, run: Run, step_fn, optimizer, schedule, loader, accum, st
             run.print("estimate step %2d: %.1f ms" % (done[0], done[4] * 1000))
     try:
         for step in range(est.ESTIMATE_STEPS):
-            t0 = time.perf_counter()
             lr = schedule(step)
+            readback.begin()
             loss, norm = step_fn(batches, lr)
-            previous = readback.push(step, lr, loss, norm, t0)
+            previous = readback.push(step, lr, loss, norm)
             batches.prefetch()
             record(previous)
         record(readback.drain())

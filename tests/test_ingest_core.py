@@ -290,11 +290,27 @@ def test_truncated_jsonl_gz_is_one_bad_tail(tmp_path):
 
 
 def test_binary_or_missing_jsonl_file_is_unreadable(tmp_path):
-    (tmp_path / "bin.jsonl").write_bytes(os.urandom(3000))
-    (tmp_path / "badgz.jsonl.gz").write_bytes(b"\x1f\x8b" + os.urandom(3000))
-    for name in ("bin.jsonl", "badgz.jsonl.gz", "missing.jsonl"):
+    noise = random.Random(7).randbytes(3000)
+    (tmp_path / "bin.jsonl").write_bytes(noise)
+    (tmp_path / "badgz.jsonl.gz").write_bytes(b"\x1f\x8b" + noise)
+    # binary files whose first line is blank or a few harmless bytes (os.urandom made these once
+    # in a few hundred runs): judged on the first bytes of the file, not on line 1
+    (tmp_path / "blank_first.jsonl").write_bytes(b"\n" + noise)
+    (tmp_path / "short_first.jsonl").write_bytes(b"ab\n" + noise)
+    (tmp_path / "bin.jsonl.gz").write_bytes(gzip.compress(b"\n  \n" + noise))
+    for name in ("bin.jsonl", "badgz.jsonl.gz", "missing.jsonl", "blank_first.jsonl",
+                 "short_first.jsonl", "bin.jsonl.gz"):
         recs = jsonl_records(str(tmp_path / name))
         assert [r.reason for r in recs] == ["unreadable_file"], name
+
+
+def test_text_jsonl_with_a_broken_first_line_is_read_on(tmp_path):
+    """A bad first line in a text file is one bad_record, also when a multi-byte character
+    straddles the end of the bytes sampled to tell text from binary."""
+    filler = "é" * 3000  # 2 bytes each after 7: the 4096-byte sample ends inside a character
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(("{broke %s\n" % filler).encode() + b'{"text": "fine doc"}\n')
+    assert [r.reason for r in jsonl_records(str(path))] == ["bad_record", None]
 
 
 # --- inputs ---------------------------------------------------------------------------------------

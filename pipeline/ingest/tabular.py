@@ -10,12 +10,13 @@ text field into a string, silently null a malformed line, and fail the whole job
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import json
 from typing import IO, Iterator, List, Optional, Sequence
 
-from pipeline.ingest.charset import BINARY_CONTROL_SHARE, control_share
+from pipeline.ingest.charset import BINARY_CONTROL_SHARE, BINARY_SAMPLE_BYTES, control_share
 from pipeline.ingest.core import IngestOptions, Record, dropped, kept, text_problem
 
 MISSING_FIELD = "missing field"  # prefix of the drop detail the job uses to spot a missing text column
@@ -81,6 +82,10 @@ def iter_jsonl(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[
     lineno, pending = 0, None
     try:
         f = gzip.GzipFile(fileobj=stream) if stream.peek(2)[:2] == b"\x1f\x8b" else stream
+        # Whether the file is text at all is judged on its first bytes, not on its first line,
+        # which in a binary file can be anything from empty to a few harmless-looking bytes.
+        head = f.peek(BINARY_SAMPLE_BYTES)[:BINARY_SAMPLE_BYTES]
+        first = True
         while True:
             line = f.readline(limit)
             if pending is not None:
@@ -100,9 +105,11 @@ def iter_jsonl(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[
             if not line.strip():
                 continue
             pending = json_record(line, source, lineno, opts)
-            if lineno == 1 and pending.reason == "bad_record" and _not_text(line):
-                yield dropped(source, 0, "unreadable_file", "not a JSON-lines file: line 1 is binary")
+            if first and pending.reason == "bad_record" and _not_text(head):
+                yield dropped(source, 0, "unreadable_file",
+                              "not a JSON-lines file: its first bytes are binary")
                 return
+            first = False
     except Exception as e:
         msg = "%s: %s" % (type(e).__name__, " ".join(str(e).split())[:300])
         if lineno == 0:
@@ -111,12 +118,12 @@ def iter_jsonl(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[
             yield dropped(source, lineno, "bad_record", "broken tail at line %d: %s" % (lineno, msg))
 
 
-def _not_text(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
+def _not_text(head: bytes) -> bool:
+    try:  # incremental: a character cut at the end of the sample is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return True
-    return control_share(line) >= BINARY_CONTROL_SHARE
+    return control_share(head) >= BINARY_CONTROL_SHARE
 
 
 def parquet_records(spark, files: Sequence[str], opts: IngestOptions):

@@ -408,12 +408,14 @@ mm.register_autograd(_mm_backward, setup_context=_mm_setup)
 
 
 def _linear_reference(x, weight, bias):
-    return torch.addmm(bias, x, weight.t())
+    return torch.addmm(bias, x[:, :weight.size(1)], weight.t())
 
 
 # x @ weight^T + bias as one op: the bias is added in the matmul's epilogue, and torch.compile
 # leaves it alone (inductor would split the add into a separate pass over the output when no
-# pointwise op follows, as for the qkv projection that feeds attention).
+# pointwise op follows, as for the qkv projection that feeds attention). x may be in the
+# ones-column layout (`with_ones`, wider than weight): the product uses its first K columns, and
+# backward takes the bias gradient from the weight-gradient matmul.
 linear = torch.library.custom_op("gpt::linear", _linear_reference, mutates_args=(),
                                  schema="(Tensor x, Tensor weight, Tensor bias) -> Tensor")
 
@@ -425,7 +427,7 @@ def _(x, weight, bias):
 
 @linear.register_kernel("cuda")
 def _(x, weight, bias):
-    return lt_mm(x.contiguous(), weight.contiguous(), False, True, _EPILOGUE_BIAS, bias=bias.contiguous())
+    return lt_mm(x[:, :weight.size(1)], weight, False, True, _EPILOGUE_BIAS, bias=bias.contiguous())
 
 
 def _linear_setup(ctx, inputs, output):
@@ -435,8 +437,12 @@ def _linear_setup(ctx, inputs, output):
 
 def _linear_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    # the bias gradient stays a traced sum, which inductor fuses with grad's producer
-    return mm(grad, weight, False, False), mm(grad, x, True, False), grad.sum(0)
+    K = weight.size(1)
+    if x.size(1) == K:
+        # the bias gradient stays a traced sum, which inductor fuses with grad's producer
+        return mm(grad, weight, False, False), mm(grad, x, True, False), grad.sum(0)
+    dw_aug = mm(grad, _grad_columns(x, weight), True, False)  # (N, K + 8): [dW | d bias | 0 ...]
+    return mm_padded(grad, weight, False, False, x.size(1)), dw_aug[:, :K], dw_aug[:, K]
 
 
 linear.register_autograd(_linear_backward, setup_context=_linear_setup)
@@ -496,26 +502,6 @@ def _mm_padded(a, b, trans_a, trans_b, width):
     return out
 
 
-def _linear_ones_reference(x, weight, bias):
-    return torch.addmm(bias, x[:, :weight.size(1)], weight.t())
-
-
-# x[:, :K] @ weight^T + bias for x in the ones-column layout; backward returns the input gradient
-# in x's padded shape and takes the bias gradient from the weight-gradient matmul.
-linear_ones = torch.library.custom_op("gpt::linear_ones", _linear_ones_reference, mutates_args=(),
-                                      schema="(Tensor x, Tensor weight, Tensor bias) -> Tensor")
-
-
-@linear_ones.register_fake
-def _(x, weight, bias):
-    return x.new_empty((x.size(0), weight.size(0)))
-
-
-@linear_ones.register_kernel("cuda")
-def _(x, weight, bias):
-    return lt_mm(x[:, :weight.size(1)], weight, False, True, _EPILOGUE_BIAS, bias=bias.contiguous())
-
-
 def _mm_padded_reference(a, b, trans_a, trans_b, width):
     return _pad_columns(_mm_reference(a, b, trans_a, trans_b), width)
 
@@ -535,27 +521,11 @@ def _(a, b, trans_a, trans_b, width):
     return _mm_padded(a, b, trans_a, trans_b, width)
 
 
-def _linear_ones_setup(ctx, inputs, output):
-    x, weight, _ = inputs
-    ctx.save_for_backward(x, weight)
-
-
-def _linear_ones_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    K = weight.size(1)
-    dw_aug = mm(grad, _grad_columns(x, weight), True, False)  # (N, K + 8): [dW | d bias | 0 ...]
-    return mm_padded(grad, weight, False, False, x.size(1)), dw_aug[:, :K], dw_aug[:, K]
-
-
-linear_ones.register_autograd(_linear_ones_backward, setup_context=_linear_ones_setup)
-
-
 def tuned_linear(x: torch.Tensor, module: torch.nn.Linear) -> torch.Tensor:
     """`module(x)` in bf16 through `linear` (autocast's F.linear, with tuned cuBLASLt matmuls)."""
     dt = torch.bfloat16
     shape = x.shape
-    op = linear_ones if shape[-1] == ones_width(module.in_features) else linear
-    y = op(x.reshape(-1, shape[-1]).to(dt), module.weight.to(dt), module.bias.to(dt))
+    y = linear(x.reshape(-1, shape[-1]).to(dt), module.weight.to(dt), module.bias.to(dt))
     return y.view(*shape[:-1], y.size(-1))
 
 
@@ -651,7 +621,7 @@ def _self_check(device: torch.device) -> bool:
     xa = with_ones(a).requires_grad_()
     wt = b.t().contiguous().bfloat16().requires_grad_()
     bb = bias.bfloat16().requires_grad_()
-    out = linear_ones(xa, wt, bb)
+    out = linear(xa, wt, bb)
     g = torch.randn(out.shape, generator=gen, device=device).bfloat16()
     out.backward(g)
     af, wf, gf = a.bfloat16().float(), wt.detach().float(), g.float()

@@ -1,51 +1,25 @@
-"""Session-3 experiment 6: ones column on/off, readback loop; kernel trace of the new default."""
-import json, os, statistics, sys
+"""Session-3 A/B: the default step with and without cuBLASLt's ones column (same process), plus a
+kernel trace of the step with it."""
+import json
+import os
+import sys
+
 sys.path.insert(0, "bench"); sys.path.insert(0, "bench/experiments"); sys.path.insert(0, ".")
-import torch
-import bench_train as bt
-from s3_profile import dump_trace
-from pipeline.gpt import train as tr
-from pipeline.gpt.data import DataLoader
-OUT = os.environ.get("OUT", "/tmp/exp_out")
-res = {}
+import bench_train as bt  # noqa: E402
+from s3_profile import OUT, default_step_ms  # noqa: E402
+
+
+def ones(setting):
+    def configure(raw):
+        for block in raw.transformer.h:
+            block.ones_column = setting
+    return configure
+
+
 glob_ = bt.make_shards("/tmp/bench_train_data")
-
-
-def variant(ones, trace):
-    from torch.profiler import ProfilerActivity, profile
-    args, run, raw, opt, model = bt.setup(glob_, "flash", 1, 0, 32, 1024)
-    for b in raw.transformer.h:
-        b.ones_column = None if ones else False
-    step_fn = bt.make_step("flash+compile+lt+graphs", args, run, raw, opt, model, 1)
-    batches = tr.batch_source(DataLoader(glob_, 32, 1024), run)
-    rb = tr.StepReadback(run)
-
-    def loop(n):
-        ts = []
-        for s in range(n):
-            rb.begin()
-            loss, norm = step_fn(batches, 6e-4)
-            d = rb.push(s, 6e-4, loss, norm)
-            batches.prefetch()
-            if d:
-                ts.append(d[4])
-        rb.drain()
-        return ts
-    loop(8)
-    out = [1000 * statistics.median(loop(30)[3:]) for _ in range(2)]
-    if trace:
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as p:
-            loop(4)
-            torch.cuda.synchronize()
-        dump_trace(p, "trace_new.json")
-    del args, run, raw, opt, model
-    bt.release()
-    return out
-
-
-res["ones_on"] = variant(True, True)
+res = {"ones_on": default_step_ms(glob_, ones(None), trace="trace_new.json")}
 print(res, flush=True)
-res["ones_off"] = variant(False, False)
+res["ones_off"] = default_step_ms(glob_, ones(False))
 print(res, flush=True)
-json.dump(res, open(os.path.join(OUT, "exp6.json"), "w"))
+with open(os.path.join(OUT, "exp6.json"), "w") as f:
+    json.dump(res, f)

@@ -65,6 +65,42 @@ def dump_trace(p, name):
     os.remove(path)
 
 
+def default_step_ms(glob_, configure=None, trace=None):
+    """Median step ms (two rounds of 30 steps) of the trainer's default B=32 step, timed as the
+    trainer times it; `configure(raw)` adjusts the model before compilation; `trace`: also write
+    a CUDA kernel trace of 4 steps under that name."""
+    from torch.profiler import ProfilerActivity, profile
+    args, run, raw, opt, model = bt.setup(glob_, "flash", 1, 0, 32, 1024)
+    if configure is not None:
+        configure(raw)
+    step_fn = bt.make_step("flash+compile+lt+graphs", args, run, raw, opt, model, 1)
+    batches = tr.batch_source(DataLoader(glob_, 32, 1024), run)
+    rb = tr.StepReadback(run)
+
+    def loop(n):
+        ts = []
+        for s in range(n):
+            rb.begin()
+            loss, norm = step_fn(batches, 6e-4)
+            d = rb.push(s, 6e-4, loss, norm)
+            batches.prefetch()
+            if d:
+                ts.append(d[4])
+        rb.drain()
+        return ts
+    loop(8)
+    out = [round(1000 * statistics.median(loop(30)[3:]), 3) for _ in range(2)]
+    if trace:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as p:
+            loop(4)
+            torch.cuda.synchronize()
+        dump_trace(p, trace)
+    del args, run, raw, opt, model
+    bt.release()
+    return out
+
+
 def loops(glob_):
     """Trainer loop (sync each step) vs one-step-behind loss read, same process; traces."""
     from torch.profiler import ProfilerActivity, profile

@@ -250,13 +250,16 @@ def lt_mm(a: torch.Tensor, b: torch.Tensor, trans_a: bool, trans_b: bool, epilog
     fallback = None
     if epilogue in (_EPILOGUE_DEFAULT, _EPILOGUE_BIAS):  # PyTorch's own choice competes too
         op_a, op_b = (a.t() if trans_a else a), (b.t() if trans_b else b)
-        if epilogue == _EPILOGUE_BIAS:
-            fallback = lambda: out.copy_(torch.addmm(bias, op_a, op_b))  # noqa: E731
+
+        def torch_product(dst=None):
+            if epilogue == _EPILOGUE_BIAS:
+                return torch.addmm(bias, op_a, op_b, out=dst)
+            return torch.mm(op_a, op_b, out=dst)
+        # in place into a contiguous out; a column slice of a wider buffer gets a copy
+        if out.is_contiguous():
+            fallback = lambda: torch_product(out)  # noqa: E731
         else:
-            fallback = lambda: out.copy_(torch.mm(op_a, op_b))  # noqa: E731
-        if out.is_contiguous():  # write in place (a strided out makes PyTorch copy anyway)
-            fallback = (lambda: torch.addmm(bias, op_a, op_b, out=out)) if epilogue == _EPILOGUE_BIAS \
-                else (lambda: torch.mm(op_a, op_b, out=out))  # noqa: E731
+            fallback = lambda: out.copy_(torch_product())  # noqa: E731
     _lt().matmul(_OP_T if trans_b else _OP_N, _OP_T if trans_a else _OP_N, epilogue,
                  b, (cb, rb, b.stride(0)), a, (ca, ra, a.stride(0)), out, (N, M, out.stride(0)),
                  bias, aux, fallback)

@@ -306,12 +306,13 @@ def _(x, weight, bias):
 def _mlp_forward_reference(x, w_fc, b_fc, w_proj, b_proj, epilogue):
     pre = torch.addmm(b_fc, x[:, :w_fc.size(1)], w_fc.t())
     h = _gelu_tanh(pre)
-    return torch.addmm(b_proj, h, w_proj.t()), h, pre
+    y = h @ w_proj.t() if b_proj is None else torch.addmm(b_proj, h, w_proj.t())
+    return y, h, pre
 
 
 mlp_forward = torch.library.custom_op(
     "gpt::mlp_forward", _mlp_forward_reference, mutates_args=(),
-    schema="(Tensor x, Tensor w_fc, Tensor b_fc, Tensor w_proj, Tensor b_proj, bool epilogue)"
+    schema="(Tensor x, Tensor w_fc, Tensor b_fc, Tensor w_proj, Tensor? b_proj, bool epilogue)"
            " -> (Tensor, Tensor, Tensor)")
 
 
@@ -326,6 +327,8 @@ def _(x, w_fc, b_fc, w_proj, b_proj, epilogue):
     if not epilogue:
         return _mlp_forward_reference(x, w_fc, b_fc, w_proj, b_proj, epilogue)
     h, pre = linear_gelu(x[:, :w_fc.size(1)], w_fc, b_fc)
+    if b_proj is None:
+        return lt_mm(h, w_proj.contiguous(), False, True, _EPILOGUE_DEFAULT), h, pre
     return lt_mm(h, w_proj.contiguous(), False, True, _EPILOGUE_BIAS, bias=b_proj.contiguous()), h, pre
 
 
@@ -524,11 +527,13 @@ def _(a, b, trans_a, trans_b, width):
     return _mm_padded(a, b, trans_a, trans_b, width)
 
 
-def tuned_linear(x: torch.Tensor, module: torch.nn.Linear) -> torch.Tensor:
-    """`module(x)` in bf16 through `linear` (autocast's F.linear, with tuned cuBLASLt matmuls)."""
+def tuned_linear(x: torch.Tensor, module: torch.nn.Linear, bias: bool = True) -> torch.Tensor:
+    """`module(x)` in bf16 through `linear` (autocast's F.linear, with tuned cuBLASLt matmuls);
+    `bias=False`: without the module's bias (the caller adds it, e.g. `residual_norm`)."""
     dt = torch.bfloat16
     shape = x.shape
-    y = linear(x.reshape(-1, shape[-1]).to(dt), module.weight.to(dt), module.bias.to(dt))
+    x2, w = x.reshape(-1, shape[-1]).to(dt), module.weight.to(dt)
+    y = linear(x2, w, module.bias.to(dt)) if bias else mm(x2[:, :w.size(1)], w, False, True)
     return y.view(*shape[:-1], y.size(-1))
 
 
@@ -540,6 +545,7 @@ class _FusedMLP(torch.autograd.Function):
         y, h, pre = mlp_forward(x, w_fc, b_fc, w_proj, b_proj, epilogue)
         ctx.save_for_backward(x, w_fc, w_proj, h, pre)
         ctx.epilogue = epilogue
+        ctx.no_proj_bias = b_proj is None
         return y
 
     @staticmethod
@@ -548,19 +554,22 @@ class _FusedMLP(torch.autograd.Function):
         dy = dy.contiguous()
         dx, dw_fc, dpre, dw_proj = mlp_backward(dy, x, w_fc, w_proj, h, pre, ctx.epilogue)
         K = w_fc.size(1)
+        d_b_proj = None if ctx.no_proj_bias else dy.sum(0)
         if x.size(1) > K:  # ones column: the bias gradient came out of the weight gradient
-            return dx, dw_fc[:, :K], dw_fc[:, K], dw_proj, dy.sum(0), None
-        return dx, dw_fc, dpre.sum(0), dw_proj, dy.sum(0), None
+            return dx, dw_fc[:, :K], dw_fc[:, K], dw_proj, d_b_proj, None
+        return dx, dw_fc, dpre.sum(0), dw_proj, d_b_proj, None
 
 
 def fused_mlp(x: torch.Tensor, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear,
-              epilogue: bool = True) -> torch.Tensor:
+              epilogue: bool = True, proj_bias: bool = True) -> torch.Tensor:
     """`c_proj(gelu_tanh(c_fc(x)))` in bf16, forward and backward each one op; with `epilogue`,
-    GELU runs inside cuBLASLt matmuls (CUDA, after `available()`). x: (..., C)."""
+    GELU runs inside cuBLASLt matmuls (CUDA, after `available()`). x: (..., C).
+    `proj_bias=False`: without c_proj's bias (the caller adds it, e.g. `residual_norm`)."""
     dt = torch.bfloat16
     shape = x.shape
     y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), c_fc.weight.to(dt), c_fc.bias.to(dt),
-                        c_proj.weight.to(dt), c_proj.bias.to(dt), bool(epilogue))
+                        c_proj.weight.to(dt), c_proj.bias.to(dt) if proj_bias else None,
+                        bool(epilogue))
     return y.view(*shape[:-1], y.size(-1))
 
 

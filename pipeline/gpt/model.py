@@ -72,7 +72,8 @@ class CausalSelfAttention(nn.Module):
         # bf16 training through pipeline.gpt.cublaslt's tuned matmuls (GPT.set_cublaslt)
         self.tuned = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, proj_bias: bool = True) -> torch.Tensor:
+        """proj_bias=False: c_proj without its bias (GPT's fused residual path adds it)."""
         B, T, C = x.shape[0], x.shape[1], self.n_embd  # x may carry cublaslt's ones column
         tuned = self.tuned and _bf16_training(x)
         if tuned:
@@ -87,7 +88,9 @@ class CausalSelfAttention(nn.Module):
             att = att.masked_fill(~self.causal_mask[:, :, :T, :T], float("-inf"))
             y = F.softmax(att.float(), dim=-1).to(q.dtype) @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return tuned_linear(y, self.c_proj) if tuned else self.c_proj(y)
+        if tuned:
+            return tuned_linear(y, self.c_proj, bias=proj_bias)
+        return self.c_proj(y) if proj_bias else F.linear(y, self.c_proj.weight)
 
 
 class MLP(nn.Module):
@@ -100,11 +103,13 @@ class MLP(nn.Module):
         # cuBLASLt epilogues (GPT.set_cublaslt)
         self.fused = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, proj_bias: bool = True) -> torch.Tensor:
+        """proj_bias=False: c_proj without its bias (GPT's fused residual path adds it)."""
         if self.fused and _bf16_training(x):
             from pipeline.gpt.cublaslt import fused_mlp
-            return fused_mlp(x, self.c_fc, self.c_proj)
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+            return fused_mlp(x, self.c_fc, self.c_proj, proj_bias=proj_bias)
+        h = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.c_proj(h) if proj_bias else F.linear(h, self.c_proj.weight)
 
 
 class Block(nn.Module):
@@ -147,6 +152,10 @@ class GPT(nn.Module):
         # forward pass): None = on CUDA only, True = always (tests on CPU), False = never.
         self.fused_loss = None
         self.tuned_head = False  # classifier matmuls through cublaslt.mm (set_cublaslt)
+        # Each residual add fused with the layernorm after it (`_blocks_fused_residual`), in
+        # cuBLASLt bf16 training: None = under torch.compile only, True = also eagerly (tests),
+        # False = never.
+        self.fused_residual = None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -204,12 +213,15 @@ class GPT(nn.Module):
             # Keep the residual stream in the autocast dtype (bf16), as llm.c's bf16 build does:
             # half the bytes for every residual add and layernorm read, forward and backward.
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        for block in self.transformer.h:
-            if self.recompute and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        x = self.transformer.ln_f(x)
+        if self._use_fused_residual(x):
+            x = self._blocks_fused_residual(x)
+        else:
+            for block in self.transformer.h:
+                if self.recompute and self.training:
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            x = self.transformer.ln_f(x)
         fused = self.fused_loss if self.fused_loss is not None else x.is_cuda
         if targets is not None and not return_logits and fused and torch.is_grad_enabled():
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size,
@@ -220,6 +232,30 @@ class GPT(nn.Module):
             loss = self.loss(logits, targets)
         # The padded rows are not real tokens: callers only ever see the real vocabulary.
         return (logits[..., :self.config.vocab_size] if return_logits else None), loss
+
+    def _use_fused_residual(self, x: torch.Tensor) -> bool:
+        wanted = torch.compiler.is_compiling() if self.fused_residual is None else self.fused_residual
+        return bool(wanted and self.tuned_head and not self.recompute and _bf16_training(x))
+
+    def _blocks_fused_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks and ln_f as `Block.forward` computes them, regrouped the way llm.c's
+        trainer runs them: each residual add and the layernorm that reads its result are one op
+        (`residual_norm`), which also adds the branch projection's bias, so the layernorms'
+        parameter gradients and those biases' gradients come out of one backward pass over the
+        rows. The add after block i's MLP feeds block i+1's ln_1 (ln_f after the last block)."""
+        from pipeline.gpt.cublaslt import ones_width
+        from pipeline.gpt.residual_norm import residual_norm
+        blocks = self.transformer.h
+        wide = ones_width(self.config.n_embd)  # cuBLASLt's ones-column layout for c_attn/c_fc
+        h = blocks[0]._normed(blocks[0].ln_1, x, True)
+        for i, block in enumerate(blocks):
+            x, h = residual_norm(x, block.attn(h, proj_bias=False), block.attn.c_proj.bias,
+                                 block.ln_2, wide)
+            last = i + 1 == len(blocks)
+            next_ln = self.transformer.ln_f if last else blocks[i + 1].ln_1
+            x, h = residual_norm(x, block.mlp(h, proj_bias=False), block.mlp.c_proj.bias,
+                                 next_ln, None if last else wide)
+        return h
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the real vocabulary, computed on the full padded width.

@@ -1,0 +1,146 @@
+"""The fused residual add + layernorm (`pipeline.gpt.residual_norm`): its reference math against
+PyTorch's own layernorm and autograd (CPU, float64), the model regrouped around it against the
+plain model, and the Triton kernels against the reference (CUDA only)."""
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipeline.gpt import residual_norm as rn  # noqa: E402
+from pipeline.gpt.cublaslt import ones_width  # noqa: E402
+from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _inputs(M=6, C=5, dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def r(*s, std=1.0, dt=dtype):
+        return (torch.randn(*s, generator=gen, device=device, dtype=torch.float32) * std).to(dt)
+    wdt = torch.float64 if dtype == torch.float64 else torch.float32
+    return (r(M, C), r(M, C, std=0.5), r(C, std=0.1, dt=wdt), 1 + r(C, std=0.1, dt=wdt),
+            r(C, std=0.1, dt=wdt))
+
+
+@pytest.mark.parametrize("width", [5, 64])
+def test_forward_is_residual_add_then_layer_norm(width):
+    x, y, bias, w, b = _inputs()
+    x_new, h, mean, rstd = rn.residual_norm_forward(x, y, bias, w, b, width, 1e-5)
+    s = x + y + bias
+    assert torch.allclose(x_new, s)
+    assert torch.allclose(h[:, :5], torch.nn.functional.layer_norm(s, (5,), w, b, 1e-5))
+    assert torch.allclose(mean, s.mean(1)) and torch.allclose(rstd, 1 / (s.var(1, unbiased=False) + 1e-5).sqrt())
+    if width > 5:  # cuBLASLt's ones column, then zeros
+        assert bool((h[:, 5] == 1).all()) and bool((h[:, 6:] == 0).all())
+
+
+@pytest.mark.parametrize("width", [5, 64])
+def test_gradients_match_autograd_of_the_unfused_ops(width):
+    """All five gradients (residual, branch, add's bias, layernorm weight and bias) through the
+    backward op, against autograd through x + y + bias and F.layer_norm; then gradcheck."""
+    leaves = [t.requires_grad_() for t in _inputs()]
+    x_new, h = rn.residual_norm_forward(*leaves, width, 1e-5)[:2]
+    gen = torch.Generator().manual_seed(1)
+    gx, gh = torch.randn(x_new.shape, generator=gen, dtype=x_new.dtype), torch.randn(h.shape, generator=gen, dtype=h.dtype)
+    got = torch.autograd.grad((x_new * gx).sum() + (h * gh).sum(), leaves)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    x, y, bias, w, b = ref_leaves
+    s = x + y + bias
+    ref_h = torch.nn.functional.layer_norm(s, (5,), w, b, 1e-5)
+    want = torch.autograd.grad((s * gx).sum() + (ref_h * gh[:, :5]).sum(), ref_leaves)
+    for g, e in zip(got, want):
+        assert torch.allclose(g, e)
+    assert torch.autograd.gradcheck(lambda *a: rn.residual_norm_forward(*a, width, 1e-5)[:2], tuple(leaves))
+
+
+def test_unused_outputs_need_no_gradient():
+    """Only the normalised output read (the last block's stream, which feeds only ln_f), or only
+    the residual stream read: the missing gradient counts as zero."""
+    leaves = [t.requires_grad_() for t in _inputs()]
+    assert torch.autograd.gradcheck(lambda *a: rn.residual_norm_forward(*a, 5, 1e-5)[1], tuple(leaves))
+    assert torch.autograd.gradcheck(lambda *a: rn.residual_norm_forward(*a, 5, 1e-5)[0], tuple(leaves))
+
+
+def _grads(model, x, y):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(x, y, return_logits=False)
+    loss.backward()
+    return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+
+def test_fused_residual_model_matches_plain_model(monkeypatch):
+    """The blocks regrouped around residual_norm (cuBLASLt ops on their CPU reference math): the
+    plain model's loss, and gradients at least as close to a float64 run of the same model as the
+    plain model's own bf16 gradients are (nonzero layernorm biases and projection biases, so that
+    every gradient is exercised)."""
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
+    plain.fused_loss = True
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+            elif isinstance(m, torch.nn.Linear) and m.bias is not None:
+                m.bias.normal_(0, 0.1)
+    exact = copy.deepcopy(plain).double()
+    fast = copy.deepcopy(plain)
+    fast.set_cublaslt(True)
+    fast.fused_residual = True
+    calls = []
+    real = rn.residual_norm_forward
+    monkeypatch.setattr(rn, "residual_norm_forward", lambda *a: calls.append(a[5]) or real(*a))
+    x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
+    loss_plain, g_plain = _grads(plain, x, y)
+    loss_fast, g_fast = _grads(fast, x, y)
+    assert calls == [ones_width(32)] * 3 + [32]  # ln_2, ln_1 of block 1, ln_2, then ln_f (plain)
+    _, loss_exact = exact(x, y, return_logits=False)
+    loss_exact.backward()
+    assert abs(loss_fast - loss_plain) < 2e-3 and abs(loss_fast - loss_exact.item()) < 2e-3
+    for name, p in exact.named_parameters():
+        want = p.grad.float()
+        err_fast = ((g_fast[name] - want).norm() / want.norm()).item()
+        err_plain = ((g_plain[name] - want).norm() / want.norm()).item()
+        assert err_fast < max(1.5 * err_plain, 5e-3), (name, err_fast, err_plain)
+
+
+def test_fused_residual_only_in_cublaslt_bf16_training():
+    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model.fused_residual = True
+    x = torch.zeros(1, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not model._use_fused_residual(x)  # cuBLASLt path off
+        model.set_cublaslt(True)
+        assert model._use_fused_residual(x)
+        with torch.no_grad():
+            assert not model._use_fused_residual(x)  # evaluation: the plain blocks
+    assert not model._use_fused_residual(x)  # no bf16 autocast
+    model.recompute = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not model._use_fused_residual(x)
+
+
+@cuda
+@pytest.mark.parametrize("width,with_gx", [(832, True), (768, False)])
+def test_triton_kernels_match_reference(width, with_gx):
+    """d12's width, bf16 activations and float32 parameters, a row count that leaves the last
+    program's rows partly empty."""
+    x, y, bias, w, b = _inputs(M=1000, C=768, dtype=torch.bfloat16, device="cuda")
+    got = rn.residual_norm_forward(x, y, bias, w, b, width, 1e-5)
+    want = rn._forward_reference(x, y, bias, w, b, width, 1e-5)
+    assert torch.equal(got[0], want[0])
+    assert (got[1].float() - want[1].float()).abs().max().item() <= 0.02  # one bf16 rounding
+    for g, e in zip(got[2:], want[2:]):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+    x_new, h, mean, rstd = got
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    gx = torch.randn(x.shape, generator=gen, device="cuda").bfloat16() if with_gx else None
+    gh = torch.randn(h.shape, generator=gen, device="cuda").bfloat16()
+    got = rn.residual_norm_backward(gx, gh, x_new, mean, rstd, w)
+    want = rn._backward_reference(gx, gh, x_new, mean, rstd, w)
+    assert got[0].dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in got[1:])
+    for g, e in zip(got, want):
+        assert ((g.float() - e.float()).norm() / e.float().norm()).item() < 5e-3

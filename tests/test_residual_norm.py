@@ -107,6 +107,29 @@ def test_fused_residual_model_matches_plain_model(monkeypatch):
         assert err_fast < max(1.5 * err_plain, 5e-3), (name, err_fast, err_plain)
 
 
+def test_compiled_model_takes_the_fused_path():
+    """Under torch.compile (where `fused_residual=None` turns it on) the compiled backward wires
+    the ops as eager autograd does: every gradient behind the first residual add equals the eager
+    fused model's (the ops run their reference math on CPU in both); the plain path would differ
+    by bf16 rounding (~1e-2). Before it, inductor's own layernorm (block 0's ln_1) and embedding."""
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
+    base.fused_loss = True
+    base.set_cublaslt(True)
+    eager = copy.deepcopy(base)
+    eager.fused_residual = True
+    compiled = copy.deepcopy(base)
+    assert compiled.fused_residual is None
+    x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
+    loss_eager, g_eager = _grads(eager, x, y)
+    loss_compiled, _ = _grads(torch.compile(compiled), x, y)
+    assert abs(loss_eager - loss_compiled) < 1e-4
+    for name, p in compiled.named_parameters():
+        err = ((p.grad.float() - g_eager[name]).norm() / g_eager[name].norm()).item()
+        first = name.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.ln_1"))
+        assert err < (2e-2 if first else 1e-6), (name, err)
+
+
 def test_fused_residual_only_in_cublaslt_bf16_training():
     model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
     model.fused_residual = True

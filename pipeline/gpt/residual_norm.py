@@ -135,6 +135,7 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, ln: torc
 # H100 with bench/experiments/s4_residual_norm.py.
 FORWARD_LAUNCH = dict(ROWS=2, num_warps=4)
 BACKWARD_LAUNCH = dict(ROWS=4, num_warps=4, per_sm=2)
+SUM_LAUNCH = dict(BLOCK_P=64, BLOCK_N=64, num_warps=4)  # many small programs: a few KB of partials each
 
 
 @functools.lru_cache(maxsize=None)
@@ -281,9 +282,8 @@ def _backward_triton(g_x, g_h, x_new, mean, rstd, weight, programs=None):
                                  HAS_GX=g_x is not None, BLOCK_C=triton.next_power_of_2(C),
                                  ROWS=rows, **launch)
     d_bias, d_weight, d_ln_bias = (weight.new_empty((C,)) for _ in range(3))
-    block_n = 64  # many small programs: each sums a few kilobytes of partials
-    sum_partials_kernel[(3, triton.cdiv(C, block_n))](partial, d_bias, d_weight, d_ln_bias, programs, C,
-                                                      BLOCK_P=64, BLOCK_N=block_n, num_warps=4)
+    sum_partials_kernel[(3, triton.cdiv(C, SUM_LAUNCH["BLOCK_N"]))](
+        partial, d_bias, d_weight, d_ln_bias, programs, C, **SUM_LAUNCH)
     return g, d_bias, d_weight, d_ln_bias
 
 

@@ -71,11 +71,12 @@ def _grads(model, x, y):
     return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
 
 
-def test_fused_residual_model_matches_plain_model(monkeypatch):
-    """The blocks regrouped around residual_norm (cuBLASLt ops on their CPU reference math): the
-    plain model's loss, and gradients at least as close to a float64 run of the same model as the
-    plain model's own bf16 gradients are (nonzero layernorm biases and projection biases, so that
-    every gradient is exercised)."""
+@pytest.mark.parametrize("ones_column", [None, False])
+def test_fused_residual_model_matches_plain_model(monkeypatch, ones_column):
+    """The blocks regrouped around residual_norm (cuBLASLt ops on their CPU reference math), in the
+    ones-column layout and without it: the plain model's loss, and gradients at least as close to
+    a float64 run of the same model as the plain model's own bf16 gradients are (nonzero layernorm
+    biases and projection biases, so that every gradient is exercised)."""
     torch.manual_seed(0)
     plain = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
     plain.fused_loss = True
@@ -90,13 +91,16 @@ def test_fused_residual_model_matches_plain_model(monkeypatch):
     fast = copy.deepcopy(plain)
     fast.set_cublaslt(True)
     fast.fused_residual = True
+    for block in fast.transformer.h:
+        block.ones_column = ones_column  # False: the plain layout for every matmul input
     calls = []
     real = rn.residual_norm_forward
     monkeypatch.setattr(rn, "residual_norm_forward", lambda *a: calls.append(a[5]) or real(*a))
     x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
     loss_plain, g_plain = _grads(plain, x, y)
     loss_fast, g_fast = _grads(fast, x, y)
-    assert calls == [ones_width(32)] * 3 + [32]  # ln_2, ln_1 of block 1, ln_2, then ln_f (plain)
+    wide = 32 if ones_column is False else ones_width(32)
+    assert calls == [wide] * 3 + [32]  # ln_2, ln_1 of block 1, ln_2, then ln_f (plain)
     _, loss_exact = exact(x, y, return_logits=False)
     loss_exact.backward()
     assert abs(loss_fast - loss_plain) < 2e-3 and abs(loss_fast - loss_exact.item()) < 2e-3

@@ -245,16 +245,18 @@ class GPT(nn.Module):
         rows. The add after block i's MLP feeds block i+1's ln_1 (ln_f after the last block)."""
         from pipeline.gpt.cublaslt import ones_width
         from pipeline.gpt.residual_norm import residual_norm
+
+        def width(block):  # cuBLASLt's ones-column layout for c_attn/c_fc unless switched off
+            return None if block.ones_column is False else ones_width(self.config.n_embd)
         blocks = self.transformer.h
-        wide = ones_width(self.config.n_embd)  # cuBLASLt's ones-column layout for c_attn/c_fc
         h = blocks[0]._normed(blocks[0].ln_1, x, True)
         for i, block in enumerate(blocks):
             x, h = residual_norm(x, block.attn(h, proj_bias=False), block.attn.c_proj.bias,
-                                 block.ln_2, wide)
+                                 block.ln_2, width(block))
             last = i + 1 == len(blocks)
             next_ln = self.transformer.ln_f if last else blocks[i + 1].ln_1
             x, h = residual_norm(x, block.mlp(h, proj_bias=False), block.mlp.c_proj.bias,
-                                 next_ln, None if last else wide)
+                                 next_ln, None if last else width(blocks[i + 1]))
         return h
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -65,10 +65,11 @@ def dump_trace(p, name):
     os.remove(path)
 
 
-def default_step_ms(glob_, configure=None, trace=None):
+def default_step_ms(glob_, configure=None, trace=None, after=None):
     """Median step ms (two rounds of 30 steps) of the trainer's default B=32 step, timed as the
     trainer times it; `configure(raw)` adjusts the model before compilation; `trace`: also write
-    a CUDA kernel trace of 4 steps under that name."""
+    a CUDA kernel trace of 4 steps under that name; `after(loop)`: called with the step loop
+    (`loop(n)` runs n steps, returns their times in s) before the model is released."""
     from torch.profiler import ProfilerActivity, profile
     args, run, raw, opt, model = bt.setup(glob_, "flash", 1, 0, 32, 1024)
     if configure is not None:
@@ -96,6 +97,8 @@ def default_step_ms(glob_, configure=None, trace=None):
             loop(4)
             torch.cuda.synchronize()
         dump_trace(p, trace)
+    if after is not None:
+        after(loop)
     del args, run, raw, opt, model
     bt.release()
     return out

@@ -57,6 +57,30 @@ __device__ __forceinline__ unsigned int word_grad(unsigned int w, int col, int v
     return to_bf16(lo) | (to_bf16(hi) << 16);
 }
 
+// The same over one 16-byte vector (8 bf16, columns col..col+7).
+__device__ __forceinline__ float vec_max(uint4 v, int col, int vocab, float m) {
+    m = word_max(v.x, col, vocab, m);
+    m = word_max(v.y, col + 2, vocab, m);
+    m = word_max(v.z, col + 4, vocab, m);
+    return word_max(v.w, col + 6, vocab, m);
+}
+
+__device__ __forceinline__ float vec_sum(uint4 v, int col, int vocab, float m, float s) {
+    s = word_sum(v.x, col, vocab, m, s);
+    s = word_sum(v.y, col + 2, vocab, m, s);
+    s = word_sum(v.z, col + 4, vocab, m, s);
+    return word_sum(v.w, col + 6, vocab, m, s);
+}
+
+__device__ __forceinline__ uint4 vec_grad(uint4 v, int col, int vocab, float lse, long long target) {
+    uint4 g;
+    g.x = word_grad(v.x, col, vocab, lse, target);
+    g.y = word_grad(v.y, col + 2, vocab, lse, target);
+    g.z = word_grad(v.z, col + 4, vocab, lse, target);
+    g.w = word_grad(v.w, col + 6, vocab, lse, target);
+    return g;
+}
+
 template <bool IS_MAX>
 __device__ __forceinline__ float block_reduce(float v, float* scratch) {
     for (int o = 16; o > 0; o >>= 1) {
@@ -94,38 +118,18 @@ ce_one_read(unsigned short* logits, const long long* targets, float* losses, int
         v[i] = idx < nvec ? vecs[idx] : make_uint4(0u, 0u, 0u, 0u);
     }
 #pragma unroll
-    for (int i = 0; i < VEC; i++) {
-        const int col = (threadIdx.x + i * THREADS) * 8;
-        m = word_max(v[i].x, col, vocab, m);
-        m = word_max(v[i].y, col + 2, vocab, m);
-        m = word_max(v[i].z, col + 4, vocab, m);
-        m = word_max(v[i].w, col + 6, vocab, m);
-    }
+    for (int i = 0; i < VEC; i++) m = vec_max(v[i], (threadIdx.x + i * THREADS) * 8, vocab, m);
     m = block_reduce<true>(m, scratch_max);
     float s = 0.0f;
 #pragma unroll
-    for (int i = 0; i < VEC; i++) {
-        const int col = (threadIdx.x + i * THREADS) * 8;
-        s = word_sum(v[i].x, col, vocab, m, s);
-        s = word_sum(v[i].y, col + 2, vocab, m, s);
-        s = word_sum(v[i].z, col + 4, vocab, m, s);
-        s = word_sum(v[i].w, col + 6, vocab, m, s);
-    }
+    for (int i = 0; i < VEC; i++) s = vec_sum(v[i], (threadIdx.x + i * THREADS) * 8, vocab, m, s);
     s = block_reduce<false>(s, scratch_sum);
     const float lse = m + __logf(s);
     if (threadIdx.x == 0) losses[row] = lse - x_target;
 #pragma unroll
     for (int i = 0; i < VEC; i++) {
         const int idx = threadIdx.x + i * THREADS;
-        const int col = idx * 8;
-        if (idx < nvec) {
-            uint4 g;
-            g.x = word_grad(v[i].x, col, vocab, lse, target);
-            g.y = word_grad(v[i].y, col + 2, vocab, lse, target);
-            g.z = word_grad(v[i].z, col + 4, vocab, lse, target);
-            g.w = word_grad(v[i].w, col + 6, vocab, lse, target);
-            vecs[idx] = g;
-        }
+        if (idx < nvec) vecs[idx] = vec_grad(v[i], idx * 8, vocab, lse, target);
     }
 }
 
@@ -145,35 +149,15 @@ ce_one_read_smem(unsigned short* logits, const long long* targets, float* losses
     for (int idx = threadIdx.x; idx < nvec; idx += THREADS) {
         const uint4 v = vecs[idx];
         row_s[idx] = v;
-        const int col = idx * 8;
-        m = word_max(v.x, col, vocab, m);
-        m = word_max(v.y, col + 2, vocab, m);
-        m = word_max(v.z, col + 4, vocab, m);
-        m = word_max(v.w, col + 6, vocab, m);
+        m = vec_max(v, idx * 8, vocab, m);
     }
     m = block_reduce<true>(m, scratch_max);  // its barrier also publishes row_s
     float s = 0.0f;
-    for (int idx = threadIdx.x; idx < nvec; idx += THREADS) {
-        const uint4 v = row_s[idx];
-        const int col = idx * 8;
-        s = word_sum(v.x, col, vocab, m, s);
-        s = word_sum(v.y, col + 2, vocab, m, s);
-        s = word_sum(v.z, col + 4, vocab, m, s);
-        s = word_sum(v.w, col + 6, vocab, m, s);
-    }
+    for (int idx = threadIdx.x; idx < nvec; idx += THREADS) s = vec_sum(row_s[idx], idx * 8, vocab, m, s);
     s = block_reduce<false>(s, scratch_sum);
     const float lse = m + __logf(s);
     if (threadIdx.x == 0) losses[row] = lse - x_target;
-    for (int idx = threadIdx.x; idx < nvec; idx += THREADS) {
-        const uint4 v = row_s[idx];
-        const int col = idx * 8;
-        uint4 g;
-        g.x = word_grad(v.x, col, vocab, lse, target);
-        g.y = word_grad(v.y, col + 2, vocab, lse, target);
-        g.z = word_grad(v.z, col + 4, vocab, lse, target);
-        g.w = word_grad(v.w, col + 6, vocab, lse, target);
-        vecs[idx] = g;
-    }
+    for (int idx = threadIdx.x; idx < nvec; idx += THREADS) vecs[idx] = vec_grad(row_s[idx], idx * 8, vocab, lse, target);
 }
 """
 

@@ -31,20 +31,25 @@ def set_knob(name, value):
     return old
 
 
-glob_ = bt.make_shards("/tmp/bench_train_data")
-order = sys.argv[1].split(",") if len(sys.argv) > 1 else ["baseline", "combo_kernels", "no_mix_order",
-                                                         "coordinate_descent", "baseline"]
-res = {}
-for name in order:
-    olds = {k: set_knob(k, v) for k, v in KNOBS[name].items()}
-    t0 = time.time()
-    try:
-        ms = default_step_ms(glob_)
-    except Exception as e:  # noqa: BLE001
-        ms = repr(e)[:400]
-    res.setdefault(name, []).append(dict(step_ms=ms, seconds=round(time.time() - t0, 1)))
-    for k, v in olds.items():
-        set_knob(k, v)
-    print(name, res[name][-1], flush=True)
-    with open(os.path.join(OUT, "knobs.json"), "w") as f:
-        json.dump(res, f, indent=1)
+def main():
+    glob_ = bt.make_shards("/tmp/bench_train_data")
+    order = sys.argv[1].split(",") if len(sys.argv) > 1 else ["baseline", "combo_kernels", "no_mix_order",
+                                                             "coordinate_descent", "baseline"]
+    res = {}
+    for name in order:
+        olds = {k: set_knob(k, v) for k, v in KNOBS[name].items()}
+        t0 = time.time()
+        try:
+            ms = default_step_ms(glob_)
+        except Exception as e:  # noqa: BLE001
+            ms = repr(e)[:400]
+        res.setdefault(name, []).append(dict(step_ms=ms, seconds=round(time.time() - t0, 1)))
+        for k, v in olds.items():
+            set_knob(k, v)
+        print(name, res[name][-1], flush=True)
+        with open(os.path.join(OUT, "knobs.json"), "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Session-4 probe of the default training step (H100): what the GPU machine offers (libraries
-that could replace a kernel), the kernel-time table of the default B=32 step, the matmul tuning
-table with achieved TFLOP/s, and per-kernel-family totals. JSON and text land in $OUT."""
+that could replace a kernel), the kernel-time table of the default B=32 step with per-family
+totals and a kernel timeline, and the matmul tuning table. JSON and text land in $OUT."""
 import json
 import os
 import re
@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 sys.path.insert(0, "bench")
+sys.path.insert(0, "bench/experiments")
 sys.path.insert(0, ".")
 import torch  # noqa: E402
 
 import bench_train as bt  # noqa: E402
-from pipeline.gpt import train as tr  # noqa: E402
-from pipeline.gpt.data import DataLoader  # noqa: E402
+from s3_profile import default_step_ms  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp/exp_out")
 os.makedirs(OUT, exist_ok=True)
@@ -56,60 +56,38 @@ def family(name):
 
 
 def profile_default(glob_, configure=None, tag=""):
+    """The default step's median ms (s3_profile.default_step_ms), then 4 profiled steps: kernel
+    table, per-family totals, a kernel timeline (timeline<tag>.txt) and the matmul tuning table."""
     from torch.profiler import ProfilerActivity, profile
-    args, run, raw, opt, model = bt.setup(glob_, "flash", 1, 0, 32, 1024)
-    if configure is not None:
-        configure(raw)
-    step_fn = bt.make_step("flash+compile+lt+graphs", args, run, raw, opt, model, 1)
-    batches = tr.batch_source(DataLoader(glob_, 32, 1024), run)
-    rb = tr.StepReadback(run)
+    out = {}
 
-    def loop(n):
-        ts = []
-        for s in range(n):
-            rb.begin()
-            loss, norm = step_fn(batches, 6e-4)
-            d = rb.push(s, 6e-4, loss, norm)
-            batches.prefetch()
-            if d:
-                ts.append(d[4])
-        rb.drain()
-        return ts
-    loop(8)
-    step_s = sorted(loop(30)[3:])
-    steps = 4
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as p:
-        loop(steps)
+    def inspect(loop, steps=4):
         torch.cuda.synchronize()
-    trace = os.path.join(OUT, "trace%s.json" % tag)
-    p.export_chrome_trace(trace)
-    timeline = [(e["ts"], e.get("dur", 0), e["name"][:90]) for e in json.load(open(trace))["traceEvents"]
-                if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")]
-    os.remove(trace)
-    timeline.sort()
-    with open(os.path.join(OUT, "timeline%s.txt" % tag), "w") as f:
-        t0 = timeline[0][0]
-        prev_end = t0
-        for ts, dur, name in timeline:
-            f.write("%10.1f %8.1f gap %6.1f  %s\n" % (ts - t0, dur, ts - prev_end, name))
-            prev_end = max(prev_end, ts + dur)
-    rows = []
-    for e in p.key_averages():
-        if e.self_device_time_total <= 0:
-            continue
-        rows.append(dict(name=e.key[:160], calls=e.count // steps,
-                         ms=round(e.self_device_time_total / steps / 1000, 4)))
-    rows.sort(key=lambda r: -r["ms"])
-    fams = {}
-    for r in rows:
-        f = family(r["name"])
-        fams[f] = round(fams.get(f, 0) + r["ms"], 3)
-    tuning = bt.tuning_report()
-    del args, run, raw, opt, model
-    bt.release()
-    return dict(step_ms_median=round(1000 * step_s[len(step_s) // 2], 3), kernels=rows, families=fams,
-                kernel_ms=round(sum(r["ms"] for r in rows), 3), tuning=tuning)
+        with profile(activities=[ProfilerActivity.CUDA]) as p:
+            loop(steps)
+            torch.cuda.synchronize()
+        trace = os.path.join(OUT, "trace%s.json" % tag)
+        p.export_chrome_trace(trace)
+        timeline = [(e["ts"], e.get("dur", 0), e["name"][:90]) for e in json.load(open(trace))["traceEvents"]
+                    if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")]
+        os.remove(trace)
+        timeline.sort()
+        with open(os.path.join(OUT, "timeline%s.txt" % tag), "w") as f:
+            prev_end = t0 = timeline[0][0]
+            for ts, dur, name in timeline:
+                f.write("%10.1f %8.1f gap %6.1f  %s\n" % (ts - t0, dur, ts - prev_end, name))
+                prev_end = max(prev_end, ts + dur)
+        rows = [dict(name=e.key[:160], calls=e.count // steps, ms=round(e.self_device_time_total / steps / 1000, 4))
+                for e in p.key_averages() if e.self_device_time_total > 0]
+        rows.sort(key=lambda r: -r["ms"])
+        fams = {}
+        for r in rows:
+            fams[family(r["name"])] = round(fams.get(family(r["name"]), 0) + r["ms"], 3)
+        out.update(kernels=rows, families=fams, kernel_ms=round(sum(r["ms"] for r in rows), 3),
+                   tuning=bt.tuning_report())
+    medians = default_step_ms(glob_, configure, after=inspect)
+    out["step_ms_median"] = min(medians)
+    return out
 
 
 def main():

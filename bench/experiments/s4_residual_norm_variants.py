@@ -8,6 +8,9 @@ per SM, each waiting for its loads every step):
 - `deferred`: the three column sums accumulate per (row slot, column) and are reduced over the
   rows once at the end, instead of a cross-warp reduction (a barrier) every step.
 
+Both restate the production kernel's row math on purpose (as helper functions, so that the two
+variants share it); whichever wins replaces the production kernel's loop.
+
 Each is timed (CUDA graphs, `graph_ms`) over launch shapes next to the production kernel, with
 its errors against the reference math. `--interpret` checks the variants on small CPU tensors in
 Triton's interpreter (TRITON_INTERPRET=1; no GPU)."""

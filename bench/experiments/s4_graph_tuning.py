@@ -13,7 +13,6 @@ import os
 import sys
 
 sys.path.insert(0, "bench"); sys.path.insert(0, "bench/experiments"); sys.path.insert(0, ".")
-import torch  # noqa: E402
 
 import bench_train as bt  # noqa: E402
 from pipeline.gpt import cublaslt  # noqa: E402

@@ -65,6 +65,18 @@ def dump_trace(p, name):
     os.remove(path)
 
 
+def loss_problem(n=32768, V=50304, vocab=50257):
+    """The classifier loss kernel's input at B=32, T=1024 (random bf16 logits, std 4, and targets)
+    and its reference result: (logits, targets, reference gradient, reference losses)."""
+    from pipeline.gpt import model as gm
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    src = (4 * torch.randn(n, V, device="cuda", generator=gen)).bfloat16()
+    targets = torch.randint(0, vocab, (n,), device="cuda", generator=gen)
+    ref = src.clone()
+    ref_losses = gm._cross_entropy_grad_reference(ref, targets, vocab)
+    return src, targets, ref, ref_losses
+
+
 def default_step_ms(glob_, configure=None, trace=None, after=None):
     """Median step ms (two rounds of 30 steps) of the trainer's default B=32 step, timed as the
     trainer times it; `configure(raw)` adjusts the model before compilation; `trace`: also write

@@ -81,6 +81,23 @@ __device__ __forceinline__ uint4 vec_grad(uint4 v, int col, int vocab, float lse
     return g;
 }
 
+// What both kernels need first: the row as 16-byte vectors, its target, and the target's logit
+// (read before any thread overwrites the row: the writes come after two block barriers).
+struct Row {
+    uint4* vecs;
+    long long target;
+    float x_target;
+};
+
+__device__ __forceinline__ Row row_setup(unsigned short* logits, const long long* targets, int width) {
+    const long long row = blockIdx.x;
+    Row r;
+    r.vecs = reinterpret_cast<uint4*>(logits + row * width);
+    r.target = targets[row];
+    r.x_target = __uint_as_float(((unsigned int)logits[row * width + r.target]) << 16);
+    return r;
+}
+
 template <bool IS_MAX>
 __device__ __forceinline__ float block_reduce(float v, float* scratch) {
     for (int o = 16; o > 0; o >>= 1) {
@@ -105,11 +122,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 ce_one_read(unsigned short* logits, const long long* targets, float* losses, int width, int vocab) {
     __shared__ float scratch_max[32];
     __shared__ float scratch_sum[32];
-    const long long row = blockIdx.x;
-    uint4* vecs = reinterpret_cast<uint4*>(logits + row * width);
+    const Row r = row_setup(logits, targets, width);
+    uint4* vecs = r.vecs;
+    const long long target = r.target;
     const int nvec = width >> 3;
-    const long long target = targets[row];
-    const float x_target = __uint_as_float(((unsigned int)logits[row * width + target]) << 16);
     uint4 v[VEC];
     float m = NEG_INF;
 #pragma unroll
@@ -125,7 +141,7 @@ ce_one_read(unsigned short* logits, const long long* targets, float* losses, int
     for (int i = 0; i < VEC; i++) s = vec_sum(v[i], (threadIdx.x + i * THREADS) * 8, vocab, m, s);
     s = block_reduce<false>(s, scratch_sum);
     const float lse = m + __logf(s);
-    if (threadIdx.x == 0) losses[row] = lse - x_target;
+    if (threadIdx.x == 0) losses[blockIdx.x] = lse - r.x_target;
 #pragma unroll
     for (int i = 0; i < VEC; i++) {
         const int idx = threadIdx.x + i * THREADS;
@@ -140,11 +156,10 @@ ce_one_read_smem(unsigned short* logits, const long long* targets, float* losses
     extern __shared__ uint4 row_s[];
     __shared__ float scratch_max[32];
     __shared__ float scratch_sum[32];
-    const long long row = blockIdx.x;
-    uint4* vecs = reinterpret_cast<uint4*>(logits + row * width);
+    const Row r = row_setup(logits, targets, width);
+    uint4* vecs = r.vecs;
+    const long long target = r.target;
     const int nvec = width >> 3;
-    const long long target = targets[row];
-    const float x_target = __uint_as_float(((unsigned int)logits[row * width + target]) << 16);
     float m = NEG_INF;
     for (int idx = threadIdx.x; idx < nvec; idx += THREADS) {
         const uint4 v = vecs[idx];
@@ -156,7 +171,7 @@ ce_one_read_smem(unsigned short* logits, const long long* targets, float* losses
     for (int idx = threadIdx.x; idx < nvec; idx += THREADS) s = vec_sum(row_s[idx], idx * 8, vocab, m, s);
     s = block_reduce<false>(s, scratch_sum);
     const float lse = m + __logf(s);
-    if (threadIdx.x == 0) losses[row] = lse - x_target;
+    if (threadIdx.x == 0) losses[blockIdx.x] = lse - r.x_target;
     for (int idx = threadIdx.x; idx < nvec; idx += THREADS) vecs[idx] = vec_grad(row_s[idx], idx * 8, vocab, lse, target);
 }
 """
@@ -274,14 +289,10 @@ def compile_only(width=50304, arch=90):
 def main(n=32768, V=50304, vocab=50257):
     import torch
     from pipeline.gpt import model as gm
-    from s3_profile import graph_ms
+    from s3_profile import graph_ms, loss_problem
     os.makedirs(OUT, exist_ok=True)
     major, minor = torch.cuda.get_device_capability()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    src = (4 * torch.randn(n, V, device="cuda", generator=gen)).bfloat16()
-    t = torch.randint(0, vocab, (n,), device="cuda", generator=gen)
-    ref = src.clone()
-    ref_l = gm._cross_entropy_grad_reference(ref, t, vocab)
+    src, t, ref, ref_l = loss_problem(n, V, vocab)
     work = src.clone()
     prod = src.clone()
     prod_l = gm.cross_entropy_grad_(prod, t, vocab)

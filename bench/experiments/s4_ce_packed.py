@@ -11,6 +11,7 @@ import sys
 import traceback
 
 sys.path.insert(0, "bench")
+sys.path.insert(0, "bench/experiments")
 sys.path.insert(0, ".")
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -18,6 +19,7 @@ import triton.language as tl  # noqa: E402
 
 import bench_train as bt  # noqa: E402
 from pipeline.gpt import model as gm  # noqa: E402
+from s3_profile import loss_problem  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp/exp_out")
 os.makedirs(OUT, exist_ok=True)
@@ -74,11 +76,7 @@ def run_packed(logits, targets, losses, vocab, warps, pure, programs=None):
 
 
 def main(n=32768, V=50304, vocab=50257):
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    src = (4 * torch.randn(n, V, device="cuda", generator=gen)).bfloat16()
-    t = torch.randint(0, vocab, (n,), device="cuda", generator=gen)
-    ref = src.clone()
-    ref_l = gm.cross_entropy_grad_(ref, t, vocab)
+    src, t, ref, ref_l = loss_problem(n, V, vocab)
     work = src.clone()
     out = {"current_ms": bt.cuda_ms(lambda: gm.cross_entropy_grad_(work, t, vocab), 20),
            "floor_1r1w_ms": 2 * n * V * 2 / 3.35e12 * 1e3}
@@ -95,7 +93,6 @@ def main(n=32768, V=50304, vocab=50257):
             err_l = (losses - ref_l).abs().max().item()
             err_g = (g.float() - ref.float()).abs().max().item()
             ms = bt.cuda_ms(lambda: run_packed(g, t, losses, vocab, warps, pure, programs), 20)
-            k = ce_packed_kernel.cache[0] if hasattr(ce_packed_kernel, "cache") else None
             out[name] = dict(ms=ms, loss_err=err_l, grad_err=err_g)
             try:  # register use / spills of the compiled variant
                 for dev_cache in ce_packed_kernel.device_caches.values():
@@ -104,7 +101,6 @@ def main(n=32768, V=50304, vocab=50257):
                             n_regs=kern.n_regs, n_spills=kern.n_spills)
             except Exception:  # noqa: BLE001
                 pass
-            del k
         except Exception:  # noqa: BLE001
             out[name] = dict(error=traceback.format_exc()[-800:])
         print(name, out[name], flush=True)

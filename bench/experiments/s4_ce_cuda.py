@@ -201,13 +201,14 @@ def nvrtc_lib():
     return _load(["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"], patterns)
 
 
-def compile_cubin(threads, width, arch, verbose=False, min_blocks=1):
-    """CUBIN bytes of SOURCE for one (threads, width) and an sm_XY architecture; ptxas log."""
+def compile_cubin(threads, width, arch, verbose=False, min_blocks=1, source=None):
+    """CUBIN bytes of `source` (default SOURCE) for one (threads, width) and an sm_XY architecture;
+    ptxas log."""
     lib = nvrtc_lib()
     vec = -(-(width // 8) // threads)
     prog = ctypes.c_void_p()
     src = ("#define THREADS %d\n#define VEC %d\n#define MIN_BLOCKS %d\n" % (threads, vec, min_blocks)
-           + SOURCE).encode()
+           + (SOURCE if source is None else source)).encode()
     err = lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"ce_one_read.cu", 0, None, None)
     assert err == 0, "nvrtcCreateProgram %d" % err
     opts = [("--gpu-architecture=sm_%d" % arch).encode(), b"-std=c++17", b"--dopt=on"]

@@ -144,8 +144,8 @@ class _CublasLt:
 
         The heuristic's first answer is often not the fastest kernel, so the first call of each
         problem times every candidate it offers, and `fallback` (the same product through
-        PyTorch, writing d) where there is one, once, a few ms, and keeps the fastest; a first
-        call during CUDA-graph capture takes the heuristic's first."""
+        PyTorch, writing d) where there is one, once (`_tune`: tens of ms), and keeps the fastest;
+        a first call during CUDA-graph capture takes the heuristic's first."""
         device = d.device.index
         bias_dtype = None if bias is None else bias.dtype
         key = (device, trans_a, trans_b, epilogue, a_shape, b_shape, d_shape, bias_dtype, aux is None)
@@ -171,7 +171,7 @@ class _CublasLt:
                 if torch.cuda.is_current_stream_capturing() or len(candidates) == 1:
                     chosen = 0
                 else:
-                    chosen = self._tune(key, candidates, args, tail, stream, fallback)
+                    chosen = self._tune(key, candidates, args, ws, stream, fallback)
                 plan[5] = chosen
             if chosen < 0:
                 fallback()
@@ -179,34 +179,74 @@ class _CublasLt:
             self._check(self.lib.cublasLtMatmul(*args, ctypes.byref(candidates[chosen].algo), *tail),
                         "cublasLtMatmul")
 
-    def _tune(self, key, candidates, args, tail, stream, fallback) -> int:
-        """Index of the fastest candidate, or -1 for the PyTorch fallback."""
-        def timed(run) -> float:
+    def _tune(self, key, candidates, args, ws, stream, fallback) -> int:
+        """Index of the fastest candidate, or -1 for the PyTorch fallback.
+
+        Each is timed as TUNE_CALLS back-to-back calls replayed from one CUDA graph, which is how
+        the trainer runs them. Timed eagerly instead, several algorithms that put a memset node
+        before their kernel looked fastest but were 5-15% slower under graph replay; picking by
+        graph time cut ~2 ms of matmul time per default step on an H100 (session 5,
+        bench/experiments/s4_graph_tuning.py). Eager timing remains where capture fails."""
+        def lt(result):
+            def run():  # on whatever stream is current: the capture stream while capturing
+                tail = (ctypes.c_void_p(ws.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES),
+                        ctypes.c_void_p(torch.cuda.current_stream(stream.device).cuda_stream))
+                self._check(self.lib.cublasLtMatmul(*args, ctypes.byref(result.algo), *tail), "cublasLtMatmul")
+            return run
+
+        def elapsed(launch, calls) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            launch()
+            end.record(stream)
+            end.synchronize()
+            return start.elapsed_time(end) / calls
+
+        def graph_timed(run) -> float:
             try:
-                run()  # warm-up
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record(stream)
-                for _ in range(3):
-                    run()
-                end.record(stream)
-                end.synchronize()
-                return start.elapsed_time(end) / 3
+                run()  # warm-up, eagerly: an algorithm that cannot run fails here, not in capture
+                graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream(stream.device)
+                side.wait_stream(stream)
+                # thread_local: the trainer's batch prefetch may use CUDA from another thread
+                with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                    for _ in range(TUNE_CALLS):
+                        run()
+                stream.wait_stream(side)
+                graph.replay()
+                return elapsed(graph.replay, TUNE_CALLS)
             except RuntimeError:
                 return float("inf")
 
-        def lt(result):
-            return lambda: self._check(self.lib.cublasLtMatmul(*args, ctypes.byref(result.algo), *tail),
-                                       "cublasLtMatmul")
-        times = [timed(lt(result)) for result in candidates]
-        torch_ms = timed(fallback) if fallback is not None else float("inf")
+        def eager_timed(run) -> float:
+            try:
+                run()
+
+                def three():
+                    for _ in range(3):
+                        run()
+                return elapsed(three, 3)
+            except RuntimeError:
+                return float("inf")
+
+        runs = [lt(result) for result in candidates] + ([fallback] if fallback is not None else [])
+        times = [graph_timed(run) for run in runs] if TUNE_IN_GRAPH else []
+        how = "graph"
+        if min(times, default=float("inf")) == float("inf"):  # no capture here: time eagerly
+            times, how = [eager_timed(run) for run in runs], "eager"
+        if fallback is None:
+            times.append(float("inf"))
+        times, torch_ms = times[:-1], times[-1]
         best = min(range(len(times)), key=times.__getitem__)
         chosen = -1 if torch_ms < times[best] else best
-        self.tuning[key] = dict(candidates_ms=times, torch_ms=torch_ms, chosen=chosen)
+        self.tuning[key] = dict(candidates_ms=times, torch_ms=torch_ms, chosen=chosen, timed=how)
         if min(times[best], torch_ms) == float("inf"):
             raise RuntimeError("no cuBLASLt algorithm ran for %s" % (key,))
         return chosen
 
 
+# Candidate matmul algorithms are timed inside a CUDA graph of this many calls (False: eagerly).
+TUNE_IN_GRAPH = True
+TUNE_CALLS = 10
 _CANDIDATES = 16
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
@@ -643,7 +683,7 @@ def _self_check(device: torch.device) -> bool:
     pairs += [(out, af @ wf.t() + bb.detach().float()), (wt.grad, gf.t() @ af),
               (bb.grad, gf.sum(0)), (xa.grad[:, :a.size(1)], gf @ wf)]
     for got, want in pairs:
-        err = (got.float() - want).norm() / want.norm().clamp_min(1e-12)
+        err = ((got.float() - want).norm() / want.norm().clamp_min(1e-12)).detach()
         if not bool(torch.isfinite(err)) or float(err) > 2e-2:
             _check_error[device.index] = "relative error %.3g" % float(err)
             return False

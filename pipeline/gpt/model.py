@@ -316,17 +316,22 @@ CE_LAUNCH = dict(BLOCK=4096, num_warps=16, per_sm=0)  # fastest of bench_train.p
 
 @cross_entropy_grad_.register_kernel("cuda")
 def _(logits, targets, vocab_size):
+    from pipeline.gpt import loss_kernel
+    assert logits.is_contiguous() and logits.dim() == 2
+    n, width = logits.shape
+    losses = torch.empty(n, dtype=torch.float32, device=logits.device)
+    targets = targets.contiguous()
+    # Hopper: the one-read CUDA kernel (pipeline/gpt/loss_kernel.py); elsewhere Triton's two-pass
+    if loss_kernel.launch(logits, targets, losses, vocab_size):
+        return losses
     try:
         kernel = _triton_ce_kernel()
     except ImportError:  # no Triton: the reference math, still on the GPU
         return _cross_entropy_grad_reference(logits, targets, vocab_size)
-    assert logits.is_contiguous() and logits.dim() == 2
-    n, width = logits.shape
-    losses = torch.empty(n, dtype=torch.float32, device=logits.device)
     launch = dict(CE_LAUNCH)
     per_sm = launch.pop("per_sm")
     programs = n if per_sm <= 0 else min(n, per_sm * _sm_count(logits.device.index))
-    kernel[(programs,)](logits, targets.contiguous(), losses, n, width, vocab_size, **launch)
+    kernel[(programs,)](logits, targets, losses, n, width, vocab_size, **launch)
     return losses
 
 

@@ -131,11 +131,12 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, ln: torc
 
 # ----------------------------------------------------------------------------- CUDA kernels
 
-# Launch shapes (rows per program step, warps, programs per SM for the backward): the fastest of
-# bench/experiments/s4_residual_norm.py's first H100 run (narrower sweep); SUM_LAUNCH is not
-# measured yet (the run's 3 x 3 programs took 24 us per call).
+# Launch shapes (rows per program step, warps, programs per SM for the backward). Forward: the
+# fastest of bench/experiments/s4_residual_norm.py's first H100 run. Backward: the fastest of
+# s4_residual_norm_variants.py's CUDA-graph-timed sweep (session 5: 91 us per call at B=32,
+# T=1024 against 105 us for the earlier ROWS=4).
 FORWARD_LAUNCH = dict(ROWS=2, num_warps=4)
-BACKWARD_LAUNCH = dict(ROWS=4, num_warps=4, per_sm=2)
+BACKWARD_LAUNCH = dict(ROWS=8, num_warps=4, per_sm=2)
 SUM_LAUNCH = dict(BLOCK_P=64, BLOCK_N=64, num_warps=4)  # many small programs: a few KB of partials each
 
 

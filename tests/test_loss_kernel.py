@@ -70,7 +70,8 @@ def test_kernel_matches_float32_math_and_backs_the_loss_op():
     assert lk.launch(got, targets, losses, vocab), lk.unavailable_reason()
     torch.cuda.synchronize()
     assert (losses - want_loss).abs().max() < 1e-4
-    assert (got.float() - want_grad).abs().max() < 1e-3  # one bf16 rounding of values in [-1, 1]
+    # within one bf16 rounding of the float32 value (relative 2^-8), plus __expf's tiny error
+    assert ((got.float() - want_grad).abs() <= want_grad.abs() * 2 ** -8 * 1.01 + 1e-7).all()
     assert (got[:, vocab:] == 0).all()
     # the model's loss op takes this kernel: same bytes as the direct launch
     via_op = logits.clone()

@@ -280,10 +280,11 @@ def _self_check(kernel: _Kernel, device: torch.device) -> Optional[str]:
     losses = torch.empty(rows, device=device)
     kernel(logits, targets, losses, width, vocab)
     torch.cuda.synchronize(device)
-    grad_err = (logits.float() - want_grad).abs().max().item()
+    # the gradient is stored in bf16: allow one rounding (relative 2^-8) and __expf's tiny error
+    grad_err = ((logits.float() - want_grad).abs() / (want_grad.abs() * 2 ** -8 + 1e-7)).max().item()
     loss_err = (losses - want_loss).abs().max().item()
-    if not (grad_err <= 2e-3 and loss_err <= 1e-3):  # also catches NaN
-        return "self-check: gradient error %.3g, loss error %.3g" % (grad_err, loss_err)
+    if not (grad_err <= 1.01 and loss_err <= 1e-3):  # also catches NaN
+        return "self-check: gradient error %.3g bf16 roundings, loss error %.3g" % (grad_err, loss_err)
     return None
 
 

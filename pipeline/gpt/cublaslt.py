@@ -183,10 +183,10 @@ class _CublasLt:
         """Index of the fastest candidate, or -1 for the PyTorch fallback.
 
         Each is timed as TUNE_CALLS back-to-back calls replayed from one CUDA graph, which is how
-        the trainer runs them. Timed eagerly instead, several algorithms that put a memset node
-        before their kernel looked fastest but were 5-15% slower under graph replay; picking by
-        graph time cut ~2 ms of matmul time per default step on an H100 (session 5,
-        bench/experiments/s4_graph_tuning.py). Eager timing remains where capture fails."""
+        the trainer runs them. On an H100 (session 5, bench/experiments/s4_graph_tuning.py) the
+        eagerly timed choice was 5-15% slower under graph replay than the in-graph best for 9 of
+        GPT-2's matmul shapes: ~2 ms per default step by those per-call times (a full-step A/B
+        is still to be measured). Eager timing remains where capture fails."""
         def lt(result):
             def run():  # on whatever stream is current: the capture stream while capturing
                 tail = (ctypes.c_void_p(ws.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES),
@@ -244,8 +244,9 @@ class _CublasLt:
         return chosen
 
 
-# Candidate matmul algorithms are timed inside a CUDA graph of this many calls (False: eagerly).
-TUNE_IN_GRAPH = True
+# Candidate matmul algorithms are timed inside a CUDA graph of TUNE_CALLS calls; GPT_TUNE_IN_GRAPH=0
+# (or TUNE_IN_GRAPH = False) times them eagerly, as before session 5.
+TUNE_IN_GRAPH = os.environ.get("GPT_TUNE_IN_GRAPH", "1") != "0"
 TUNE_CALLS = 10
 _CANDIDATES = 16
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)

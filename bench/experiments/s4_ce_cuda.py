@@ -1,4 +1,4 @@
-"""Session-4 experiment (prepared; run it on a GPU machine): a one-read classifier loss kernel in
+"""Session-4 experiment (first run in session 5): a one-read classifier loss kernel in
 CUDA C, compiled at run time with NVRTC (which every CUDA build of PyTorch ships) and launched
 through the driver API on PyTorch's stream, so that no nvcc is needed.
 

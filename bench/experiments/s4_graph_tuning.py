@@ -1,4 +1,4 @@
-"""Session-4 experiment (prepared; run it on a GPU machine): are the matmul algorithms that
+"""Session-4 experiment (first run in session 5): are the matmul algorithms that
 `cublaslt._CublasLt._tune` picks (timed eagerly, back to back) also the fastest inside the CUDA
 graphs the trainer replays?
 

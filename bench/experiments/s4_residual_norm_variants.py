@@ -1,4 +1,4 @@
-"""Session-4 experiment (prepared; run it on a GPU machine): two alternatives to the fused
+"""Session-4 experiment (first run in session 5): two alternatives to the fused
 residual + layernorm backward kernel of `pipeline/gpt/residual_norm.py`, which ran at about half
 the memory bandwidth in the training step (96 us for ~200 MB at d12, B=32; 2 programs of 4 warps
 per SM, each waiting for its loads every step):

@@ -184,8 +184,8 @@ class _CublasLt:
 
         Each is timed as TUNE_CALLS back-to-back calls replayed from one CUDA graph, which is how
         the trainer runs them. On an H100 (session 5, bench/experiments/s4_graph_tuning.py) the
-        eagerly timed choice was 5-15% slower under graph replay than the in-graph best for 9 of
-        GPT-2's matmul shapes: ~2 ms per default step by those per-call times (a full-step A/B
+        eagerly timed choice was 5-15% slower under graph replay than the in-graph best for 7 of
+        the default step's 15 matmul shapes: ~2 ms per default step by those per-call times (a full-step A/B
         is still to be measured). Eager timing remains where capture fails."""
         def lt(result):
             def run():  # on whatever stream is current: the capture stream while capturing

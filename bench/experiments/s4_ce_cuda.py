@@ -14,7 +14,6 @@ variant against the reference math, next to the production kernel.
 `python bench/experiments/s4_ce_cuda.py --compile-only` compiles the variants with NVRTC and
 prints ptxas's register and spill counts (no GPU needed, only libnvrtc)."""
 import ctypes
-import glob
 import json
 import os
 import sys
@@ -177,28 +176,9 @@ ce_one_read_smem(unsigned short* logits, const long long* targets, float* losses
 """
 
 
-def _load(names, patterns):
-    for name in names:
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            pass
-    for pattern in patterns:
-        for path in sorted(glob.glob(pattern)):
-            try:
-                return ctypes.CDLL(path)
-            except OSError:
-                pass
-    raise OSError("not found: %s" % (names,))
-
-
 def nvrtc_lib():
-    import site
-    roots = site.getsitepackages() + [site.getusersitepackages()]
-    patterns = [os.path.join(r, "nvidia", "*", "lib", "libnvrtc.so*") for r in roots] + \
-               [os.path.join(r, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*") for r in roots] + \
-               [os.path.join(r, "torch", "lib", "libnvrtc*.so*") for r in roots]
-    return _load(["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"], patterns)
+    from pipeline.gpt.loss_kernel import _nvrtc  # the library the production kernel compiles with
+    return _nvrtc()
 
 
 def compile_cubin(threads, width, arch, verbose=False, min_blocks=1, source=None):

@@ -267,16 +267,39 @@ def compile_only(width=50304, arch=90):
     return out
 
 
+def time_kernel(kernel, threads, smem, problem, vocab):
+    """{ms (CUDA-graph replay), errors against the reference} of one DriverKernel on the loss
+    problem `s3_profile.loss_problem` returns: one block of `threads` per row, `smem` bytes of
+    dynamic shared memory."""
+    import torch
+    from s3_profile import graph_ms
+    src, t, ref, ref_l = problem
+    n, V = src.shape
+    losses = torch.empty(n, device="cuda")
+    g = src.clone()
+
+    def run():
+        kernel(n, threads, torch.cuda.current_stream().cuda_stream, g.data_ptr(), t.data_ptr(),
+               losses.data_ptr(), ctypes.c_int(V), ctypes.c_int(vocab), smem=smem)
+    run()
+    torch.cuda.synchronize()
+    errs = dict(loss=(losses - ref_l).abs().max().item(), grad=(g.float() - ref.float()).abs().max().item(),
+                pad_zero=bool((g[:, vocab:] == 0).all()))
+    return dict(ms=graph_ms(run), errors=errs)
+
+
 def main(n=32768, V=50304, vocab=50257):
     import torch
     from pipeline.gpt import model as gm
     from s3_profile import graph_ms, loss_problem
     os.makedirs(OUT, exist_ok=True)
     major, minor = torch.cuda.get_device_capability()
-    src, t, ref, ref_l = loss_problem(n, V, vocab)
+    problem = loss_problem(n, V, vocab)
+    src, t, ref, ref_l = problem
     work = src.clone()
     prod = src.clone()
     prod_l = gm.cross_entropy_grad_(prod, t, vocab)
+    os.environ["GPT_CUDA_LOSS"] = "0"  # production = the Triton kernel these candidates compete with
     res = {"production_ms": graph_ms(lambda: gm.cross_entropy_grad_(work, t, vocab)),
            "production_err": dict(loss=(prod_l - ref_l).abs().max().item(),
                                   grad=(prod.float() - ref.float()).abs().max().item()),
@@ -290,17 +313,7 @@ def main(n=32768, V=50304, vocab=50257):
             smem = 2 * V if kname.endswith("smem") else 0
             if smem:
                 kernel.set_max_dynamic_smem(smem)
-            losses = torch.empty(n, device="cuda")
-
-            def run(g, losses=losses, kernel=kernel, threads=threads, smem=smem):
-                kernel(n, threads, torch.cuda.current_stream().cuda_stream, g.data_ptr(), t.data_ptr(),
-                       losses.data_ptr(), ctypes.c_int(V), ctypes.c_int(vocab), smem=smem)
-            g = src.clone()
-            run(g)
-            torch.cuda.synchronize()
-            errs = dict(loss=(losses - ref_l).abs().max().item(), grad=(g.float() - ref.float()).abs().max().item(),
-                        pad_zero=bool((g[:, vocab:] == 0).all()))
-            res[name] = dict(ms=graph_ms(lambda: run(g)), errors=errs, ptxas=log.strip()[-300:])
+            res[name] = dict(time_kernel(kernel, threads, smem, problem, vocab), ptxas=log.strip()[-300:])
         except Exception as e:  # noqa: BLE001
             res[name] = dict(error=repr(e)[-800:])
         print(name, res[name], flush=True)

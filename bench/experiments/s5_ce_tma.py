@@ -15,7 +15,6 @@ block per SM and takes 3.92 ms; the shared-memory kernel at 1024 threads, two bl
 Prints and writes ce_tma.json in $OUT: time (CUDA-graph replay) and errors against the reference
 per variant, next to production and s4's shared-memory kernel.
 `--compile-only`: ptxas register/spill counts (needs only libnvrtc)."""
-import ctypes
 import json
 import os
 import sys
@@ -145,8 +144,9 @@ def main(n=32768, V=50304, vocab=50257):
     from s3_profile import graph_ms, loss_problem
     os.makedirs(OUT, exist_ok=True)
     major, minor = torch.cuda.get_device_capability()
-    src, t, ref, ref_l = loss_problem(n, V, vocab)
-    work = src.clone()
+    problem = loss_problem(n, V, vocab)
+    work, t = problem[0].clone(), problem[1]
+    os.environ["GPT_CUDA_LOSS"] = "0"  # production = the Triton kernel these candidates compete with
     res = {"production_ms": graph_ms(lambda: gm.cross_entropy_grad_(work, t, vocab)),
            "floor_1r1w_ms": 2 * n * V * 2 / 3.35e12 * 1e3}
     print(res, flush=True)
@@ -157,17 +157,7 @@ def main(n=32768, V=50304, vocab=50257):
             kernel = s4.DriverKernel(cubin, kname)
             smem = 2 * V
             kernel.set_max_dynamic_smem(smem)
-            losses = torch.empty(n, device="cuda")
-
-            def run(g, losses=losses, kernel=kernel, threads=threads):
-                kernel(n, threads, torch.cuda.current_stream().cuda_stream, g.data_ptr(), t.data_ptr(),
-                       losses.data_ptr(), ctypes.c_int(V), ctypes.c_int(vocab), smem=smem)
-            g = src.clone()
-            run(g)
-            torch.cuda.synchronize()
-            errs = dict(loss=(losses - ref_l).abs().max().item(), grad=(g.float() - ref.float()).abs().max().item(),
-                        pad_zero=bool((g[:, vocab:] == 0).all()))
-            res[name] = dict(ms=graph_ms(lambda: run(g)), errors=errs)
+            res[name] = s4.time_kernel(kernel, threads, smem, problem, vocab)
         except Exception as e:  # noqa: BLE001
             res[name] = dict(error=repr(e)[-800:])
         print(name, res[name], flush=True)

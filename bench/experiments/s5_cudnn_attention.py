@@ -17,13 +17,13 @@ import ctypes
 import json
 import math
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, "bench/experiments")
+sys.path.insert(0, "bench")
 sys.path.insert(0, ".")
 
 OUT = os.environ.get("OUT", "/tmp/exp_out")
@@ -119,23 +119,12 @@ class FrontendAttention:
                           dq: gq, dk: gk, dv: gv}, self.workspace, handle=self.handle)
 
 
-def event_ms(fn, reps=30):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return round(statistics.median(ts), 4)
-
-
 def main(B=32, T=1024, H=12, hd=64):
+    from bench_train import cuda_ms
     from s3_profile import graph_ms
+
+    def event_ms(fn):  # eager, events around each call (host overhead included)
+        return round(cuda_ms(fn, reps=30), 4)
     os.makedirs(OUT, exist_ok=True)
     C = H * hd
     res = {"torch": torch.__version__, "cudnn_backend": torch.backends.cudnn.version()}

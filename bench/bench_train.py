@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402
+from pipeline.gpt.model import compile_model  # noqa: E402
 from pipeline.shards import write_shard  # noqa: E402
 
 H100_BF16_PEAK = 989e12
@@ -95,7 +96,7 @@ def setup(glob_, att, compile_, r, B, T, limit=None, mode="default", sdpa="auto"
     run = tr.Run(args)
     raw = tr.build_model(args, run, -1)
     opt = tr.make_optimizer(raw, args, run)
-    model = torch.compile(raw, mode=mode) if compile_ else raw
+    model = compile_model(raw, mode=mode) if compile_ else raw
     return args, run, raw, opt, model
 
 
@@ -589,7 +590,7 @@ def smoke(glob_):
             checks["flash_vs_eager_%s" % dtype] = dict(loss_flash=a.item(), loss_eager=b.item(),
                                                         logits_rel_err=rel)
         raw.set_attention("flash")
-        comp = torch.compile(raw)
+        comp = compile_model(raw)
         with run.autocast():
             _, lc = comp(x, y, return_logits=False)
             _, lu = raw(x, y, return_logits=False)

@@ -12,6 +12,7 @@ Writes step_ab.json in $OUT."""
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, "bench"); sys.path.insert(0, "bench/experiments"); sys.path.insert(0, ".")
 
@@ -30,8 +31,10 @@ def main(rounds=2):
             cublaslt.TUNE_IN_GRAPH = in_graph
             os.environ["GPT_CUDA_LOSS"] = cuda_loss
             cublaslt._lt.cache_clear()
+            started = time.time()
+            print(time.strftime("%H:%M:%S"), "start", name, flush=True)
             res[name].append(default_step_ms(glob_))
-            print(name, res[name][-1], flush=True)
+            print(name, res[name][-1], "(%.0f s with compile and tuning)" % (time.time() - started), flush=True)
             with open(os.path.join(OUT, "step_ab.json"), "w") as f:
                 json.dump(res, f, indent=1)
     for name, runs in res.items():

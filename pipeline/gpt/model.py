@@ -413,3 +413,38 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     logits: the same value and gradients as `GPT.loss(lm_head(x), targets)`, up to rounding.
     `tuned`: the three matmuls through `pipeline.gpt.cublaslt.mm`."""
     return _LinearCrossEntropy.apply(x, weight, targets, vocab_size, bool(tuned))
+
+
+@functools.lru_cache(maxsize=None)
+def register_inductor_fallbacks() -> None:
+    """Give inductor an explicit fallback lowering for every `gpt::` custom op before compiling.
+
+    Unregistered custom ops take inductor's implicit-fallback path, which logs the op's arguments.
+    torch 2.11 formats that message eagerly, and with the fused residual each op's arguments print
+    the chain of earlier ops through both of their outputs, so the text doubles with every layer:
+    a d12 forward never finished compiling (the message's formatting ran for the whole 9-minute
+    call). Registering the same fallback, with the same layout constraint the implicit path picks,
+    skips the message and leaves the generated code unchanged."""
+    import importlib
+    for module in ("cublaslt", "residual_norm"):  # importing defines their ops
+        importlib.import_module("pipeline.gpt." + module)
+    try:
+        from torch._inductor.lowering import lowerings, make_fallback, tag_to_layout_constraint
+        from torch._library.utils import get_layout_constraint_tag
+    except ImportError:  # another torch layout: the implicit path still works, only slower
+        return
+    for name in dir(torch.ops.gpt):
+        packet = getattr(torch.ops.gpt, name)
+        if not isinstance(packet, torch._ops.OpOverloadPacket):
+            continue
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            if op not in lowerings:
+                constraint = tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
+                make_fallback(op, layout_constraint=constraint)
+
+
+def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
+    """`torch.compile(model, mode=mode)` after `register_inductor_fallbacks()`."""
+    register_inductor_fallbacks()
+    return torch.compile(model, mode=mode)

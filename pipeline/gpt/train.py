@@ -31,7 +31,7 @@ from pipeline.gpt import estimate as est
 from pipeline.gpt import hellaswag
 from pipeline.gpt.data import DataLoader
 from pipeline.gpt.logs import Logger, write_run_parameters
-from pipeline.gpt.model import DEPTH_SHAPES, GPT, GPTConfig
+from pipeline.gpt.model import DEPTH_SHAPES, GPT, GPTConfig, compile_model
 from pipeline.gpt.schedule import SCHEDULERS, LRScheduler
 
 # train_gpt2cu's defaults (one deliberate difference: -r 0, see the -r help).
@@ -574,7 +574,7 @@ def train(args: argparse.Namespace) -> int:
                                                    or "self-check failed"))
         raw.set_cublaslt(ok)
     if run.compile:
-        model = torch.compile(model, mode=args.compile_mode)
+        model = compile_model(model, mode=args.compile_mode)
     if run.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[run.device.index] if run.cuda else None)

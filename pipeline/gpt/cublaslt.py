@@ -244,9 +244,12 @@ class _CublasLt:
         return chosen
 
 
-# Candidate matmul algorithms are timed inside a CUDA graph of TUNE_CALLS calls; GPT_TUNE_IN_GRAPH=0
-# (or TUNE_IN_GRAPH = False) times them eagerly, as before session 5.
-TUNE_IN_GRAPH = os.environ.get("GPT_TUNE_IN_GRAPH", "1") != "0"
+# Candidate matmul algorithms are timed eagerly (one call at a time) by default. GPT_TUNE_IN_GRAPH=1
+# (or TUNE_IN_GRAPH = True) times each inside a CUDA graph of TUNE_CALLS calls instead: per call
+# that picked faster algorithms for 7 of the default step's 15 shapes, yet the whole step ran
+# 1.0 ms slower with those picks (bench/experiments/s5_step_ab.py: 58.11 vs 57.09 ms), likely because
+# ten back-to-back calls keep operands in L2 where the real step does not.
+TUNE_IN_GRAPH = os.environ.get("GPT_TUNE_IN_GRAPH", "0") == "1"
 TUNE_CALLS = 10
 _CANDIDATES = 16
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)

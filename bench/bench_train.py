@@ -65,6 +65,9 @@ SPEED = [  # name, attention, compile, recompute, B, T, compile mode, SDPA kerne
     ("course step+lt+graphs", "flash", 1, 0, 64, 1024, "default", "auto", 8),
     ("flash+lt+graphs", "flash", 0, 0, 32, 1024, "default", "auto"),
     ("flash+compile+lt+graphs+fa2", "flash", 1, 0, 32, 1024, "default", "flash"),
+    # "+fe": attention through the cuDNN frontend (pipeline.gpt.cudnn_attention), packed q|k|v
+    ("flash+compile+lt+graphs+fe", "flash", 1, 0, 32, 1024, "default", "auto"),
+    ("course step+lt+graphs+fe", "flash", 1, 0, 64, 1024, "default", "auto", 8),
     ("flash+compile+lt+recompute", "flash", 1, 1, 32, 1024, "default", "auto"),
     ("flash+lt+recompute", "flash", 0, 1, 32, 1024, "default", "auto"),
     ("eager+lt+graphs", "eager", 0, 0, 16, 1024, "default", "auto"),
@@ -144,6 +147,7 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
                peak_mem_gib=torch.cuda.max_memory_allocated() / 2 ** 30, first_step_s=times[0],
                wall_s=time.perf_counter() - t_start, losses=losses,
                fused_mlp=any(b.mlp.fused for b in raw.transformer.h),
+               cudnn_frontend=any(b.attn.cudnn_frontend for b in raw.transformer.h),
                graphs=bool(getattr(step_fn, "active", False)),
                graphs_failed=getattr(step_fn, "failed", None), matmul_tuning=tuning_report(),
                step_ms=[round(1000 * t, 2) for t in times])
@@ -171,13 +175,22 @@ def tuning_report():
 
 def make_step(name, args, run, raw, opt, model, accum):
     """The trainer's step function (`make_step_fn`) with the paths a config name asks for:
-    cuBLASLt matmuls with "+lt", CUDA-graph replay with "+graphs"."""
+    cuBLASLt matmuls with "+lt", CUDA-graph replay with "+graphs", cuDNN frontend
+    attention with "+fe"."""
     from pipeline.gpt import cublaslt
     if "+lt" in name:
         ok = cublaslt.available(run.device)
         if not ok:
             print("cuBLASLt path unavailable: %s" % cublaslt.unavailable_reason(run.device.index), flush=True)
         raw.set_cublaslt(ok)
+    if "+fe" in name:
+        from pipeline.gpt import cudnn_attention
+        cfg = raw.config
+        ok = cudnn_attention.available(run.device, args.b, args.t, cfg.n_head, cfg.n_embd // cfg.n_head)
+        if not ok:
+            print("cuDNN frontend attention unavailable: %s" % cudnn_attention.unavailable_reason(
+                run.device.index), flush=True)
+        raw.set_cudnn_frontend(ok)
     args.cuda_graphs = int("+graphs" in name)
     return tr.make_step_fn(args, run, model, raw, opt, accum)
 

@@ -71,6 +71,8 @@ class CausalSelfAttention(nn.Module):
                              persistent=False)
         # bf16 training through pipeline.gpt.cublaslt's tuned matmuls (GPT.set_cublaslt)
         self.tuned = False
+        # "flash" bf16 training on CUDA through pipeline.gpt.cudnn_attention (GPT.set_cudnn_frontend)
+        self.cudnn_frontend = False
 
     def forward(self, x: torch.Tensor, proj_bias: bool = True) -> torch.Tensor:
         """proj_bias=False: c_proj without its bias (GPT's fused residual path adds it)."""
@@ -78,16 +80,22 @@ class CausalSelfAttention(nn.Module):
         tuned = self.tuned and _bf16_training(x)
         if tuned:
             from pipeline.gpt.cublaslt import tuned_linear
-        q, k, v = (tuned_linear(x, self.c_attn) if tuned else self.c_attn(x)).split(self.n_embd, dim=2)
-        # (B, T, C) -> (B, heads, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.attention == "flash":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # "eager": the textbook formula, materialising the T x T attention matrix
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = att.masked_fill(~self.causal_mask[:, :, :T, :T], float("-inf"))
-            y = F.softmax(att.float(), dim=-1).to(q.dtype) @ v
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        qkv = tuned_linear(x, self.c_attn) if tuned else self.c_attn(x)
+        if self.attention == "flash" and self.cudnn_frontend and _bf16_training(x):
+            # cuDNN's kernels reading the packed q|k|v and writing one packed gradient
+            from pipeline.gpt.cudnn_attention import attention
+            y = attention(qkv, self.n_head)
+        else:
+            # (B, T, C) -> (B, heads, T, head_dim)
+            q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                       for t in qkv.split(self.n_embd, dim=2))
+            if self.attention == "flash":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # "eager": the textbook formula, materialising the T x T attention matrix
+                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+                att = att.masked_fill(~self.causal_mask[:, :, :T, :T], float("-inf"))
+                y = F.softmax(att.float(), dim=-1).to(q.dtype) @ v
+            y = y.transpose(1, 2).contiguous().view(B, T, C)
         if tuned:
             return tuned_linear(y, self.c_proj, bias=proj_bias)
         return self.c_proj(y) if proj_bias else F.linear(y, self.c_proj.weight)
@@ -175,6 +183,13 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.mlp.fused = bool(enabled)
             block.attn.tuned = bool(enabled)
+
+    def set_cudnn_frontend(self, enabled: bool) -> None:
+        """bf16 training with `--attention flash` through `pipeline.gpt.cudnn_attention` (cuDNN's
+        attention from and to the packed q|k|v layout). Turn on only where
+        `pipeline.gpt.cudnn_attention.available()` said yes; on CPU the op runs as reference math."""
+        for block in self.transformer.h:
+            block.attn.cudnn_frontend = bool(enabled)
 
     def set_attention(self, attention: str) -> None:
         for block in self.transformer.h:
@@ -426,7 +441,7 @@ def register_inductor_fallbacks() -> None:
     call). Registering the same fallback, with the same layout constraint the implicit path picks,
     skips the message and leaves the generated code unchanged."""
     import importlib
-    for module in ("cublaslt", "residual_norm"):  # importing defines their ops
+    for module in ("cublaslt", "cudnn_attention", "residual_norm"):  # importing defines their ops
         importlib.import_module("pipeline.gpt." + module)
     try:
         from torch._inductor.lowering import lowerings, make_fallback, tag_to_layout_constraint

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 = bf16 matmuls through cuBLASLt: GELU in the MLP matmuls' epilogues, "
                    "each shape on its fastest algorithm (default: 1 on compute capability >= 9.0 "
                    "(H100) when its self-check passes, 0 with -r 1 or on older GPUs)")
+    g.add_argument("--cudnn-attention", type=int, default=None,
+                   help="1 = --attention flash through the cuDNN frontend (nvidia-cudnn-frontend "
+                   "package): q/k/v read from and gradients written to c_attn's packed layout "
+                   "(default: 1 on compute capability >= 9.0 with --sdpa auto when the package is "
+                   "installed and its self-check passes)")
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
     g.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
@@ -573,6 +578,18 @@ def train(args: argparse.Namespace) -> int:
             run.print("cuBLASLt matmuls off: %s" % (cublaslt.unavailable_reason(run.device.index)
                                                    or "self-check failed"))
         raw.set_cublaslt(ok)
+    use_frontend = args.cudnn_attention
+    if use_frontend is None:
+        use_frontend = int(args.sdpa == "auto" and run.cuda
+                           and torch.cuda.get_device_capability(run.device)[0] >= 9)
+    if use_frontend and args.attention == "flash" and run.cuda and run.amp_dtype == torch.bfloat16:
+        from pipeline.gpt import cudnn_attention
+        cfg = raw.config
+        ok = cudnn_attention.available(run.device, args.b, args.t, cfg.n_head, cfg.n_embd // cfg.n_head)
+        if not ok:
+            run.print("cuDNN frontend attention off (PyTorch SDPA instead): %s"
+                      % cudnn_attention.unavailable_reason(run.device.index))
+        raw.set_cudnn_frontend(ok)
     if run.compile:
         model = compile_model(model, mode=args.compile_mode)
     if run.ddp:
@@ -596,6 +613,7 @@ def train(args: argparse.Namespace) -> int:
               "compile": int(run.compile), "autocast": str(run.amp_dtype), "device": str(run.device),
               "cuda graphs": int(hasattr(step_fn, "graphs")),
               "cublaslt": int(any(b.mlp.fused for b in raw.transformer.h)),
+              "cudnn frontend attention": int(any(b.attn.cudnn_frontend for b in raw.transformer.h)),
               "num_layers L": raw.config.n_layer, "num_heads NH": raw.config.n_head,
               "channels C": raw.config.n_embd, "max_seq_len": raw.config.block_size,
               "num_parameters": n_params, "train tokens": train_loader.num_tokens, "preset": args.preset}

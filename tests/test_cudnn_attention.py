@@ -149,6 +149,12 @@ def test_frontend_matches_sdpa_at_gpt2_head_shape():
     y_ref = _sdpa(x, H)
     (g_ref,) = torch.autograd.grad(y_ref, x, dy)
     assert _rel(y, y_ref) < 1e-2 and _rel(g, g_ref) < 1e-2
+    # each direction runs on the plan timed fastest, where cuDNN offered more than one
+    graphs = ca._graphs[(torch.cuda.current_device(), B, T, H, hd)]
+    for direction, (index, _) in (("forward", graphs.forward_plan), ("backward", graphs.backward_plan)):
+        tuned = graphs.tuning.get(direction)
+        if tuned is not None:
+            assert index == tuned["chosen"] and tuned["ms"][index] == min(tuned["ms"]) < float("inf")
     # against float32 reference math as well (one bf16 rounding of the inputs' results)
     y32, stats32 = ca._forward_reference(qkv.detach(), H)
     assert _rel(y, y32) < 1e-2

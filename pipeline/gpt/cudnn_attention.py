@@ -361,8 +361,8 @@ def _self_check(device: torch.device, B: int, T: int, H: int, hd: int) -> Option
 
 
 def available(device: torch.device, batch: int, seq_len: int, n_head: int, head_dim: int) -> bool:
-    """True if the frontend's attention builds for this training shape and passes its self-check
-    (at a small batch of the same sequence length and heads). Cached per device and shape."""
+    """True if the frontend's attention builds for this training shape and its output and packed
+    gradient match PyTorch's SDPA there. Cached per device and shape."""
     key = (device.index or 0, batch, seq_len, n_head, head_dim)
     if key in _checked:
         return _checked[key]
@@ -372,10 +372,9 @@ def available(device: torch.device, batch: int, seq_len: int, n_head: int, head_
         _reasons[key[0]] = cudnn
     else:
         try:
-            reason = _self_check(device, 2, seq_len, n_head, head_dim)
-            if reason is None:  # the training shape's graphs, built now rather than mid-capture
-                _graphs_for(torch.empty(batch, seq_len, 3 * n_head * head_dim, device=device,
-                                        dtype=torch.bfloat16), n_head)
+            # at the training shape itself: builds (and times) the graphs and plans the steps will
+            # use now rather than mid-capture, and checks exactly those
+            reason = _self_check(device, batch, seq_len, n_head, head_dim)
             ok = reason is None
             if reason:
                 _reasons[key[0]] = reason

@@ -184,13 +184,7 @@ def make_step(name, args, run, raw, opt, model, accum):
             print("cuBLASLt path unavailable: %s" % cublaslt.unavailable_reason(run.device.index), flush=True)
         raw.set_cublaslt(ok)
     if "+fe" in name:
-        from pipeline.gpt import cudnn_attention
-        cfg = raw.config
-        ok = cudnn_attention.available(run.device, args.b, args.t, cfg.n_head, cfg.n_embd // cfg.n_head)
-        if not ok:
-            print("cuDNN frontend attention unavailable: %s" % cudnn_attention.unavailable_reason(
-                run.device.index), flush=True)
-        raw.set_cudnn_frontend(ok)
+        tr.enable_cudnn_attention(raw, run, args.b, args.t)
     args.cuda_graphs = int("+graphs" in name)
     return tr.make_step_fn(args, run, model, raw, opt, accum)
 

@@ -121,14 +121,22 @@ def test_ops_get_explicit_inductor_fallbacks():
     assert torch.ops.gpt.cudnn_attention_backward.default in lowerings
 
 
-def test_unavailable_without_cuda_says_why():
-    if torch.cuda.is_available():
-        pytest.skip("has CUDA")
+def test_unavailable_off_cuda_says_why():
     assert not ca.available(torch.device("cpu"), 2, 16, 2, 16)
-    assert isinstance(ca._frontend(), str)
+    assert ca.unavailable_reason(0) == "cpu is not a CUDA device"
+    if not torch.cuda.is_available():
+        assert ca._frontend() == "no CUDA"
 
 
-def test_trainer_flag_is_parsed_and_recorded():
+def test_trainer_keeps_sdpa_and_says_why_when_the_frontend_is_unavailable(capsys):
+    run = tr.Run(tr.parse_args(["-i", "unused", "--device", "cpu"]))
+    model = GPT(GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32))
+    assert not tr.enable_cudnn_attention(model, run, 2, 16)
+    assert not any(b.attn.cudnn_frontend for b in model.transformer.h)
+    assert "cuDNN frontend attention off (PyTorch SDPA instead): " in capsys.readouterr().out
+
+
+def test_trainer_flag_is_parsed():
     args = tr.parse_args(["-i", "x_*.bin", "--cudnn-attention", "0"])
     assert args.cudnn_attention == 0
     assert tr.parse_args(["-i", "x_*.bin"]).cudnn_attention is None

@@ -367,7 +367,7 @@ def available(device: torch.device, batch: int, seq_len: int, n_head: int, head_
     if key in _checked:
         return _checked[key]
     ok = False
-    cudnn = _frontend()
+    cudnn = _frontend() if device.type == "cuda" else "%s is not a CUDA device" % device
     if isinstance(cudnn, str):
         _reasons[key[0]] = cudnn
     else:

@@ -527,6 +527,19 @@ def sample(model: GPT, genT: int, run: Run) -> str:
 
 # ----------------------------------------------------------------------------- main loop
 
+def enable_cudnn_attention(raw: GPT, run: "Run", batch: int, seq_len: int) -> bool:
+    """Route `raw`'s bf16 training attention through the cuDNN frontend if it builds and passes its
+    self-check at this micro-batch shape; otherwise keep SDPA and say why."""
+    from pipeline.gpt import cudnn_attention
+    cfg = raw.config
+    ok = cudnn_attention.available(run.device, batch, seq_len, cfg.n_head, cfg.n_embd // cfg.n_head)
+    if not ok:
+        run.print("cuDNN frontend attention off (PyTorch SDPA instead): %s"
+                  % cudnn_attention.unavailable_reason(run.device.index))
+    raw.set_cudnn_frontend(ok)
+    return ok
+
+
 def train(args: argparse.Namespace) -> int:
     run = Run(args)
     if args.y and not args.o:
@@ -583,13 +596,7 @@ def train(args: argparse.Namespace) -> int:
         use_frontend = int(args.sdpa == "auto" and run.cuda
                            and torch.cuda.get_device_capability(run.device)[0] >= 9)
     if use_frontend and args.attention == "flash" and run.cuda and run.amp_dtype == torch.bfloat16:
-        from pipeline.gpt import cudnn_attention
-        cfg = raw.config
-        ok = cudnn_attention.available(run.device, args.b, args.t, cfg.n_head, cfg.n_embd // cfg.n_head)
-        if not ok:
-            run.print("cuDNN frontend attention off (PyTorch SDPA instead): %s"
-                      % cudnn_attention.unavailable_reason(run.device.index))
-        raw.set_cudnn_frontend(ok)
+        enable_cudnn_attention(raw, run, args.b, args.t)
     if run.compile:
         model = compile_model(model, mode=args.compile_mode)
     if run.ddp:

@@ -182,11 +182,9 @@ class _CublasLt:
     def _tune(self, key, candidates, args, ws, stream, fallback) -> int:
         """Index of the fastest candidate, or -1 for the PyTorch fallback.
 
-        Each is timed as TUNE_CALLS back-to-back calls replayed from one CUDA graph, which is how
-        the trainer runs them. On an H100 (session 5, bench/experiments/s4_graph_tuning.py) the
-        eagerly timed choice was 5-15% slower under graph replay than the in-graph best for 7 of
-        the default step's 15 matmul shapes: ~2 ms per default step by those per-call times (a full-step A/B
-        is still to be measured). Eager timing remains where capture fails."""
+        Each is timed eagerly (3 calls after a warm-up), or with TUNE_IN_GRAPH as TUNE_CALLS
+        back-to-back calls replayed from one CUDA graph (eagerly where capture fails); see
+        TUNE_IN_GRAPH for why eager is the default."""
         def lt(result):
             def run():  # on whatever stream is current: the capture stream while capturing
                 tail = (ctypes.c_void_p(ws.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES),
@@ -229,9 +227,10 @@ class _CublasLt:
                 return float("inf")
 
         runs = [lt(result) for result in candidates] + ([fallback] if fallback is not None else [])
-        times = [graph_timed(run) for run in runs] if TUNE_IN_GRAPH else []
-        how = "graph"
-        if min(times, default=float("inf")) == float("inf"):  # no capture here: time eagerly
+        times, how = [], "eager"
+        if TUNE_IN_GRAPH:
+            times, how = [graph_timed(run) for run in runs], "graph"
+        if min(times, default=float("inf")) == float("inf"):  # not asked for, or no capture here
             times, how = [eager_timed(run) for run in runs], "eager"
         if fallback is None:
             times.append(float("inf"))

@@ -149,16 +149,10 @@ class _Graphs:
         y = torch.empty(B, T, H * hd, device=device, dtype=torch.bfloat16)
         stats = torch.empty(B, H, T, 1, device=device, dtype=torch.float32)
         dqkv = torch.empty_like(qkv)
-        tq, tk, tv, to, tstats = self.forward_tensors
-        q, k, v = self.split(qkv)
-        self.forward_plan = self._fastest("forward", self.forward_graph, {
-            tq: q, tk: k, tv: v, to: self.heads(y), tstats: stats})
-        self.forward(qkv, y, stats)
-        bq, bk, bv, bo, bdo, bstats, dq, dk, dv = self.backward_tensors
-        gq, gk, gv = self.split(dqkv)
-        self.backward_plan = self._fastest("backward", self.backward_graph, {
-            bq: q, bk: k, bv: v, bo: self.heads(y), bdo: self.heads(dy), bstats: stats,
-            dq: gq, dk: gk, dv: gv})
+        self.forward_plan = self._fastest("forward", self.forward_graph, self._forward_buffers(qkv, y, stats))
+        self.forward(qkv, y, stats)  # the backward plans then time on real outputs and statistics
+        self.backward_plan = self._fastest("backward", self.backward_graph,
+                                           self._backward_buffers(qkv, y, dy, stats, dqkv))
 
     def _fastest(self, name, graph, buffers):
         count = graph.get_execution_plan_count()
@@ -206,19 +200,23 @@ class _Graphs:
         else:
             graph.execute_plan_at_index(buffers, workspace, index, handle=self.handle)
 
-    def forward(self, qkv, y, stats) -> None:
+    def _forward_buffers(self, qkv, y, stats) -> dict:
         tq, tk, tv, to, tstats = self.forward_tensors
         q, k, v = self.split(qkv)
-        self._run(self.forward_graph, {tq: q, tk: k, tv: v, to: self.heads(y), tstats: stats},
-                  self.forward_plan, qkv)
+        return {tq: q, tk: k, tv: v, to: self.heads(y), tstats: stats}
 
-    def backward(self, qkv, y, dy, stats, dqkv) -> None:
+    def _backward_buffers(self, qkv, y, dy, stats, dqkv) -> dict:
         bq, bk, bv, bo, bdo, bstats, dq, dk, dv = self.backward_tensors
         q, k, v = self.split(qkv)
         gq, gk, gv = self.split(dqkv)
-        self._run(self.backward_graph, {bq: q, bk: k, bv: v, bo: self.heads(y), bdo: self.heads(dy),
-                                        bstats: stats, dq: gq, dk: gk, dv: gv},
-                  self.backward_plan, qkv)
+        return {bq: q, bk: k, bv: v, bo: self.heads(y), bdo: self.heads(dy), bstats: stats,
+                dq: gq, dk: gk, dv: gv}
+
+    def forward(self, qkv, y, stats) -> None:
+        self._run(self.forward_graph, self._forward_buffers(qkv, y, stats), self.forward_plan, qkv)
+
+    def backward(self, qkv, y, dy, stats, dqkv) -> None:
+        self._run(self.backward_graph, self._backward_buffers(qkv, y, dy, stats, dqkv), self.backward_plan, qkv)
 
 
 _handles: Dict[int, object] = {}

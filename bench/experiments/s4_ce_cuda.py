@@ -267,10 +267,11 @@ def compile_only(width=50304, arch=90):
     return out
 
 
-def time_kernel(kernel, threads, smem, problem, vocab):
+def time_kernel(kernel, threads, smem, problem, vocab, grid=None, extra=()):
     """{ms (CUDA-graph replay), errors against the reference} of one DriverKernel on the loss
-    problem `s3_profile.loss_problem` returns: one block of `threads` per row, `smem` bytes of
-    dynamic shared memory."""
+    problem `s3_profile.loss_problem` returns: `grid` blocks (default one per row) of `threads`,
+    `smem` bytes of dynamic shared memory; `extra`: arguments after (logits, targets, losses,
+    width, vocab)."""
     import torch
     from s3_profile import graph_ms
     src, t, ref, ref_l = problem
@@ -279,8 +280,8 @@ def time_kernel(kernel, threads, smem, problem, vocab):
     g = src.clone()
 
     def run():
-        kernel(n, threads, torch.cuda.current_stream().cuda_stream, g.data_ptr(), t.data_ptr(),
-               losses.data_ptr(), ctypes.c_int(V), ctypes.c_int(vocab), smem=smem)
+        kernel(n if grid is None else grid, threads, torch.cuda.current_stream().cuda_stream, g.data_ptr(),
+               t.data_ptr(), losses.data_ptr(), ctypes.c_int(V), ctypes.c_int(vocab), *extra, smem=smem)
     run()
     torch.cuda.synchronize()
     errs = dict(loss=(losses - ref_l).abs().max().item(), grad=(g.float() - ref.float()).abs().max().item(),

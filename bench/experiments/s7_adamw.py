@@ -91,14 +91,15 @@ def triton_norm_fn(grads, block, warps):
 
 
 class TritonAdamW:
-    def __init__(self, params, decays, lr, betas=(0.9, 0.95), eps=1e-8):
+    def __init__(self, params, decays, lr, betas=(0.9, 0.95), eps=1e-8, block=BLOCK):
         dev = params[0].device
+        self.block = block
         self.params = params
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.betas, self.eps = betas, eps
         self.lr, self.step = lr, torch.zeros((), device=dev)
-        chunks = [(i, s) for i, p in enumerate(params) for s in range(0, p.numel(), BLOCK)]
+        chunks = [(i, s) for i, p in enumerate(params) for s in range(0, p.numel(), block)]
         self.chunk_tensor = torch.tensor([c[0] for c in chunks], dtype=torch.int32, device=dev)
         self.chunk_start = torch.tensor([c[1] for c in chunks], dtype=torch.int32, device=dev)
         self.numels = torch.tensor([p.numel() for p in params], dtype=torch.int32, device=dev)
@@ -108,11 +109,12 @@ class TritonAdamW:
         self.p_ptrs = torch.tensor([t.data_ptr() for t in params], dtype=torch.int64, device=dev)
         self.g_ptrs = torch.tensor([t.grad.data_ptr() for t in params], dtype=torch.int64, device=dev)
 
-    def __call__(self, scale):
+    def __call__(self, scale, warps=4):
         self.step.add_(1)
         adamw_chunks[(self.chunk_tensor.numel(),)](
             self.chunk_tensor, self.chunk_start, self.numels, self.p_ptrs, self.g_ptrs, self.m_ptrs, self.v_ptrs,
-            self.decays, self.step, self.lr, scale, self.betas[0], self.betas[1], self.eps, BLOCK=BLOCK)
+            self.decays, self.step, self.lr, scale, self.betas[0], self.betas[1], self.eps, BLOCK=self.block,
+            num_warps=warps)
 
 
 def main():
@@ -166,6 +168,13 @@ def main():
     res["torch_update_only_ms"] = graph_ms(torch_update_only)
     res["triton_norm_plus_update_ms"] = graph_ms(triton_update)
     res["triton_update_only_ms"] = graph_ms(lambda: triton_opt(lr))
+    for block in (2048, 8192, 16384):  # launch shapes of the Triton update (BLOCK 4096, 4 warps above)
+        opt = TritonAdamW(copies, decays, lr, block=block)
+        for warps in (4, 8, 16):
+            if block // (32 * warps) < 4:
+                continue
+            res["triton_update_only_%d_%dw_ms" % (block, warps)] = graph_ms(lambda: opt(lr, warps))
+            print(block, warps, res["triton_update_only_%d_%dw_ms" % (block, warps)], flush=True)
     print(json.dumps(res, indent=1), flush=True)
     with open(os.path.join(OUT, "adamw.json"), "w") as f:
         json.dump(res, f, indent=1)

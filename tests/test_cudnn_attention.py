@@ -136,6 +136,18 @@ def test_trainer_keeps_sdpa_and_says_why_when_the_frontend_is_unavailable(capsys
     assert "cuDNN frontend attention off (PyTorch SDPA instead): " in capsys.readouterr().out
 
 
+def test_explicit_flag_that_cannot_apply_says_why(capsys):
+    model = GPT(GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32))
+    args = tr.parse_args(["-i", "unused", "--device", "cpu", "--cudnn-attention", "1"])
+    assert not tr.choose_cudnn_attention(args, tr.Run(args), model)
+    assert "--cudnn-attention 1 ignored: it needs --attention flash on a CUDA device" in capsys.readouterr().out
+    # the default stays quiet off CUDA
+    args = tr.parse_args(["-i", "unused", "--device", "cpu"])
+    assert not tr.choose_cudnn_attention(args, tr.Run(args), model)
+    assert capsys.readouterr().out == ""
+    assert not any(b.attn.cudnn_frontend for b in model.transformer.h)
+
+
 def test_trainer_flag_is_parsed():
     args = tr.parse_args(["-i", "x_*.bin", "--cudnn-attention", "0"])
     assert args.cudnn_attention == 0

@@ -540,6 +540,22 @@ def enable_cudnn_attention(raw: GPT, run: "Run", batch: int, seq_len: int) -> bo
     return ok
 
 
+def choose_cudnn_attention(args, run: "Run", raw: GPT) -> bool:
+    """`--cudnn-attention`: its default (on for compute capability >= 9 with --sdpa auto), its
+    preconditions, then `enable_cudnn_attention`. An explicit 1 that this run cannot honour says why."""
+    wanted = args.cudnn_attention
+    if wanted is None:
+        wanted = int(args.sdpa == "auto" and run.cuda and torch.cuda.get_device_capability(run.device)[0] >= 9)
+    if not wanted:
+        return False
+    if not (args.attention == "flash" and run.cuda and run.amp_dtype == torch.bfloat16):
+        if args.cudnn_attention:
+            run.print("--cudnn-attention 1 ignored: it needs --attention flash on a CUDA device with bf16 "
+                      "autocast")
+        return False
+    return enable_cudnn_attention(raw, run, args.b, args.t)
+
+
 def train(args: argparse.Namespace) -> int:
     run = Run(args)
     if args.y and not args.o:
@@ -591,12 +607,7 @@ def train(args: argparse.Namespace) -> int:
             run.print("cuBLASLt matmuls off: %s" % (cublaslt.unavailable_reason(run.device.index)
                                                    or "self-check failed"))
         raw.set_cublaslt(ok)
-    use_frontend = args.cudnn_attention
-    if use_frontend is None:
-        use_frontend = int(args.sdpa == "auto" and run.cuda
-                           and torch.cuda.get_device_capability(run.device)[0] >= 9)
-    if use_frontend and args.attention == "flash" and run.cuda and run.amp_dtype == torch.bfloat16:
-        enable_cudnn_attention(raw, run, args.b, args.t)
+    choose_cudnn_attention(args, run, raw)
     if run.compile:
         model = compile_model(model, mode=args.compile_mode)
     if run.ddp:

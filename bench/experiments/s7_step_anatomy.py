@@ -15,7 +15,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import sys
 
 sys.path.insert(0, "bench"); sys.path.insert(0, "bench/experiments"); sys.path.insert(0, ".")
@@ -26,7 +25,7 @@ import bench_train as bt  # noqa: E402
 from pipeline.gpt import cudnn_attention  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402
-from s3_profile import OUT  # noqa: E402
+from s3_profile import OUT, dump_trace  # noqa: E402
 
 GPU_CATS = ("kernel", "gpu_memset", "gpu_memcpy")
 res = {}
@@ -52,14 +51,10 @@ def family(name):
 
 
 def trace_events(prof, name):
-    path = os.path.join(OUT, name)
-    prof.export_chrome_trace(path)
-    with open(path) as f:
-        events = json.load(f)["traceEvents"]
-    with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
-        shutil.copyfileobj(f, g)
-    os.remove(path)
-    return [e for e in events if e.get("ph") == "X"]
+    """The complete ("X") events of a profile, written as $OUT/<name>.gz by s3_profile.dump_trace."""
+    dump_trace(prof, name)
+    with gzip.open(os.path.join(OUT, name + ".gz"), "rt") as f:
+        return [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
 
 
 def model_and_step(glob_, config):

@@ -68,6 +68,11 @@ SPEED = [  # name, attention, compile, recompute, B, T, compile mode, SDPA kerne
     # "+fe": attention through the cuDNN frontend (pipeline.gpt.cudnn_attention), packed q|k|v
     ("flash+compile+lt+graphs+fe", "flash", 1, 0, 32, 1024, "default", "auto"),
     ("course step+lt+graphs+fe", "flash", 1, 0, 64, 1024, "default", "auto", 8),
+    # the default step without session 8's optimizer changes, for A/B: "-mirrors": no bf16 weight
+    # mirrors (weights cast in every forward, gradients cast back); "-triton": PyTorch's fused AdamW
+    # (clip factor as grad_scale) instead of pipeline.gpt.adamw's Triton update
+    ("flash+compile+lt+graphs+fe-mirrors", "flash", 1, 0, 32, 1024, "default", "auto"),
+    ("flash+compile+lt+graphs+fe-mirrors-triton", "flash", 1, 0, 32, 1024, "default", "auto"),
     ("flash+compile+lt+recompute", "flash", 1, 1, 32, 1024, "default", "auto"),
     ("flash+lt+recompute", "flash", 0, 1, 32, 1024, "default", "auto"),
     ("eager+lt+graphs", "eager", 0, 0, 16, 1024, "default", "auto"),
@@ -149,6 +154,7 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
                fused_mlp=any(b.mlp.fused for b in raw.transformer.h),
                cudnn_frontend=any(b.attn.cudnn_frontend for b in raw.transformer.h),
                graphs=bool(getattr(step_fn, "active", False)),
+               bf16_mirrors=len(getattr(opt, "mirrors", ())), triton_adamw=os.environ.get("GPT_TRITON_ADAMW"),
                graphs_failed=getattr(step_fn, "failed", None), matmul_tuning=tuning_report(),
                step_ms=[round(1000 * t, 2) for t in times])
     del args, run, raw, opt, model, batches
@@ -186,6 +192,8 @@ def make_step(name, args, run, raw, opt, model, accum):
     if "+fe" in name:
         tr.enable_cudnn_attention(raw, run, args.b, args.t)
     args.cuda_graphs = int("+graphs" in name)
+    args.bf16_mirrors = 0 if "-mirrors" in name else None
+    os.environ["GPT_TRITON_ADAMW"] = "0" if "-triton" in name else "1"
     return tr.make_step_fn(args, run, model, raw, opt, accum)
 
 

@@ -570,12 +570,19 @@ def _(a, b, trans_a, trans_b, width):
     return _mm_padded(a, b, trans_a, trans_b, width)
 
 
+def bf16_weight(module: torch.nn.Linear) -> torch.Tensor:
+    """The module's weight in bf16: its mirror (`adamw.AdamW.attach_bf16_mirrors`, kept equal to the
+    float32 weight by every update, gradients landing on it) where it has one, else a cast."""
+    mirror = getattr(module, "weight_bf16", None)
+    return module.weight.to(torch.bfloat16) if mirror is None else mirror
+
+
 def tuned_linear(x: torch.Tensor, module: torch.nn.Linear, bias: bool = True) -> torch.Tensor:
     """`module(x)` in bf16 through `linear` (autocast's F.linear, with tuned cuBLASLt matmuls);
     `bias=False`: without the module's bias (the caller adds it, e.g. `residual_norm`)."""
     dt = torch.bfloat16
     shape = x.shape
-    x2, w = x.reshape(-1, shape[-1]).to(dt), module.weight.to(dt)
+    x2, w = x.reshape(-1, shape[-1]).to(dt), bf16_weight(module)
     y = linear(x2, w, module.bias.to(dt)) if bias else mm(x2[:, :w.size(1)], w, False, True)
     return y.view(*shape[:-1], y.size(-1))
 
@@ -610,8 +617,8 @@ def fused_mlp(x: torch.Tensor, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear,
     `proj_bias=False`: without c_proj's bias (the caller adds it, e.g. `residual_norm`)."""
     dt = torch.bfloat16
     shape = x.shape
-    y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), c_fc.weight.to(dt), c_fc.bias.to(dt),
-                        c_proj.weight.to(dt), c_proj.bias.to(dt) if proj_bias else None,
+    y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), bf16_weight(c_fc), c_fc.bias.to(dt),
+                        bf16_weight(c_proj), c_proj.bias.to(dt) if proj_bias else None,
                         bool(epilogue))
     return y.view(*shape[:-1], y.size(-1))
 

@@ -74,7 +74,9 @@ class GraphedTrainStep:
         """Capture the three graphs (nothing runs but one warm-up micro-step whose gradients are
         dropped); on any failure, leave everything as the ordinary step expects it."""
         device = self.run.device
-        self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        # what backward fills: the parameters, or their bf16 mirrors (pipeline.gpt.adamw)
+        leaves = getattr(self.optimizer, "gradient_leaves", None)
+        self.params = leaves() if leaves else [p for p in self.raw.parameters() if p.requires_grad]
         B, T = self.batch_shape
         # Fixed input buffers (graphs replay fixed addresses); any valid ids do for the warm-up.
         self.x = torch.zeros((B, T), dtype=torch.long, device=device)
@@ -110,6 +112,9 @@ class GraphedTrainStep:
                 # accumulation must add into the very tensors that `first` writes
                 if any(p.grad is not g for p, g in zip(self.params, grads)):
                     raise RuntimeError("gradient accumulation was not in place")
+            prepare = getattr(self.optimizer, "prepare", None)
+            if prepare:  # tables of the gradients' addresses, uploaded before capture
+                prepare()
             update = torch.cuda.CUDAGraph()
             with torch.cuda.graph(update, pool=first.pool(), stream=stream):
                 self._update()

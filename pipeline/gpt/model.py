@@ -184,6 +184,11 @@ class GPT(nn.Module):
             block.mlp.fused = bool(enabled)
             block.attn.tuned = bool(enabled)
 
+    def matmul_linears(self) -> list:
+        """The blocks' four matmul layers, whose weights the cuBLASLt path reads through
+        `cublaslt.bf16_weight` (and so may have bf16 mirrors: `adamw.AdamW.attach_bf16_mirrors`)."""
+        return [m for b in self.transformer.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+
     def set_cudnn_frontend(self, enabled: bool) -> None:
         """bf16 training with `--attention flash` through `pipeline.gpt.cudnn_attention` (cuDNN's
         attention from and to the packed q|k|v layout). Turn on only where

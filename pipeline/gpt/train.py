@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pipeline.gpt import checkpoint as ckpt
 from pipeline.gpt import estimate as est
 from pipeline.gpt import hellaswag
+from pipeline.gpt.adamw import AdamW
 from pipeline.gpt.data import DataLoader
 from pipeline.gpt.logs import Logger, write_run_parameters
 from pipeline.gpt.model import DEPTH_SHAPES, GPT, GPTConfig, compile_model
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "package): q/k/v read from and gradients written to c_attn's packed layout "
                    "(default: 1 on compute capability >= 9.0 with --sdpa auto when the package is "
                    "installed and its self-check passes)")
+    g.add_argument("--bf16-mirrors", type=int, default=None,
+                   help="1 = the cuBLASLt matmuls read bf16 copies of their weights that the AdamW "
+                   "update writes, and leave bf16 weight gradients for it (no casts either way; exact "
+                   "with one micro-batch per step). Default: 1 with --cublaslt on one CUDA GPU when "
+                   "-d equals -b x -t; 0 with gradient accumulation")
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
     g.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
@@ -273,17 +279,19 @@ def build_model(args, run: Run, resume_step: int) -> GPT:
 
 
 def make_optimizer(model: GPT, args, run: Run) -> torch.optim.Optimizer:
+    """llm.c's AdamW (betas 0.9/0.95, eps 1e-8, decay on 2-D tensors): `pipeline.gpt.adamw.AdamW`
+    (PyTorch's, with the clip and update in one Triton pass on CUDA); ZeRO-1 with -z 1 under DDP."""
     # llm.c decays the 2-D tensors (embeddings and matmul weights), never biases or layernorms.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.c}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = dict(lr=args.l, betas=(0.9, 0.95), eps=1e-8)
     if run.cuda:
-        kwargs["fused"] = True  # one kernel for the whole update instead of one per tensor
+        kwargs["fused"] = True  # where Triton is missing: one kernel for the update, not one per tensor
     if args.z >= 1 and run.ddp:
         from torch.distributed.optim import ZeroRedundancyOptimizer
         return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    return AdamW(groups, **kwargs)
 
 
 def to_device(batch, run: Run):
@@ -364,10 +372,13 @@ def micro_step(model, x: torch.Tensor, y: torch.Tensor, accum: int, run: Run) ->
 def clip_and_update(params, optimizer) -> torch.Tensor:
     """llm.c's global-norm clip at 1.0, then the AdamW update; returns the norm before clipping.
 
-    With fused AdamW the clip factor goes into the update kernel, through the `grad_scale` input
+    The trainer's own optimizer does both in its `clip_and_step` (`pipeline.gpt.adamw`). Otherwise
+    (ZeRO), with fused AdamW the clip factor goes into the update kernel, through the `grad_scale` input
     it has for AMP (every gradient is divided by it), instead of a separate pass that rescales all
     gradients in memory: max(norm + 1e-6, 1) is exactly the divisor clip_grad_norm_'s factor
     1 / (norm + 1e-6), clamped at 1, multiplies by."""
+    if isinstance(optimizer, AdamW):
+        return optimizer.clip_and_step(1.0)
     if isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused"):
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
@@ -399,8 +410,35 @@ def train_step(model, raw: GPT, optimizer, batches, accum: int, run: Run, lr: fl
     return loss_sum, norm
 
 
+def choose_bf16_mirrors(args, run: Run, raw: GPT, optimizer, accum: int) -> int:
+    """`--bf16-mirrors`: attach the optimizer's bf16 weight mirrors where they apply (cuBLASLt
+    matmuls, one micro-batch per step, one process, the trainer's AdamW); returns how many. The
+    default stays quiet where they do not apply; an explicit 1 says why."""
+    wanted = args.bf16_mirrors
+    if wanted is None:
+        wanted = int(run.cuda)
+    if not wanted:
+        return 0
+    why = None
+    if not raw.tuned_head:
+        why = "the cuBLASLt matmuls (--cublaslt) that read them are off"
+    elif accum != 1:
+        why = "gradient accumulation (-d > -b x -t x GPUs) would add gradients up in bf16"
+    elif run.ddp:
+        why = "DDP all-reduces parameter gradients, not a mirror's"
+    elif not isinstance(optimizer, AdamW):
+        why = "the optimizer is not the trainer's AdamW"
+    if why is not None:
+        if args.bf16_mirrors:
+            run.print("--bf16-mirrors 1 ignored: %s" % why)
+        return 0
+    return optimizer.attach_bf16_mirrors(raw.matmul_linears())
+
+
 def make_step_fn(args, run: Run, model, raw: GPT, optimizer, accum: int):
-    """step_fn(batches, lr) -> (loss, norm): the ordinary step, or its CUDA-graph replay."""
+    """step_fn(batches, lr) -> (loss, norm): the ordinary step, or its CUDA-graph replay (after
+    attaching bf16 weight mirrors where they apply: `choose_bf16_mirrors`)."""
+    choose_bf16_mirrors(args, run, raw, optimizer, accum)
     graphs = args.cuda_graphs
     if graphs is None:
         graphs = int(run.cuda and not run.ddp and not args.r)
@@ -632,6 +670,7 @@ def train(args: argparse.Namespace) -> int:
               "cuda graphs": int(hasattr(step_fn, "graphs")),
               "cublaslt": int(any(b.mlp.fused for b in raw.transformer.h)),
               "cudnn frontend attention": int(any(b.attn.cudnn_frontend for b in raw.transformer.h)),
+              "bf16 weight mirrors": len(getattr(optimizer, "mirrors", ())),
               "num_layers L": raw.config.n_layer, "num_heads NH": raw.config.n_head,
               "channels C": raw.config.n_embd, "max_seq_len": raw.config.block_size,
               "num_parameters": n_params, "train tokens": train_loader.num_tokens, "preset": args.preset}

@@ -1,0 +1,322 @@
+"""The trainer's optimizer: PyTorch's AdamW, with llm.c's gradient clip folded into one Triton
+update per tensor kind and, optionally, bf16 mirrors of the matmul weights.
+
+**Clip and update.** `clip_and_step()` computes the global gradient norm and applies AdamW to
+gradients divided by max((norm + 1e-6) / max_norm, 1), which is `clip_grad_norm_` followed by
+`step()`. PyTorch's fused AdamW can take that divisor as `grad_scale`, but then also writes the
+divided gradients back (4 bytes per parameter more); here one Triton launch per (parameter group,
+gradient dtype) reads every tensor through a table of (tensor, offset) chunks, reads the divisor from
+device memory and writes only the parameter and both moments: 1.35 ms against 1.54 ms on an H100
+for GPT-2 124M (bench/experiments/s7_adamw.py). The norm is one more launch over the same tables.
+
+**bf16 mirrors** (`attach_bf16_mirrors`). Under bf16 autocast every matmul weight is cast from its
+float32 master copy in every forward (read 4 bytes, write 2), and its bf16 weight gradient is cast
+back to float32 in backward (read 2, write 4). A mirror is a bf16 leaf tensor that the model's
+cuBLASLt path reads instead of casting (`cublaslt.bf16_weight`); autograd leaves the weight
+gradient on it in bf16, the update reads that gradient directly and writes the new bf16 copy next
+to the float32 parameter. With one micro-batch per step this is exact: the cast gradient was the
+bf16 gradient's exact float32 value, and the mirror is the same round-to-nearest-even cast the
+forward did. With gradient accumulation the micro-batches' gradients would add up in bf16, so the
+trainer attaches mirrors only without it (`-d` = `-b` x `-t`), as llm.c's bf16 gradients do not.
+
+The state (`step`, `exp_avg`, `exp_avg_sq` per parameter) and `state_dict()` are PyTorch's, so
+checkpoints move between this and `torch.optim.AdamW`. Off CUDA, without Triton, or with
+`GPT_TRITON_ADAMW=0`, the same step runs through PyTorch's AdamW (its fused kernel on CUDA).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs
+    triton = None
+
+# Launch shapes measured on an H100 (bench/experiments/s7_adamw.py): the update at 2048 elements x 16
+# warps per program (1.348 ms; 4096 x 4 warps 1.54, larger blocks spill registers), the norm at
+# 16384 x 8 (0.169 ms against PyTorch's 0.213).
+UPDATE_BLOCK, UPDATE_WARPS = 2048, 16
+NORM_BLOCK, NORM_WARPS = 16384, 8
+
+if triton is not None:
+    @triton.jit
+    def _sum_squares(chunk_tensor, chunk_start, numels, g_ptrs, partials, partial_offset,
+                     GRAD_BF16: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(chunk_tensor + pid)
+        start = tl.load(chunk_start + pid)
+        n = tl.load(numels + t)
+        if GRAD_BF16:
+            g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.bfloat16))
+        else:
+            g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32))
+        idx = start + tl.arange(0, BLOCK)
+        g = tl.load(g_ptr + idx, mask=idx < n, other=0.0).to(tl.float32)
+        tl.store(partials + partial_offset + pid, tl.sum(g * g, axis=0))
+
+    @triton.jit
+    def _clip_divisor(partials, n_partials, norm_ptr, divisor_ptr, max_norm, BLOCK: tl.constexpr):
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for start in range(0, n_partials, BLOCK):
+            idx = start + tl.arange(0, BLOCK)
+            acc += tl.load(partials + idx, mask=idx < n_partials, other=0.0)
+        norm = tl.sqrt(tl.sum(acc, axis=0))
+        tl.store(norm_ptr, norm)
+        tl.store(divisor_ptr, tl.maximum((norm + 1e-6) / max_norm, 1.0))
+
+    @triton.jit
+    def _adamw_update(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, m_ptrs, v_ptrs, mirror_ptrs,
+                      step_ptr, lr_ptr, divisor_ptr, beta1, beta2, eps, weight_decay,
+                      GRAD_BF16: tl.constexpr, MIRROR: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(chunk_tensor + pid)
+        start = tl.load(chunk_start + pid)
+        n = tl.load(numels + t)
+        p_ptr = tl.load(p_ptrs + t).to(tl.pointer_type(tl.float32))
+        if GRAD_BF16:
+            g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.bfloat16))
+        else:
+            g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32))
+        m_ptr = tl.load(m_ptrs + t).to(tl.pointer_type(tl.float32))
+        v_ptr = tl.load(v_ptrs + t).to(tl.pointer_type(tl.float32))
+        step = tl.load(step_ptr)
+        lr = tl.load(lr_ptr)
+        divisor = tl.load(divisor_ptr)
+        idx = start + tl.arange(0, BLOCK)
+        mask = idx < n
+        p = tl.load(p_ptr + idx, mask=mask)
+        g = tl.load(g_ptr + idx, mask=mask).to(tl.float32) / divisor
+        m = tl.load(m_ptr + idx, mask=mask)
+        v = tl.load(v_ptr + idx, mask=mask)
+        # PyTorch's AdamW, in its order: decoupled decay, moments, bias-corrected step
+        p = p * (1.0 - lr * weight_decay)
+        m = beta1 * m + (1.0 - beta1) * g
+        v = beta2 * v + (1.0 - beta2) * g * g
+        bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))
+        bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
+        p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / bias_correction2_sqrt + eps)
+        tl.store(p_ptr + idx, p, mask=mask)
+        tl.store(m_ptr + idx, m, mask=mask)
+        tl.store(v_ptr + idx, v, mask=mask)
+        if MIRROR:
+            w_ptr = tl.load(mirror_ptrs + t).to(tl.pointer_type(tl.bfloat16))
+            tl.store(w_ptr + idx, p.to(tl.bfloat16), mask=mask)
+
+
+def _device_array(values, dtype, device) -> torch.Tensor:
+    # through pinned memory, so that the upload never waits for the GPU's queued work
+    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+
+
+class _Launch:
+    """One kernel launch's worth of tensors (same group, same gradient dtype, all mirrored or
+    none): the chunk tables and device arrays of the tensors' addresses. Gradients may move between
+    steps without CUDA graphs (`set_grads` re-uploads only their addresses); the rest stay put."""
+
+    def __init__(self, group, params, exp_avgs, exp_avg_sqs, mirrors, grad_bf16):
+        device = params[0].device
+
+        def chunks(block):
+            pairs = [(i, s) for i, p in enumerate(params) for s in range(0, p.numel(), block)]
+            return (_device_array([c[0] for c in pairs], torch.int32, device),
+                    _device_array([c[1] for c in pairs], torch.int32, device))
+        self.group, self.grad_bf16, self.has_mirrors = group, grad_bf16, bool(mirrors)
+        self.numels = _device_array([p.numel() for p in params], torch.int32, device)
+        self.update_chunks = chunks(UPDATE_BLOCK)
+        self.norm_chunks = chunks(NORM_BLOCK)
+        self.p_ptrs = _device_array([t.data_ptr() for t in params], torch.int64, device)
+        self.m_ptrs = _device_array([t.data_ptr() for t in exp_avgs], torch.int64, device)
+        self.v_ptrs = _device_array([t.data_ptr() for t in exp_avg_sqs], torch.int64, device)
+        self.mirror_ptrs = (_device_array([t.data_ptr() for t in mirrors], torch.int64, device)
+                            if mirrors else self.p_ptrs)
+        self.grad_addresses = None
+        self.g_ptrs = None
+
+    def set_grads(self, grads) -> None:
+        addresses = [g.data_ptr() for g in grads]
+        if addresses != self.grad_addresses:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("AdamW gradient addresses must be uploaded before CUDA-graph "
+                                   "capture (prepare())")
+            self.g_ptrs = _device_array(addresses, torch.int64, self.p_ptrs.device)
+            self.grad_addresses = addresses
+
+
+class AdamW(torch.optim.AdamW):
+    """`torch.optim.AdamW` plus `clip_and_step()` (Triton on CUDA) and bf16 weight mirrors."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.mirrors: Dict[torch.Tensor, torch.Tensor] = {}  # float32 parameter -> bf16 leaf
+        self._launches: Optional[List[_Launch]] = None
+        self._launch_key = None
+        self._lr_tensor: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------------------ mirrors
+
+    def attach_bf16_mirrors(self, modules) -> int:
+        """Give each module's `weight` (a parameter of this optimizer) a bf16 mirror, registered on
+        the module as the non-persistent buffer `weight_bf16`; returns how many. The mirror's
+        gradient replaces the weight's: use only where one micro-batch makes a step (see above)."""
+        mine = {id(p) for g in self.param_groups for p in g["params"]}
+        count = 0
+        for module in modules:
+            weight = module.weight
+            if id(weight) not in mine:
+                raise ValueError("a mirrored weight must be one of the optimizer's parameters")
+            mirror = weight.detach().to(torch.bfloat16).requires_grad_()
+            module.register_buffer("weight_bf16", mirror, persistent=False)
+            self.mirrors[weight] = mirror
+            count += 1
+        self._launches = None
+        return count
+
+    def gradient_leaves(self) -> List[torch.Tensor]:
+        """The tensors whose `.grad` a backward pass fills: each parameter, or its mirror."""
+        return [self.mirrors.get(p, p) for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none=set_to_none)
+        for mirror in self.mirrors.values():
+            if mirror.grad is not None:
+                if set_to_none:
+                    mirror.grad = None
+                else:
+                    mirror.grad.zero_()
+
+    def _grad(self, p: torch.Tensor) -> Optional[torch.Tensor]:
+        mirror = self.mirrors.get(p)
+        if mirror is not None and mirror.grad is not None:
+            if p.grad is not None:
+                raise RuntimeError("a mirrored weight got gradients both in float32 and on its mirror")
+            return mirror.grad
+        return p.grad
+
+    # ------------------------------------------------------------------------------ the step
+
+    def clip_and_step(self, max_norm: float = 1.0) -> torch.Tensor:
+        """Global-norm clip at max_norm, then the AdamW update; returns the norm before clipping
+        (a device tensor)."""
+        launches = self._tables() if self._triton_ready() else None
+        if launches is not None:
+            return self._triton_step(launches, max_norm)
+        return self._torch_step(max_norm)
+
+    def _triton_ready(self) -> bool:
+        params = [p for g in self.param_groups for p in g["params"]]
+        return (triton is not None and os.environ.get("GPT_TRITON_ADAMW", "1") != "0"
+                and all(p.is_cuda and p.dtype == torch.float32 for p in params)
+                and not self.defaults.get("amsgrad") and not self.defaults.get("maximize"))
+
+    def _torch_step(self, max_norm: float) -> torch.Tensor:
+        """PyTorch's AdamW on float32 gradients (a mirror's, upcast), then the mirrors refreshed."""
+        for p in self.mirrors:
+            grad = self._grad(p)
+            p.grad = None if grad is None else grad.float()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if self.defaults.get("fused"):  # the divisor inside the fused kernel, not a pass over grads
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            self.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+            try:
+                self.step()
+            finally:
+                self.grad_scale = None
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            self.step()
+        with torch.no_grad():
+            for p, mirror in self.mirrors.items():
+                mirror.copy_(p)
+                p.grad = None
+        return norm
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        """PyTorch's fused AdamW's state for p, created as its first step would."""
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif state["step"].device != p.device:  # a CPU step count from a non-fused checkpoint
+            state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+        return state
+
+    def prepare(self) -> None:
+        """Build the launch tables for the current gradients now (outside any CUDA-graph capture,
+        which cannot upload them)."""
+        if self._triton_ready():
+            self._tables()
+
+    def _tables(self) -> Optional[List[_Launch]]:
+        """The launches for the current gradients: rebuilt when a parameter's state or mirror
+        moved or the set of gradients changed, gradient addresses refreshed when they moved;
+        None where a gradient is not a plain contiguous tensor (the PyTorch step handles that)."""
+        entries = []  # (kind, parameter, gradient, state, mirror or None)
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                grad = self._grad(p)
+                if grad is None:
+                    continue
+                if grad.is_sparse or not grad.is_contiguous():
+                    return None
+                mirror = self.mirrors.get(p)
+                kind = (gi, grad.dtype == torch.bfloat16, mirror is not None)
+                entries.append((kind, p, grad, self._init_state(p), mirror))
+        if not entries:
+            return None
+        entries.sort(key=lambda e: e[0])  # stable: parameter order within each launch
+        key = tuple((kind, id(s["step"])) + tuple(t.data_ptr() for t in (p, s["exp_avg"], s["exp_avg_sq"]))
+                    + ((m.data_ptr(),) if m is not None else ()) for kind, p, _, s, m in entries)
+        if self._launches is None or key != self._launch_key:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("AdamW launch tables must be built before CUDA-graph capture (prepare())")
+            kinds: Dict[tuple, list] = {}
+            for kind, p, _, state, mirror in entries:
+                kinds.setdefault(kind, []).append((p, state, mirror))
+            self._launches = [_Launch(gi, [p for p, _, _ in items], [s["exp_avg"] for _, s, _ in items],
+                                      [s["exp_avg_sq"] for _, s, _ in items],
+                                      [m for _, _, m in items] if mirrored else [], bf16)
+                              for (gi, bf16, mirrored), items in kinds.items()]
+            device = entries[0][1].device
+            self._steps = [s["step"] for _, _, _, s, _ in entries]
+            self._partials = torch.empty(sum(L.norm_chunks[0].numel() for L in self._launches), device=device)
+            self._norm = torch.zeros((), device=device)
+            self._divisor = torch.ones((), device=device)
+            self._lr_tensor = torch.zeros((), device=device)
+            self._launch_key = key
+        grads_by_kind: Dict[tuple, list] = {}
+        for kind, _, grad, _, _ in entries:
+            grads_by_kind.setdefault(kind, []).append(grad)
+        for L, grads in zip(self._launches, grads_by_kind.values()):
+            L.set_grads(grads)
+        return self._launches
+
+    def _triton_step(self, launches: List[_Launch], max_norm: float) -> torch.Tensor:
+        offset = 0
+        for L in launches:
+            n = L.norm_chunks[0].numel()
+            _sum_squares[(n,)](L.norm_chunks[0], L.norm_chunks[1], L.numels, L.g_ptrs, self._partials,
+                               offset, GRAD_BF16=L.grad_bf16, BLOCK=NORM_BLOCK, num_warps=NORM_WARPS)
+            offset += n
+        _clip_divisor[(1,)](self._partials, offset, self._norm, self._divisor, float(max_norm),
+                            BLOCK=1024, num_warps=4)
+        # every parameter's step count, as PyTorch keeps them (all equal: one update for all)
+        torch._foreach_add_(self._steps, 1.0)
+        for L in launches:
+            group = self.param_groups[L.group]
+            lr = group["lr"]
+            if not torch.is_tensor(lr):  # a Python float: through a device scalar, as graphs need
+                self._lr_tensor.fill_(lr)
+                lr = self._lr_tensor
+            beta1, beta2 = group["betas"]
+            n = L.update_chunks[0].numel()
+            _adamw_update[(n,)](L.update_chunks[0], L.update_chunks[1], L.numels, L.p_ptrs, L.g_ptrs,
+                                L.m_ptrs, L.v_ptrs, L.mirror_ptrs, self._steps[0], lr, self._divisor,
+                                float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
+                                GRAD_BF16=L.grad_bf16, MIRROR=L.has_mirrors, BLOCK=UPDATE_BLOCK,
+                                num_warps=UPDATE_WARPS)
+        return self._norm

@@ -1,0 +1,254 @@
+"""The trainer's AdamW (`pipeline.gpt.adamw`): the clip folded into the update, PyTorch's state
+layout, and bf16 weight mirrors. On CPU the PyTorch step runs (the mirrors' wiring is checked bit
+for bit against the casts they replace); the CUDA tests (skipped without a GPU) check the Triton
+kernels against PyTorch's fused AdamW, eagerly and replayed from a CUDA graph."""
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipeline.gpt import adamw  # noqa: E402
+from pipeline.gpt import cublaslt  # noqa: E402
+from pipeline.gpt import train as tr  # noqa: E402
+from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or adamw.triton is None,
+                          reason="needs CUDA and Triton")
+
+
+def _groups(model, decay=0.1):
+    return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": decay},
+            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def _tiny_lt_model(device="cpu"):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)).to(device)
+    model.fused_loss = True
+    model.set_cublaslt(True)  # on CPU: the custom ops' reference math
+    return model
+
+
+def _train(model, opt, batches, device_type="cpu"):
+    losses, norms = [], []
+    for x, y in batches:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            _, loss = model(x, y, return_logits=False)
+        loss.backward()
+        norms.append(float(opt.clip_and_step(1.0)))
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses, norms
+
+
+def _batches(n, device="cpu"):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randint(0, 50257, (2, 32), generator=gen).to(device),
+             torch.randint(0, 50257, (2, 32), generator=gen).to(device)) for _ in range(n)]
+
+
+def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace():
+    """One micro-batch per step: the mirror's bf16 gradient is exactly what the cast gradient
+    held, and the mirror is exactly the cast the forward did, so parameters, losses and norms
+    are identical to the last bit."""
+    plain = _tiny_lt_model()
+    mirrored = copy.deepcopy(plain)
+    opt_a = adamw.AdamW(_groups(plain), lr=1e-2, foreach=False)
+    opt_b = adamw.AdamW(_groups(mirrored), lr=1e-2, foreach=False)
+    assert opt_b.attach_bf16_mirrors(mirrored.matmul_linears()) == 8
+    layer = mirrored.transformer.h[0].mlp.c_fc
+    assert layer.weight_bf16.dtype == torch.bfloat16 and layer.weight_bf16.requires_grad
+    assert "transformer.h.0.mlp.c_fc.weight_bf16" not in mirrored.state_dict()  # never checkpointed
+    batches = _batches(3)
+    ra, rb = _train(plain, opt_a, batches), _train(mirrored, opt_b, batches)
+    assert ra == rb
+    for (name, a), b in zip(plain.named_parameters(), mirrored.parameters()):
+        assert torch.equal(a, b), name
+    for weight, mirror in opt_b.mirrors.items():
+        assert torch.equal(mirror, weight.detach().to(torch.bfloat16))
+        assert weight.grad is None and mirror.grad is None  # zero_grad clears both
+
+
+def test_backward_fills_the_mirrors_not_the_float32_weights():
+    model = _tiny_lt_model()
+    opt = adamw.AdamW(_groups(model), lr=1e-2, foreach=False)
+    opt.attach_bf16_mirrors(model.matmul_linears())
+    x, y = _batches(1)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(x, y, return_logits=False)
+    loss.backward()
+    leaves = opt.gradient_leaves()
+    assert len(leaves) == len(list(model.parameters())) and all(t.grad is not None for t in leaves)
+    for module in model.matmul_linears():
+        assert module.weight.grad is None and module.weight_bf16.grad.dtype == torch.bfloat16
+    assert model.transformer.wte.weight.grad.dtype == torch.float32  # not mirrored
+
+
+def test_a_mirror_must_belong_to_the_optimizer():
+    model, other = _tiny_lt_model(), _tiny_lt_model()
+    opt = adamw.AdamW(_groups(model), lr=1e-2)
+    with pytest.raises(ValueError):
+        opt.attach_bf16_mirrors(other.matmul_linears())
+
+
+@pytest.mark.parametrize("scale", [5.0, 1e-4])  # clipped / not clipped
+def test_clip_and_step_equals_clip_grad_norm_then_adamw(scale):
+    torch.manual_seed(0)
+    pa = [torch.randn(1000, requires_grad=True) for _ in range(3)]
+    pb = [p.detach().clone().requires_grad_() for p in pa]
+    for a, b in zip(pa, pb):
+        g = torch.randn_like(a) * scale
+        a.grad, b.grad = g.clone(), g.clone()
+    ours = adamw.AdamW(pa, lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW(pb, lr=1e-2, weight_decay=0.1, foreach=False)
+    norm = ours.clip_and_step(1.0)
+    want = torch.nn.utils.clip_grad_norm_(pb, 1.0)
+    ref.step()
+    assert torch.allclose(norm, want)
+    for a, b in zip(pa, pb):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_state_dict_loads_into_pytorch_adamw_and_back():
+    model = _tiny_lt_model()
+    opt = adamw.AdamW(_groups(model), lr=1e-2, foreach=False)
+    _train(model, opt, _batches(2))
+    state = opt.state_dict()
+    ref = torch.optim.AdamW(_groups(model), lr=1e-2)
+    ref.load_state_dict(state)
+    back = adamw.AdamW(_groups(model), lr=1e-2)
+    back.load_state_dict(ref.state_dict())
+    for p in model.parameters():
+        assert float(back.state[p]["step"]) == 2.0
+        assert torch.equal(back.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+
+
+def test_explicit_mirrors_that_cannot_apply_say_why(capsys):
+    args = tr.parse_args(["-i", "unused", "--device", "cpu", "--bf16-mirrors", "1"])
+    run = tr.Run(args)
+    model = _tiny_lt_model()
+    opt = tr.make_optimizer(model, args, run)
+    assert isinstance(opt, adamw.AdamW)
+    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=2) == 0
+    assert "--bf16-mirrors 1 ignored: gradient accumulation" in capsys.readouterr().out
+    model.set_cublaslt(False)
+    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=1) == 0
+    assert "cuBLASLt matmuls (--cublaslt) that read them are off" in capsys.readouterr().out
+    model.set_cublaslt(True)
+    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=1) == 8
+    args.bf16_mirrors = None  # the default: on CUDA only, and quiet
+    plain = _tiny_lt_model()
+    assert tr.choose_bf16_mirrors(args, run, plain, tr.make_optimizer(plain, args, run), accum=2) == 0
+    assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+def _random_grads(params, scale, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(p.shape, generator=gen, device="cuda") * scale for p in params]
+
+
+@cuda
+@pytest.mark.parametrize("scale", [1.0, 1e-4])  # clipped / not clipped
+def test_triton_step_matches_pytorch_fused_adamw(scale):
+    model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)).cuda()
+    twin = copy.deepcopy(model)
+    ours = adamw.AdamW(_groups(model), lr=3e-3, fused=True)
+    ref = torch.optim.AdamW(_groups(twin), lr=3e-3, fused=True)
+    for step in range(4):
+        grads = _random_grads(list(model.parameters()), scale, step)
+        for p, q, g in zip(model.parameters(), twin.parameters(), grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        assert ours._triton_ready()
+        norm = ours.clip_and_step(1.0)
+        want = tr.clip_and_update(list(twin.parameters()), ref)
+        assert abs(float(norm) - float(want)) <= 1e-5 * float(want)
+    # Triton's fp32 sqrt and division are not PyTorch's correctly rounded ones: within 1e-4 of
+    # the 4 updates' size (lr each), far below bf16 training's own noise
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert (p - q).abs().max().item() < 1e-4 * 4 * 3e-3
+        assert float(ours.state[p]["step"]) == float(ref.state[q]["step"]) == 4.0
+        assert torch.allclose(ours.state[p]["exp_avg_sq"], ref.state[q]["exp_avg_sq"], rtol=1e-4, atol=1e-12)
+
+
+@cuda
+def test_triton_step_writes_mirrors_and_reads_bf16_gradients():
+    model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)).cuda()
+    twin = copy.deepcopy(model)
+    ours = adamw.AdamW(_groups(model), lr=3e-3, fused=True)
+    ours.attach_bf16_mirrors(model.matmul_linears())
+    ref = torch.optim.AdamW(_groups(twin), lr=3e-3, fused=True)
+    leaves = ours.gradient_leaves()  # in the optimizer's (group) order, as are the twin's here
+    twins = [q for group in _groups(twin) for q in group["params"]]
+    for step in range(3):
+        grads = [g.to(leaf.dtype) for g, leaf in zip(_random_grads(leaves, 0.3, step), leaves)]
+        for leaf, q, g in zip(leaves, twins, grads):
+            leaf.grad, q.grad = g.clone(), g.float()  # the bf16 gradient, and its exact float32 value
+        norm = ours.clip_and_step(1.0)
+        want = tr.clip_and_update(list(twin.parameters()), ref)
+        assert abs(float(norm) - float(want)) <= 1e-5 * float(want)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert (p - q).abs().max().item() < 1e-4 * 3 * 3e-3
+    for weight, mirror in ours.mirrors.items():
+        assert torch.equal(mirror, weight.detach().to(torch.bfloat16))  # round to nearest even, as .to()
+
+
+@cuda
+def test_triton_step_replays_from_a_cuda_graph():
+    """Captured once (tables built beforehand by prepare()), replayed with new gradients written
+    into the same tensors and a new learning rate in the device tensor: the same as eager steps."""
+    model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)).cuda()
+    twin = copy.deepcopy(model)
+    lr = torch.full((), 1e-3, device="cuda")
+    graphed = adamw.AdamW(_groups(model), lr=lr, fused=True, capturable=True)
+    eager = adamw.AdamW(_groups(twin), lr=1e-3, fused=True)
+    params, twins = list(model.parameters()), list(twin.parameters())
+    for p, q, g in zip(params, twins, _random_grads(params, 1.0, 0)):
+        p.grad, q.grad = g.clone(), g.clone()
+    graphed.clip_and_step(1.0)  # creates the state
+    eager.clip_and_step(1.0)
+    graphed.prepare()
+    norm_out = torch.zeros((), device="cuda")
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.graph(graph, stream=stream):
+        norm_out.copy_(graphed.clip_and_step(1.0))
+    for step in range(1, 4):
+        for p, q, g in zip(params, twins, _random_grads(params, 0.5, step)):
+            p.grad.copy_(g)
+            q.grad = g.clone()
+        lr.fill_(1e-3 * (step + 1))
+        for group in eager.param_groups:
+            group["lr"] = 1e-3 * (step + 1)
+        graph.replay()
+        want = eager.clip_and_step(1.0)
+        assert torch.allclose(norm_out, want, rtol=1e-6)
+    for p, q in zip(params, twins):
+        assert torch.allclose(p, q, rtol=0, atol=1e-7)
+
+
+@cuda
+def test_trainer_step_with_and_without_mirrors(tmp_path):
+    """The trainer's graphed step on a CUDA GPU, mirrors on against off: the same losses."""
+    import numpy as np
+    from pipeline.gpt.data import DataLoader
+    from pipeline.shards import write_shard
+    write_shard(str(tmp_path / "m_000001.bin"), np.random.default_rng(2).integers(0, 50257, size=20000))
+    shards = str(tmp_path / "m_*.bin")
+    losses = {}
+    for mirrors in (0, 1):
+        args = tr.parse_args(["-i", shards, "-e", "d2", "-1c", "128", "-1h", "4", "-b", "4", "-t", "64",
+                              "--compile", "0", "--quiet", "--bf16-mirrors", str(mirrors)])
+        run = tr.Run(args)
+        raw = tr.build_model(args, run, -1)
+        raw.set_cublaslt(cublaslt.available(run.device))
+        opt = tr.make_optimizer(raw, args, run)
+        step = tr.make_step_fn(args, run, raw, raw, opt, 1)
+        assert len(opt.mirrors) == (8 if mirrors and raw.tuned_head else 0)
+        batches = tr.batch_source(DataLoader(shards, 4, 64), run)
+        losses[mirrors] = [step(batches, 1e-3)[0].item() for _ in range(8)]
+        assert step.active, step.failed
+    assert max(abs(a - b) for a, b in zip(losses[0], losses[1])) < 1e-3, losses

@@ -154,7 +154,7 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
                fused_mlp=any(b.mlp.fused for b in raw.transformer.h),
                cudnn_frontend=any(b.attn.cudnn_frontend for b in raw.transformer.h),
                graphs=bool(getattr(step_fn, "active", False)),
-               bf16_mirrors=len(getattr(opt, "mirrors", ())), triton_adamw=os.environ.get("GPT_TRITON_ADAMW"),
+               bf16_mirrors=opt.num_mirrors() if hasattr(opt, "num_mirrors") else 0, triton_adamw=os.environ.get("GPT_TRITON_ADAMW"),
                graphs_failed=getattr(step_fn, "failed", None), matmul_tuning=tuning_report(),
                step_ms=[round(1000 * t, 2) for t in times])
     del args, run, raw, opt, model, batches

@@ -49,48 +49,56 @@ def _batches(n, device="cpu"):
              torch.randint(0, 50257, (2, 32), generator=gen).to(device)) for _ in range(n)]
 
 
-def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace():
+@pytest.mark.parametrize("ones_column, bias_column", [(False, False), (True, True), (True, False),
+                                                      (False, True)])
+def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace(ones_column, bias_column):
     """One micro-batch per step: the mirror's bf16 gradient is exactly what the cast gradient
     held, and the mirror is exactly the cast the forward did, so parameters, losses and norms
-    are identical to the last bit."""
+    are identical to the last bit. With and without the ones column on c_attn/c_fc's input, and
+    their mirrors plain or [W | b | 0...] (the trainer's pairing is (True, True) under compile)."""
     plain = _tiny_lt_model()
+    for block in plain.transformer.h:
+        block.ones_column = ones_column
     mirrored = copy.deepcopy(plain)
     opt_a = adamw.AdamW(_groups(plain), lr=1e-2, foreach=False)
     opt_b = adamw.AdamW(_groups(mirrored), lr=1e-2, foreach=False)
-    assert opt_b.attach_bf16_mirrors(mirrored.matmul_linears()) == 8
-    layer = mirrored.transformer.h[0].mlp.c_fc
+    blocks = mirrored.transformer.h
+    with_bias = [m for b in blocks for m in (b.attn.c_attn, b.mlp.c_fc)] if bias_column else []
+    layers = [m for b in blocks for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
+              if m not in with_bias]
+    assert opt_b.attach_bf16_mirrors(layers, with_bias) == 8 == opt_b.num_mirrors()
+    layer = blocks[0].mlp.c_fc
     assert layer.weight_bf16.dtype == torch.bfloat16 and layer.weight_bf16.requires_grad
+    assert layer.weight_bf16.shape == ((128, 32 + cublaslt.BIAS_COLUMNS) if bias_column else (128, 32))
     assert "transformer.h.0.mlp.c_fc.weight_bf16" not in mirrored.state_dict()  # never checkpointed
     batches = _batches(3)
     ra, rb = _train(plain, opt_a, batches), _train(mirrored, opt_b, batches)
     assert ra == rb
     for (name, a), b in zip(plain.named_parameters(), mirrored.parameters()):
         assert torch.equal(a, b), name
-    for weight, mirror in opt_b.mirrors.items():
-        assert torch.equal(mirror, weight.detach().to(torch.bfloat16))
-        assert weight.grad is None and mirror.grad is None  # zero_grad clears both
+    for p, view in opt_b.mirrors.items():
+        assert torch.equal(view.of(view.mirror, p.shape), p.detach().to(torch.bfloat16))
+        assert p.grad is None and view.mirror.grad is None  # zero_grad clears both
+    if bias_column:
+        assert not layer.weight_bf16[:, 33:].any()  # the pad columns stay zero
 
 
-def test_backward_fills_the_mirrors_not_the_float32_weights():
+def test_trainer_pairs_bias_column_mirrors_with_the_ones_column():
     model = _tiny_lt_model()
-    opt = adamw.AdamW(_groups(model), lr=1e-2, foreach=False)
-    opt.attach_bf16_mirrors(model.matmul_linears())
-    x, y = _batches(1)[0]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, loss = model(x, y, return_logits=False)
-    loss.backward()
-    leaves = opt.gradient_leaves()
-    assert len(leaves) == len(list(model.parameters())) and all(t.grad is not None for t in leaves)
-    for module in model.matmul_linears():
-        assert module.weight.grad is None and module.weight_bf16.grad.dtype == torch.bfloat16
-    assert model.transformer.wte.weight.grad.dtype == torch.float32  # not mirrored
+    plain, with_bias = model.bf16_mirror_layers(compiled=True)
+    assert [m for b in model.transformer.h for m in (b.attn.c_attn, b.mlp.c_fc)] == with_bias
+    assert len(plain) == 4
+    plain, with_bias = model.bf16_mirror_layers(compiled=False)  # eager: no ones column
+    assert len(plain) == 8 and with_bias == []
+    model.transformer.h[1].ones_column = False  # switched off for one block
+    assert len(model.bf16_mirror_layers(compiled=True)[1]) == 2
 
 
 def test_a_mirror_must_belong_to_the_optimizer():
     model, other = _tiny_lt_model(), _tiny_lt_model()
     opt = adamw.AdamW(_groups(model), lr=1e-2)
     with pytest.raises(ValueError):
-        opt.attach_bf16_mirrors(other.matmul_linears())
+        opt.attach_bf16_mirrors(*other.bf16_mirror_layers(compiled=True))
 
 
 @pytest.mark.parametrize("scale", [5.0, 1e-4])  # clipped / not clipped
@@ -179,21 +187,27 @@ def test_triton_step_writes_mirrors_and_reads_bf16_gradients():
     model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)).cuda()
     twin = copy.deepcopy(model)
     ours = adamw.AdamW(_groups(model), lr=3e-3, fused=True)
-    ours.attach_bf16_mirrors(model.matmul_linears())
+    ours.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True))
     ref = torch.optim.AdamW(_groups(twin), lr=3e-3, fused=True)
-    leaves = ours.gradient_leaves()  # in the optimizer's (group) order, as are the twin's here
-    twins = [q for group in _groups(twin) for q in group["params"]]
+    twins = dict(zip(model.parameters(), twin.parameters()))
     for step in range(3):
-        grads = [g.to(leaf.dtype) for g, leaf in zip(_random_grads(leaves, 0.3, step), leaves)]
-        for leaf, q, g in zip(leaves, twins, grads):
-            leaf.grad, q.grad = g.clone(), g.float()  # the bf16 gradient, and its exact float32 value
+        gen = torch.Generator(device="cuda").manual_seed(step)
+        for p in model.parameters():  # a bf16 gradient on each mirror (pad columns random too)
+            view = ours.mirrors.get(p)
+            leaf = view.mirror if view else p
+            if leaf.grad is None:
+                leaf.grad = (torch.randn(leaf.shape, generator=gen, device="cuda") * 0.3).to(leaf.dtype)
+            # the twin gets each parameter's part, as its exact float32 value
+            twins[p].grad = (view.of(leaf.grad, p.shape) if view else leaf.grad).float()
         norm = ours.clip_and_step(1.0)
         want = tr.clip_and_update(list(twin.parameters()), ref)
         assert abs(float(norm) - float(want)) <= 1e-5 * float(want)
-    for p, q in zip(model.parameters(), twin.parameters()):
+        ours.zero_grad()
+    for p, q in twins.items():
         assert (p - q).abs().max().item() < 1e-4 * 3 * 3e-3
-    for weight, mirror in ours.mirrors.items():
-        assert torch.equal(mirror, weight.detach().to(torch.bfloat16))  # round to nearest even, as .to()
+    for p, view in ours.mirrors.items():  # round to nearest even, as .to() does
+        assert torch.equal(view.of(view.mirror, p.shape), p.detach().to(torch.bfloat16))
+    assert any(view.strided for view in ours.mirrors.values())
 
 
 @cuda
@@ -247,7 +261,7 @@ def test_trainer_step_with_and_without_mirrors(tmp_path):
         raw.set_cublaslt(cublaslt.available(run.device))
         opt = tr.make_optimizer(raw, args, run)
         step = tr.make_step_fn(args, run, raw, raw, opt, 1)
-        assert len(opt.mirrors) == (8 if mirrors and raw.tuned_head else 0)
+        assert opt.num_mirrors() == (8 if mirrors and raw.tuned_head else 0)
         batches = tr.batch_source(DataLoader(shards, 4, 64), run)
         losses[mirrors] = [step(batches, 1e-3)[0].item() for _ in range(8)]
         assert step.active, step.failed

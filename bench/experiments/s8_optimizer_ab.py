@@ -39,7 +39,7 @@ def build(glob_, name):
         step_fn(batches, 6e-4)[0].item()
     assert step_fn.active, step_fn.failed
     return dict(held=(args, run, raw, opt, model), step=step_fn, batches=batches,
-                mirrors=len(getattr(opt, "mirrors", ())))
+                mirrors=opt.num_mirrors())
 
 
 def burst_ms(entry):

@@ -19,6 +19,13 @@ bf16 gradient's exact float32 value, and the mirror is the same round-to-nearest
 forward did. With gradient accumulation the micro-batches' gradients would add up in bf16, so the
 trainer attaches mirrors only without it (`-d` = `-b` x `-t`), as llm.c's bf16 gradients do not.
 
+The layers whose input carries cuBLASLt's ones column (c_attn, c_fc: `cublaslt.with_ones`) get
+their weight gradient and bias gradient from one matmul, as the (N, K + 8) block [dW | db | 0...].
+Their mirror has that same shape, [W | b | 0...], so the block is the mirror's gradient as it is:
+slicing dW out of it would leave a strided gradient that autograd copies before handing it over.
+The update reads each parameter's gradient and writes its bf16 value through a strided view of
+the mirror (row length, row stride, offset: `MirrorView`).
+
 The state (`step`, `exp_avg`, `exp_avg_sq` per parameter) and `state_dict()` are PyTorch's, so
 checkpoints move between this and `torch.optim.AdamW`. Off CUDA, without Triton, or with
 `GPT_TRITON_ADAMW=0`, the same step runs through PyTorch's AdamW (its fused kernel on CUDA).
@@ -26,7 +33,7 @@ checkpoints move between this and `torch.optim.AdamW`. Off CUDA, without Triton,
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 
@@ -44,8 +51,17 @@ NORM_BLOCK, NORM_WARPS = 16384, 8
 
 if triton is not None:
     @triton.jit
-    def _sum_squares(chunk_tensor, chunk_start, numels, g_ptrs, partials, partial_offset,
-                     GRAD_BF16: tl.constexpr, BLOCK: tl.constexpr):
+    def _mirror_offsets(idx, views, t, STRIDED: tl.constexpr):
+        """Element idx of tensor t inside its gradient / mirror: itself, or through the view
+        (row length, row stride, offset) of a weight or bias inside a [W | b | 0...] mirror."""
+        if STRIDED:
+            row = tl.load(views + 3 * t)
+            idx = (idx // row) * tl.load(views + 3 * t + 1) + idx % row + tl.load(views + 3 * t + 2)
+        return idx
+
+    @triton.jit
+    def _sum_squares(chunk_tensor, chunk_start, numels, g_ptrs, views, partials, partial_offset,
+                     GRAD_BF16: tl.constexpr, STRIDED: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_start + pid)
@@ -55,7 +71,7 @@ if triton is not None:
         else:
             g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32))
         idx = start + tl.arange(0, BLOCK)
-        g = tl.load(g_ptr + idx, mask=idx < n, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + _mirror_offsets(idx, views, t, STRIDED), mask=idx < n, other=0.0).to(tl.float32)
         tl.store(partials + partial_offset + pid, tl.sum(g * g, axis=0))
 
     @triton.jit
@@ -69,9 +85,10 @@ if triton is not None:
         tl.store(divisor_ptr, tl.maximum((norm + 1e-6) / max_norm, 1.0))
 
     @triton.jit
-    def _adamw_update(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, m_ptrs, v_ptrs, mirror_ptrs,
+    def _adamw_update(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, m_ptrs, v_ptrs, mirror_ptrs, views,
                       step_ptr, lr_ptr, divisor_ptr, beta1, beta2, eps, weight_decay,
-                      GRAD_BF16: tl.constexpr, MIRROR: tl.constexpr, BLOCK: tl.constexpr):
+                      GRAD_BF16: tl.constexpr, MIRROR: tl.constexpr, STRIDED: tl.constexpr,
+                      BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_start + pid)
@@ -88,8 +105,9 @@ if triton is not None:
         divisor = tl.load(divisor_ptr)
         idx = start + tl.arange(0, BLOCK)
         mask = idx < n
+        mirror_idx = _mirror_offsets(idx, views, t, STRIDED)  # the gradient lives on the mirror
         p = tl.load(p_ptr + idx, mask=mask)
-        g = tl.load(g_ptr + idx, mask=mask).to(tl.float32) / divisor
+        g = tl.load(g_ptr + mirror_idx, mask=mask).to(tl.float32) / divisor
         m = tl.load(m_ptr + idx, mask=mask)
         v = tl.load(v_ptr + idx, mask=mask)
         # PyTorch's AdamW, in its order: decoupled decay, moments, bias-corrected step
@@ -104,7 +122,7 @@ if triton is not None:
         tl.store(v_ptr + idx, v, mask=mask)
         if MIRROR:
             w_ptr = tl.load(mirror_ptrs + t).to(tl.pointer_type(tl.bfloat16))
-            tl.store(w_ptr + idx, p.to(tl.bfloat16), mask=mask)
+            tl.store(w_ptr + mirror_idx, p.to(tl.bfloat16), mask=mask)
 
 
 def _device_array(values, dtype, device) -> torch.Tensor:
@@ -117,7 +135,7 @@ class _Launch:
     none): the chunk tables and device arrays of the tensors' addresses. Gradients may move between
     steps without CUDA graphs (`set_grads` re-uploads only their addresses); the rest stay put."""
 
-    def __init__(self, group, params, exp_avgs, exp_avg_sqs, mirrors, grad_bf16):
+    def __init__(self, group, params, exp_avgs, exp_avg_sqs, mirrors, views, grad_bf16):
         device = params[0].device
 
         def chunks(block):
@@ -125,6 +143,9 @@ class _Launch:
             return (_device_array([c[0] for c in pairs], torch.int32, device),
                     _device_array([c[1] for c in pairs], torch.int32, device))
         self.group, self.grad_bf16, self.has_mirrors = group, grad_bf16, bool(mirrors)
+        self.strided = any(v is not None and v.strided for v in views)
+        self.views = _device_array([x for v in views for x in (v.row, v.row_stride, v.offset)], torch.int32,
+                                   device) if self.strided else self.numels
         self.numels = _device_array([p.numel() for p in params], torch.int32, device)
         self.update_chunks = chunks(UPDATE_BLOCK)
         self.norm_chunks = chunks(NORM_BLOCK)
@@ -146,54 +167,95 @@ class _Launch:
             self.grad_addresses = addresses
 
 
+class MirrorView(NamedTuple):
+    """Where a parameter's values sit in its mirror (and its gradient in the mirror's gradient):
+    element i at (i // row) * row_stride + i % row + offset."""
+    mirror: torch.Tensor
+    row: int
+    row_stride: int
+    offset: int
+
+    @property
+    def strided(self) -> bool:
+        return self.row_stride != self.row or self.offset != 0
+
+    def of(self, tensor: torch.Tensor, shape) -> torch.Tensor:
+        """The parameter-shaped view of `tensor` (the mirror or its gradient)."""
+        if not self.strided:
+            return tensor.view(shape)
+        rows = int(torch.Size(shape).numel()) // self.row
+        return tensor.as_strided((rows, self.row), (self.row_stride, 1),
+                                 tensor.storage_offset() + self.offset).view(shape)
+
+
 class AdamW(torch.optim.AdamW):
     """`torch.optim.AdamW` plus `clip_and_step()` (Triton on CUDA) and bf16 weight mirrors."""
 
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
-        self.mirrors: Dict[torch.Tensor, torch.Tensor] = {}  # float32 parameter -> bf16 leaf
+        self.mirrors: Dict[torch.Tensor, MirrorView] = {}  # float32 parameter -> its place in a bf16 leaf
         self._launches: Optional[List[_Launch]] = None
         self._launch_key = None
         self._lr_tensor: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------------------ mirrors
 
-    def attach_bf16_mirrors(self, modules) -> int:
-        """Give each module's `weight` (a parameter of this optimizer) a bf16 mirror, registered on
-        the module as the non-persistent buffer `weight_bf16`; returns how many. The mirror's
-        gradient replaces the weight's: use only where one micro-batch makes a step (see above)."""
+    def attach_bf16_mirrors(self, modules, bias_column_modules=()) -> int:
+        """Give each module (nn.Linear, parameters of this optimizer) a bf16 mirror, registered on
+        it as the non-persistent buffer `weight_bf16`; returns how many modules. `modules`: the
+        weight's (N, K) copy. `bias_column_modules` (layers fed cuBLASLt's ones column): one
+        (N, K + BIAS_COLUMNS) leaf [W | b | 0...] holding the weight and the bias, whose gradient is
+        the ones-column matmul's [dW | db | 0...]. A mirror's gradient replaces its parameters':
+        use only where one micro-batch makes a step (see above)."""
+        from pipeline.gpt.cublaslt import BIAS_COLUMNS
         mine = {id(p) for g in self.param_groups for p in g["params"]}
         count = 0
-        for module in modules:
+        for module, with_bias in [(m, False) for m in modules] + [(m, True) for m in bias_column_modules]:
             weight = module.weight
-            if id(weight) not in mine:
-                raise ValueError("a mirrored weight must be one of the optimizer's parameters")
-            mirror = weight.detach().to(torch.bfloat16).requires_grad_()
-            module.register_buffer("weight_bf16", mirror, persistent=False)
-            self.mirrors[weight] = mirror
+            params = [weight] + ([module.bias] if with_bias else [])
+            if any(id(p) not in mine for p in params):
+                raise ValueError("a mirrored weight or bias must be one of the optimizer's parameters")
+            n, k = weight.shape
+            if with_bias:
+                mirror = torch.zeros((n, k + BIAS_COLUMNS), dtype=torch.bfloat16, device=weight.device)
+                self.mirrors[weight] = MirrorView(mirror, k, k + BIAS_COLUMNS, 0)
+                self.mirrors[module.bias] = MirrorView(mirror, 1, k + BIAS_COLUMNS, k)
+            else:
+                mirror = torch.empty((n, k), dtype=torch.bfloat16, device=weight.device)
+                self.mirrors[weight] = MirrorView(mirror, weight.numel(), weight.numel(), 0)
+            with torch.no_grad():
+                for p in params:
+                    self.mirrors[p].of(mirror, p.shape).copy_(p)
+            module.register_buffer("weight_bf16", mirror.requires_grad_(), persistent=False)
             count += 1
         self._launches = None
         return count
 
+    def num_mirrors(self) -> int:
+        return len({id(view.mirror) for view in self.mirrors.values()})
+
     def gradient_leaves(self) -> List[torch.Tensor]:
-        """The tensors whose `.grad` a backward pass fills: each parameter, or its mirror."""
-        return [self.mirrors.get(p, p) for g in self.param_groups for p in g["params"]]
+        """The tensors whose `.grad` a backward pass fills: each parameter, or its mirror (a mirror
+        holding a weight and its bias appears twice)."""
+        return [self.mirrors[p].mirror if p in self.mirrors else p
+                for g in self.param_groups for p in g["params"]]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=set_to_none)
-        for mirror in self.mirrors.values():
-            if mirror.grad is not None:
+        for view in self.mirrors.values():
+            if view.mirror.grad is not None:
                 if set_to_none:
-                    mirror.grad = None
+                    view.mirror.grad = None
                 else:
-                    mirror.grad.zero_()
+                    view.mirror.grad.zero_()
 
     def _grad(self, p: torch.Tensor) -> Optional[torch.Tensor]:
-        mirror = self.mirrors.get(p)
-        if mirror is not None and mirror.grad is not None:
+        """p's gradient: its own, or the whole gradient of its mirror (read through the view)."""
+        view = self.mirrors.get(p)
+        if view is not None and view.mirror.grad is not None:
             if p.grad is not None:
-                raise RuntimeError("a mirrored weight got gradients both in float32 and on its mirror")
-            return mirror.grad
+                raise RuntimeError("a mirrored parameter got gradients both in float32 and on its mirror")
+            return view.mirror.grad
         return p.grad
 
     # ------------------------------------------------------------------------------ the step
@@ -214,9 +276,9 @@ class AdamW(torch.optim.AdamW):
 
     def _torch_step(self, max_norm: float) -> torch.Tensor:
         """PyTorch's AdamW on float32 gradients (a mirror's, upcast), then the mirrors refreshed."""
-        for p in self.mirrors:
-            grad = self._grad(p)
-            p.grad = None if grad is None else grad.float()
+        for p, view in self.mirrors.items():
+            if view.mirror.grad is not None:
+                p.grad = view.of(self._grad(p), p.shape).float()
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if self.defaults.get("fused"):  # the divisor inside the fused kernel, not a pass over grads
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -229,9 +291,10 @@ class AdamW(torch.optim.AdamW):
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             self.step()
         with torch.no_grad():
-            for p, mirror in self.mirrors.items():
-                mirror.copy_(p)
-                p.grad = None
+            for p, view in self.mirrors.items():
+                view.of(view.mirror, p.shape).copy_(p)
+                if view.mirror.grad is not None:
+                    p.grad = None
         return norm
 
     def _init_state(self, p: torch.Tensor) -> dict:
@@ -263,24 +326,25 @@ class AdamW(torch.optim.AdamW):
                     continue
                 if grad.is_sparse or not grad.is_contiguous():
                     return None
-                mirror = self.mirrors.get(p)
-                kind = (gi, grad.dtype == torch.bfloat16, mirror is not None)
-                entries.append((kind, p, grad, self._init_state(p), mirror))
+                view = self.mirrors.get(p)
+                kind = (gi, grad.dtype == torch.bfloat16, view is not None, bool(view and view.strided))
+                entries.append((kind, p, grad, self._init_state(p), view))
         if not entries:
             return None
         entries.sort(key=lambda e: e[0])  # stable: parameter order within each launch
         key = tuple((kind, id(s["step"])) + tuple(t.data_ptr() for t in (p, s["exp_avg"], s["exp_avg_sq"]))
-                    + ((m.data_ptr(),) if m is not None else ()) for kind, p, _, s, m in entries)
+                    + ((m.mirror.data_ptr(),) if m is not None else ()) for kind, p, _, s, m in entries)
         if self._launches is None or key != self._launch_key:
             if torch.cuda.is_current_stream_capturing():
                 raise RuntimeError("AdamW launch tables must be built before CUDA-graph capture (prepare())")
             kinds: Dict[tuple, list] = {}
-            for kind, p, _, state, mirror in entries:
-                kinds.setdefault(kind, []).append((p, state, mirror))
+            for kind, p, _, state, view in entries:
+                kinds.setdefault(kind, []).append((p, state, view))
             self._launches = [_Launch(gi, [p for p, _, _ in items], [s["exp_avg"] for _, s, _ in items],
                                       [s["exp_avg_sq"] for _, s, _ in items],
-                                      [m for _, _, m in items] if mirrored else [], bf16)
-                              for (gi, bf16, mirrored), items in kinds.items()]
+                                      [v.mirror for _, _, v in items] if mirrored else [],
+                                      [v for _, _, v in items], bf16)
+                              for (gi, bf16, mirrored, _), items in kinds.items()]
             device = entries[0][1].device
             self._steps = [s["step"] for _, _, _, s, _ in entries]
             self._partials = torch.empty(sum(L.norm_chunks[0].numel() for L in self._launches), device=device)
@@ -299,8 +363,9 @@ class AdamW(torch.optim.AdamW):
         offset = 0
         for L in launches:
             n = L.norm_chunks[0].numel()
-            _sum_squares[(n,)](L.norm_chunks[0], L.norm_chunks[1], L.numels, L.g_ptrs, self._partials,
-                               offset, GRAD_BF16=L.grad_bf16, BLOCK=NORM_BLOCK, num_warps=NORM_WARPS)
+            _sum_squares[(n,)](L.norm_chunks[0], L.norm_chunks[1], L.numels, L.g_ptrs, L.views, self._partials,
+                               offset, GRAD_BF16=L.grad_bf16, STRIDED=L.strided, BLOCK=NORM_BLOCK,
+                               num_warps=NORM_WARPS)
             offset += n
         _clip_divisor[(1,)](self._partials, offset, self._norm, self._divisor, float(max_norm),
                             BLOCK=1024, num_warps=4)
@@ -315,8 +380,8 @@ class AdamW(torch.optim.AdamW):
             beta1, beta2 = group["betas"]
             n = L.update_chunks[0].numel()
             _adamw_update[(n,)](L.update_chunks[0], L.update_chunks[1], L.numels, L.p_ptrs, L.g_ptrs,
-                                L.m_ptrs, L.v_ptrs, L.mirror_ptrs, self._steps[0], lr, self._divisor,
+                                L.m_ptrs, L.v_ptrs, L.mirror_ptrs, L.views, self._steps[0], lr, self._divisor,
                                 float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
-                                GRAD_BF16=L.grad_bf16, MIRROR=L.has_mirrors, BLOCK=UPDATE_BLOCK,
-                                num_warps=UPDATE_WARPS)
+                                GRAD_BF16=L.grad_bf16, MIRROR=L.has_mirrors, STRIDED=L.strided,
+                                BLOCK=UPDATE_BLOCK, num_warps=UPDATE_WARPS)
         return self._norm

@@ -407,7 +407,7 @@ DGELU_EPILOGUE = True
 def _(dy, x, w_fc, w_proj, h, pre, epilogue):
     if not epilogue:
         return _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue)
-    w_fc, w_proj = w_fc.contiguous(), w_proj.contiguous()
+    w_fc, w_proj = _rows(w_fc), _rows(w_proj)  # w_fc may be a view into a [W | b] mirror
     if DGELU_EPILOGUE:
         dpre = lt_mm(dy, w_proj, False, False, _EPILOGUE_DGELU, aux=pre.contiguous())
     else:
@@ -577,21 +577,68 @@ def bf16_weight(module: torch.nn.Linear) -> torch.Tensor:
     return module.weight.to(torch.bfloat16) if mirror is None else mirror
 
 
+def bias_column_mirror(module: torch.nn.Linear) -> Optional[torch.Tensor]:
+    """The module's bf16 mirror if it holds weight and bias as [W | b | 0...] (K + BIAS_COLUMNS
+    wide), else None."""
+    mirror = getattr(module, "weight_bf16", None)
+    return mirror if mirror is not None and mirror.size(1) != module.in_features else None
+
+
+def _bias_column_gradient(dw: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+    """[dW | db | 0...]: a [W | b] mirror's gradient assembled where no ones column produced it."""
+    return torch.cat([dw, db[:, None].to(dw.dtype), dw.new_zeros((dw.size(0), BIAS_COLUMNS - 1))], dim=1)
+
+
+class _BiasColumnLinear(torch.autograd.Function):
+    """`linear` on a [W | b | 0...] mirror (`adamw.AdamW.attach_bf16_mirrors`): W read in place,
+    and the mirror's gradient is the ones-column weight-gradient matmul's [dW | db | 0...] as it
+    comes out (no slicing, which would make autograd copy the strided dW)."""
+
+    @staticmethod
+    def forward(ctx, x, wb):
+        k = wb.size(1) - BIAS_COLUMNS
+        ctx.save_for_backward(x, wb)
+        return linear(x, wb[:, :k], wb[:, k].contiguous())
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, wb = ctx.saved_tensors
+        k = wb.size(1) - BIAS_COLUMNS
+        grad = grad.contiguous()
+        dx = mm_padded(grad, wb[:, :k], False, False, x.size(1))
+        if x.size(1) > k:  # ones column: [dW | db | 0...] from the one matmul
+            return dx, mm(grad, x[:, :k + BIAS_COLUMNS], True, False)
+        return dx, _bias_column_gradient(mm(grad, x, True, False), grad.sum(0))
+
+
 def tuned_linear(x: torch.Tensor, module: torch.nn.Linear, bias: bool = True) -> torch.Tensor:
     """`module(x)` in bf16 through `linear` (autocast's F.linear, with tuned cuBLASLt matmuls);
     `bias=False`: without the module's bias (the caller adds it, e.g. `residual_norm`)."""
     dt = torch.bfloat16
     shape = x.shape
-    x2, w = x.reshape(-1, shape[-1]).to(dt), bf16_weight(module)
-    y = linear(x2, w, module.bias.to(dt)) if bias else mm(x2[:, :w.size(1)], w, False, True)
+    x2 = x.reshape(-1, shape[-1]).to(dt)
+    wb = bias_column_mirror(module)
+    if wb is not None:
+        if not bias:
+            raise ValueError("a [W | b] mirror's layer adds its own bias")
+        y = _BiasColumnLinear.apply(x2, wb)
+    else:
+        w = bf16_weight(module)
+        y = linear(x2, w, module.bias.to(dt)) if bias else mm(x2[:, :w.size(1)], w, False, True)
     return y.view(*shape[:-1], y.size(-1))
 
 
 class _FusedMLP(torch.autograd.Function):
-    """c_proj(gelu(c_fc(x))) on 2-D operands of one dtype, forward and backward as single ops."""
+    """c_proj(gelu(c_fc(x))) on 2-D operands of one dtype, forward and backward as single ops.
+    b_fc None: w_fc is a [W | b | 0...] mirror (`bias_column_mirror`), whose gradient is returned
+    as [dW | db | 0...]."""
 
     @staticmethod
     def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, epilogue):
+        ctx.fc_bias_column = b_fc is None
+        if b_fc is None:
+            k = w_fc.size(1) - BIAS_COLUMNS
+            w_fc, b_fc = w_fc[:, :k], w_fc[:, k].contiguous()
         y, h, pre = mlp_forward(x, w_fc, b_fc, w_proj, b_proj, epilogue)
         ctx.save_for_backward(x, w_fc, w_proj, h, pre)
         ctx.epilogue = epilogue
@@ -605,6 +652,10 @@ class _FusedMLP(torch.autograd.Function):
         dx, dw_fc, dpre, dw_proj = mlp_backward(dy, x, w_fc, w_proj, h, pre, ctx.epilogue)
         K = w_fc.size(1)
         d_b_proj = None if ctx.no_proj_bias else dy.sum(0)
+        if ctx.fc_bias_column:  # dw_fc is the mirror's [dW | db | 0...] (or is made so)
+            if x.size(1) == K:
+                dw_fc = _bias_column_gradient(dw_fc, dpre.sum(0))
+            return dx, dw_fc, None, dw_proj, d_b_proj, None
         if x.size(1) > K:  # ones column: the bias gradient came out of the weight gradient
             return dx, dw_fc[:, :K], dw_fc[:, K], dw_proj, d_b_proj, None
         return dx, dw_fc, dpre.sum(0), dw_proj, d_b_proj, None
@@ -617,7 +668,9 @@ def fused_mlp(x: torch.Tensor, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear,
     `proj_bias=False`: without c_proj's bias (the caller adds it, e.g. `residual_norm`)."""
     dt = torch.bfloat16
     shape = x.shape
-    y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), bf16_weight(c_fc), c_fc.bias.to(dt),
+    wb = bias_column_mirror(c_fc)  # [W | b | 0...]: the bias comes from the mirror
+    y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), bf16_weight(c_fc) if wb is None else wb,
+                        c_fc.bias.to(dt) if wb is None else None,
                         bf16_weight(c_proj), c_proj.bias.to(dt) if proj_bias else None,
                         bool(epilogue))
     return y.view(*shape[:-1], y.size(-1))

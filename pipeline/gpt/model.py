@@ -184,10 +184,17 @@ class GPT(nn.Module):
             block.mlp.fused = bool(enabled)
             block.attn.tuned = bool(enabled)
 
-    def matmul_linears(self) -> list:
-        """The blocks' four matmul layers, whose weights the cuBLASLt path reads through
-        `cublaslt.bf16_weight` (and so may have bf16 mirrors: `adamw.AdamW.attach_bf16_mirrors`)."""
-        return [m for b in self.transformer.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+    def bf16_mirror_layers(self, compiled: bool):
+        """(layers, bias_column_layers) for `adamw.AdamW.attach_bf16_mirrors`: the blocks' four
+        matmul layers, whose weights the cuBLASLt path reads through `cublaslt.bf16_weight`, with
+        c_attn and c_fc in the second list where their input carries the ones column
+        (`Block._normed`: under torch.compile unless switched off, or forced on)."""
+        plain, with_bias = [], []
+        for b in self.transformer.h:
+            ones = compiled if b.ones_column is None else b.ones_column
+            (with_bias if ones else plain).extend([b.attn.c_attn, b.mlp.c_fc])
+            plain.extend([b.attn.c_proj, b.mlp.c_proj])
+        return plain, with_bias
 
     def set_cudnn_frontend(self, enabled: bool) -> None:
         """bf16 training with `--attention flash` through `pipeline.gpt.cudnn_attention` (cuDNN's

@@ -432,7 +432,7 @@ def choose_bf16_mirrors(args, run: Run, raw: GPT, optimizer, accum: int) -> int:
         if args.bf16_mirrors:
             run.print("--bf16-mirrors 1 ignored: %s" % why)
         return 0
-    return optimizer.attach_bf16_mirrors(raw.matmul_linears())
+    return optimizer.attach_bf16_mirrors(*raw.bf16_mirror_layers(compiled=run.compile))
 
 
 def make_step_fn(args, run: Run, model, raw: GPT, optimizer, accum: int):
@@ -670,7 +670,7 @@ def train(args: argparse.Namespace) -> int:
               "cuda graphs": int(hasattr(step_fn, "graphs")),
               "cublaslt": int(any(b.mlp.fused for b in raw.transformer.h)),
               "cudnn frontend attention": int(any(b.attn.cudnn_frontend for b in raw.transformer.h)),
-              "bf16 weight mirrors": len(getattr(optimizer, "mirrors", ())),
+              "bf16 weight mirrors": optimizer.num_mirrors() if isinstance(optimizer, AdamW) else 0,
               "num_layers L": raw.config.n_layer, "num_heads NH": raw.config.n_head,
               "channels C": raw.config.n_embd, "max_seq_len": raw.config.block_size,
               "num_parameters": n_params, "train tokens": train_loader.num_tokens, "preset": args.preset}

@@ -69,7 +69,7 @@ def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace(ones_column,
     assert opt_b.attach_bf16_mirrors(layers, with_bias) == 8 == opt_b.num_mirrors()
     layer = blocks[0].mlp.c_fc
     assert layer.weight_bf16.dtype == torch.bfloat16 and layer.weight_bf16.requires_grad
-    assert layer.weight_bf16.shape == ((128, 32 + cublaslt.BIAS_COLUMNS) if bias_column else (128, 32))
+    assert layer.weight_bf16.shape == ((128, cublaslt.ones_width(32)) if bias_column else (128, 32))
     assert "transformer.h.0.mlp.c_fc.weight_bf16" not in mirrored.state_dict()  # never checkpointed
     batches = _batches(3)
     ra, rb = _train(plain, opt_a, batches), _train(mirrored, opt_b, batches)
@@ -92,6 +92,26 @@ def test_trainer_pairs_bias_column_mirrors_with_the_ones_column():
     assert len(plain) == 8 and with_bias == []
     model.transformer.h[1].ones_column = False  # switched off for one block
     assert len(model.bf16_mirror_layers(compiled=True)[1]) == 2
+
+
+def test_backward_fills_the_mirrors_not_the_float32_weights():
+    model = _tiny_lt_model()
+    opt = adamw.AdamW(_groups(model), lr=1e-2, foreach=False)
+    for block in model.transformer.h:
+        block.ones_column = True
+    opt.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True))
+    x, y = _batches(1)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(x, y, return_logits=False)
+    loss.backward()
+    leaves = opt.gradient_leaves()
+    assert len(leaves) == len(list(model.parameters())) and all(t.grad is not None for t in leaves)
+    for module in sum(model.bf16_mirror_layers(compiled=True), []):
+        assert module.weight.grad is None and module.weight_bf16.grad.dtype == torch.bfloat16
+        assert module.weight_bf16.grad.is_contiguous()  # handed over as computed, no copy
+    c_attn = model.transformer.h[0].attn.c_attn
+    assert c_attn.bias.grad is None and c_attn.weight_bf16.grad.shape == (96, 64)  # [dW | db | 0...]
+    assert model.transformer.wte.weight.grad.dtype == torch.float32  # not mirrored
 
 
 def test_a_mirror_must_belong_to_the_optimizer():

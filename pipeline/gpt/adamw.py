@@ -122,7 +122,8 @@ if triton is not None:
         tl.store(v_ptr + idx, v, mask=mask)
         if MIRROR:
             w_ptr = tl.load(mirror_ptrs + t).to(tl.pointer_type(tl.bfloat16))
-            tl.store(w_ptr + mirror_idx, p.to(tl.bfloat16), mask=mask)
+            # rounded to nearest even, as PyTorch's .to(torch.bfloat16) in the forward it replaces
+            tl.store(w_ptr + mirror_idx, p.to(tl.bfloat16, fp_downcast_rounding="rtne"), mask=mask)
 
 
 def _device_array(values, dtype, device) -> torch.Tensor:
@@ -143,10 +144,10 @@ class _Launch:
             return (_device_array([c[0] for c in pairs], torch.int32, device),
                     _device_array([c[1] for c in pairs], torch.int32, device))
         self.group, self.grad_bf16, self.has_mirrors = group, grad_bf16, bool(mirrors)
+        self.numels = _device_array([p.numel() for p in params], torch.int32, device)
         self.strided = any(v is not None and v.strided for v in views)
         self.views = _device_array([x for v in views for x in (v.row, v.row_stride, v.offset)], torch.int32,
                                    device) if self.strided else self.numels
-        self.numels = _device_array([p.numel() for p in params], torch.int32, device)
         self.update_chunks = chunks(UPDATE_BLOCK)
         self.norm_chunks = chunks(NORM_BLOCK)
         self.p_ptrs = _device_array([t.data_ptr() for t in params], torch.int64, device)
@@ -204,10 +205,10 @@ class AdamW(torch.optim.AdamW):
         """Give each module (nn.Linear, parameters of this optimizer) a bf16 mirror, registered on
         it as the non-persistent buffer `weight_bf16`; returns how many modules. `modules`: the
         weight's (N, K) copy. `bias_column_modules` (layers fed cuBLASLt's ones column): one
-        (N, K + BIAS_COLUMNS) leaf [W | b | 0...] holding the weight and the bias, whose gradient is
-        the ones-column matmul's [dW | db | 0...]. A mirror's gradient replaces its parameters':
+        (N, ones_width(K)) leaf [W | b | 0...] holding the weight and the bias, whose gradient is
+        the ones-column matmul's [dW | db | 0...] (written into that width; the pad is not read). A mirror's gradient replaces its parameters':
         use only where one micro-batch makes a step (see above)."""
-        from pipeline.gpt.cublaslt import BIAS_COLUMNS
+        from pipeline.gpt.cublaslt import ones_width
         mine = {id(p) for g in self.param_groups for p in g["params"]}
         count = 0
         for module, with_bias in [(m, False) for m in modules] + [(m, True) for m in bias_column_modules]:
@@ -216,10 +217,11 @@ class AdamW(torch.optim.AdamW):
             if any(id(p) not in mine for p in params):
                 raise ValueError("a mirrored weight or bias must be one of the optimizer's parameters")
             n, k = weight.shape
-            if with_bias:
-                mirror = torch.zeros((n, k + BIAS_COLUMNS), dtype=torch.bfloat16, device=weight.device)
-                self.mirrors[weight] = MirrorView(mirror, k, k + BIAS_COLUMNS, 0)
-                self.mirrors[module.bias] = MirrorView(mirror, 1, k + BIAS_COLUMNS, k)
+            if with_bias:  # as wide as the ones-column input (128-byte rows, which the matmuls want)
+                width = ones_width(k)
+                mirror = torch.zeros((n, width), dtype=torch.bfloat16, device=weight.device)
+                self.mirrors[weight] = MirrorView(mirror, k, width, 0)
+                self.mirrors[module.bias] = MirrorView(mirror, 1, width, k)
             else:
                 mirror = torch.empty((n, k), dtype=torch.bfloat16, device=weight.device)
                 self.mirrors[weight] = MirrorView(mirror, weight.numel(), weight.numel(), 0)

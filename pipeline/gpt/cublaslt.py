@@ -375,25 +375,29 @@ def _(x, w_fc, b_fc, w_proj, b_proj, epilogue):
     return lt_mm(h, w_proj.contiguous(), False, True, _EPILOGUE_BIAS, bias=b_proj.contiguous()), h, pre
 
 
-def _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue):
+def _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue, fc_grad_width=0):
     dpre = torch.ops.aten.gelu_backward(dy @ w_proj, pre, approximate="tanh")
-    return _pad_columns(dpre @ w_fc, x.size(1)), dpre.t() @ _grad_columns(x, w_fc), dpre, dy.t() @ h
+    dw_fc = dpre.t() @ _grad_columns(x, w_fc)
+    if fc_grad_width:
+        dw_fc = _pad_columns(dw_fc, fc_grad_width)
+    return _pad_columns(dpre @ w_fc, x.size(1)), dw_fc, dpre, dy.t() @ h
 
 
 # (dx, dw_fc, dpre, dw_proj). With x in the ones-column layout (`with_ones`), dx has x's padded
 # width and dw_fc has BIAS_COLUMNS extra columns, the first of which is c_fc's bias gradient; otherwise the
 # bias gradients (column sums of dpre and dy) are left to the caller's traced code, where
-# inductor's reductions beat PyTorch's eager sum over rows 3x.
+# inductor's reductions beat PyTorch's eager sum over rows 3x. fc_grad_width > 0: dw_fc is that wide,
+# the columns past its product unwritten (zeros in the reference): a [W | b | 0...] mirror's gradient.
 mlp_backward = torch.library.custom_op(
     "gpt::mlp_backward", _mlp_backward_reference, mutates_args=(),
-    schema="(Tensor dy, Tensor x, Tensor w_fc, Tensor w_proj, Tensor h, Tensor pre, bool epilogue)"
-           " -> (Tensor, Tensor, Tensor, Tensor)")
+    schema="(Tensor dy, Tensor x, Tensor w_fc, Tensor w_proj, Tensor h, Tensor pre, bool epilogue,"
+           " int fc_grad_width=0) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
 @mlp_backward.register_fake
-def _(dy, x, w_fc, w_proj, h, pre, epilogue):
-    return (x.new_empty(x.shape), w_fc.new_empty((w_fc.size(0), _grad_columns(x, w_fc).size(1))),
-            pre.new_empty(pre.shape),
+def _(dy, x, w_fc, w_proj, h, pre, epilogue, fc_grad_width=0):
+    width = fc_grad_width or _grad_columns(x, w_fc).size(1)
+    return (x.new_empty(x.shape), w_fc.new_empty((w_fc.size(0), width)), pre.new_empty(pre.shape),
             w_proj.new_empty(w_proj.shape))
 
 
@@ -404,17 +408,22 @@ DGELU_EPILOGUE = True
 
 
 @mlp_backward.register_kernel("cuda")
-def _(dy, x, w_fc, w_proj, h, pre, epilogue):
+def _(dy, x, w_fc, w_proj, h, pre, epilogue, fc_grad_width=0):
     if not epilogue:
-        return _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue)
+        return _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue, fc_grad_width)
     w_fc, w_proj = _rows(w_fc), _rows(w_proj)  # w_fc may be a view into a [W | b] mirror
     if DGELU_EPILOGUE:
         dpre = lt_mm(dy, w_proj, False, False, _EPILOGUE_DGELU, aux=pre.contiguous())
     else:
         dpre = torch.ops.aten.gelu_backward(lt_mm(dy, w_proj, False, False, _EPILOGUE_DEFAULT), pre,
                                             approximate="tanh")
-    return (_mm_padded(dpre, w_fc, False, False, x.size(1)),
-            lt_mm(dpre, _grad_columns(x, w_fc), True, False, _EPILOGUE_DEFAULT), dpre,
+    grad_x = _grad_columns(x, w_fc)
+    if fc_grad_width > grad_x.size(1):  # into the first columns of a mirror-wide gradient
+        dw_fc = dpre.new_empty((w_fc.size(0), fc_grad_width))
+        lt_mm(dpre, grad_x, True, False, _EPILOGUE_DEFAULT, out=dw_fc[:, :grad_x.size(1)])
+    else:
+        dw_fc = lt_mm(dpre, grad_x, True, False, _EPILOGUE_DEFAULT)
+    return (_mm_padded(dpre, w_fc, False, False, x.size(1)), dw_fc, dpre,
             lt_mm(dy, h, True, False, _EPILOGUE_DEFAULT))
 
 
@@ -570,6 +579,27 @@ def _(a, b, trans_a, trans_b, width):
     return _mm_padded(a, b, trans_a, trans_b, width)
 
 
+# op(a) @ op(b) in the first columns of an (M, width) buffer whose other columns are left unwritten
+# (zeros in the reference): the gradient of a [W | b | 0...] mirror, whose pad nothing reads.
+mm_wide = torch.library.custom_op(
+    "gpt::mm_wide", _mm_padded_reference, mutates_args=(),
+    schema="(Tensor a, Tensor b, bool trans_a, bool trans_b, int width) -> Tensor")
+
+
+@mm_wide.register_fake
+def _(a, b, trans_a, trans_b, width):
+    return a.new_empty((a.size(1) if trans_a else a.size(0), width))
+
+
+@mm_wide.register_kernel("cuda")
+def _(a, b, trans_a, trans_b, width):
+    M = a.size(1) if trans_a else a.size(0)
+    N = b.size(0) if trans_b else b.size(1)
+    out = a.new_empty((M, width))
+    lt_mm(a, b, trans_a, trans_b, _EPILOGUE_DEFAULT, out=out[:, :N])
+    return out
+
+
 def bf16_weight(module: torch.nn.Linear) -> torch.Tensor:
     """The module's weight in bf16: its mirror (`adamw.AdamW.attach_bf16_mirrors`, kept equal to the
     float32 weight by every update, gradients landing on it) where it has one, else a cast."""
@@ -578,15 +608,16 @@ def bf16_weight(module: torch.nn.Linear) -> torch.Tensor:
 
 
 def bias_column_mirror(module: torch.nn.Linear) -> Optional[torch.Tensor]:
-    """The module's bf16 mirror if it holds weight and bias as [W | b | 0...] (K + BIAS_COLUMNS
-    wide), else None."""
+    """The module's bf16 mirror if it holds weight and bias as [W | b | 0...] (`ones_width(K)`
+    wide, 128-byte rows like the ones-column input's), else None."""
     mirror = getattr(module, "weight_bf16", None)
     return mirror if mirror is not None and mirror.size(1) != module.in_features else None
 
 
-def _bias_column_gradient(dw: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+def _bias_column_gradient(dw: torch.Tensor, db: torch.Tensor, width: int) -> torch.Tensor:
     """[dW | db | 0...]: a [W | b] mirror's gradient assembled where no ones column produced it."""
-    return torch.cat([dw, db[:, None].to(dw.dtype), dw.new_zeros((dw.size(0), BIAS_COLUMNS - 1))], dim=1)
+    pad = dw.new_zeros((dw.size(0), width - dw.size(1) - 1))
+    return torch.cat([dw, db[:, None].to(dw.dtype), pad], dim=1)
 
 
 class _BiasColumnLinear(torch.autograd.Function):
@@ -595,20 +626,20 @@ class _BiasColumnLinear(torch.autograd.Function):
     comes out (no slicing, which would make autograd copy the strided dW)."""
 
     @staticmethod
-    def forward(ctx, x, wb):
-        k = wb.size(1) - BIAS_COLUMNS
+    def forward(ctx, x, wb, k):
         ctx.save_for_backward(x, wb)
+        ctx.k = k
         return linear(x, wb[:, :k], wb[:, k].contiguous())
 
     @staticmethod
     def backward(ctx, grad):
         x, wb = ctx.saved_tensors
-        k = wb.size(1) - BIAS_COLUMNS
+        k = ctx.k
         grad = grad.contiguous()
         dx = mm_padded(grad, wb[:, :k], False, False, x.size(1))
-        if x.size(1) > k:  # ones column: [dW | db | 0...] from the one matmul
-            return dx, mm(grad, x[:, :k + BIAS_COLUMNS], True, False)
-        return dx, _bias_column_gradient(mm(grad, x, True, False), grad.sum(0))
+        if x.size(1) > k:  # ones column: [dW | db | 0...] from the one matmul, in the mirror's width
+            return dx, mm_wide(grad, x[:, :k + BIAS_COLUMNS], True, False, wb.size(1)), None
+        return dx, _bias_column_gradient(mm(grad, x, True, False), grad.sum(0), wb.size(1)), None
 
 
 def tuned_linear(x: torch.Tensor, module: torch.nn.Linear, bias: bool = True) -> torch.Tensor:
@@ -621,7 +652,7 @@ def tuned_linear(x: torch.Tensor, module: torch.nn.Linear, bias: bool = True) ->
     if wb is not None:
         if not bias:
             raise ValueError("a [W | b] mirror's layer adds its own bias")
-        y = _BiasColumnLinear.apply(x2, wb)
+        y = _BiasColumnLinear.apply(x2, wb, module.in_features)
     else:
         w = bf16_weight(module)
         y = linear(x2, w, module.bias.to(dt)) if bias else mm(x2[:, :w.size(1)], w, False, True)
@@ -630,15 +661,15 @@ def tuned_linear(x: torch.Tensor, module: torch.nn.Linear, bias: bool = True) ->
 
 class _FusedMLP(torch.autograd.Function):
     """c_proj(gelu(c_fc(x))) on 2-D operands of one dtype, forward and backward as single ops.
-    b_fc None: w_fc is a [W | b | 0...] mirror (`bias_column_mirror`), whose gradient is returned
-    as [dW | db | 0...]."""
+    b_fc None: w_fc is a [W | b | 0...] mirror (`bias_column_mirror`) of a layer with fc_in
+    input features, whose gradient is returned as [dW | db | 0...]."""
 
     @staticmethod
-    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, epilogue):
+    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, epilogue, fc_in=0):
         ctx.fc_bias_column = b_fc is None
+        ctx.fc_width = w_fc.size(1)
         if b_fc is None:
-            k = w_fc.size(1) - BIAS_COLUMNS
-            w_fc, b_fc = w_fc[:, :k], w_fc[:, k].contiguous()
+            w_fc, b_fc = w_fc[:, :fc_in], w_fc[:, fc_in].contiguous()
         y, h, pre = mlp_forward(x, w_fc, b_fc, w_proj, b_proj, epilogue)
         ctx.save_for_backward(x, w_fc, w_proj, h, pre)
         ctx.epilogue = epilogue
@@ -649,16 +680,18 @@ class _FusedMLP(torch.autograd.Function):
     def backward(ctx, dy):
         x, w_fc, w_proj, h, pre = ctx.saved_tensors
         dy = dy.contiguous()
-        dx, dw_fc, dpre, dw_proj = mlp_backward(dy, x, w_fc, w_proj, h, pre, ctx.epilogue)
         K = w_fc.size(1)
+        # a [W | b] mirror with the ones column: the gradient comes out in the mirror's width
+        width = ctx.fc_width if ctx.fc_bias_column and x.size(1) > K else 0
+        dx, dw_fc, dpre, dw_proj = mlp_backward(dy, x, w_fc, w_proj, h, pre, ctx.epilogue, width)
         d_b_proj = None if ctx.no_proj_bias else dy.sum(0)
-        if ctx.fc_bias_column:  # dw_fc is the mirror's [dW | db | 0...] (or is made so)
+        if ctx.fc_bias_column:  # the mirror's [dW | db | 0...]
             if x.size(1) == K:
-                dw_fc = _bias_column_gradient(dw_fc, dpre.sum(0))
-            return dx, dw_fc, None, dw_proj, d_b_proj, None
+                dw_fc = _bias_column_gradient(dw_fc, dpre.sum(0), ctx.fc_width)
+            return dx, dw_fc, None, dw_proj, d_b_proj, None, None
         if x.size(1) > K:  # ones column: the bias gradient came out of the weight gradient
-            return dx, dw_fc[:, :K], dw_fc[:, K], dw_proj, d_b_proj, None
-        return dx, dw_fc, dpre.sum(0), dw_proj, d_b_proj, None
+            return dx, dw_fc[:, :K], dw_fc[:, K], dw_proj, d_b_proj, None, None
+        return dx, dw_fc, dpre.sum(0), dw_proj, d_b_proj, None, None
 
 
 def fused_mlp(x: torch.Tensor, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear,
@@ -672,7 +705,7 @@ def fused_mlp(x: torch.Tensor, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear,
     y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), bf16_weight(c_fc) if wb is None else wb,
                         c_fc.bias.to(dt) if wb is None else None,
                         bf16_weight(c_proj), c_proj.bias.to(dt) if proj_bias else None,
-                        bool(epilogue))
+                        bool(epilogue), c_fc.in_features)
     return y.view(*shape[:-1], y.size(-1))
 
 

@@ -49,13 +49,14 @@ def _batches(n, device="cpu"):
              torch.randint(0, 50257, (2, 32), generator=gen).to(device)) for _ in range(n)]
 
 
-@pytest.mark.parametrize("ones_column, bias_column", [(False, False), (True, True), (True, False),
-                                                      (False, True)])
-def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace(ones_column, bias_column):
+@pytest.mark.parametrize("ones_column, bias_column, tied", [(False, False, False), (True, True, True),
+                                                            (True, False, False), (False, True, True)])
+def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace(ones_column, bias_column, tied):
     """One micro-batch per step: the mirror's bf16 gradient is exactly what the cast gradient
     held, and the mirror is exactly the cast the forward did, so parameters, losses and norms
     are identical to the last bit. With and without the ones column on c_attn/c_fc's input, and
-    their mirrors plain or [W | b | 0...] (the trainer's pairing is (True, True) under compile)."""
+    their mirrors plain or [W | b | 0...] (the trainer's pairing is (True, True) under compile),
+    and the tied classifier mirrored or not (its gradient adds to the embedding's)."""
     plain = _tiny_lt_model()
     for block in plain.transformer.h:
         block.ones_column = ones_column
@@ -66,7 +67,8 @@ def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace(ones_column,
     with_bias = [m for b in blocks for m in (b.attn.c_attn, b.mlp.c_fc)] if bias_column else []
     layers = [m for b in blocks for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
               if m not in with_bias]
-    assert opt_b.attach_bf16_mirrors(layers, with_bias) == 8 == opt_b.num_mirrors()
+    tied_modules = [mirrored.lm_head] if tied else []
+    assert opt_b.attach_bf16_mirrors(layers, with_bias, tied_modules) == 8 + tied == opt_b.num_mirrors()
     layer = blocks[0].mlp.c_fc
     assert layer.weight_bf16.dtype == torch.bfloat16 and layer.weight_bf16.requires_grad
     assert layer.weight_bf16.shape == ((128, cublaslt.ones_width(32)) if bias_column else (128, 32))
@@ -99,19 +101,21 @@ def test_backward_fills_the_mirrors_not_the_float32_weights():
     opt = adamw.AdamW(_groups(model), lr=1e-2, foreach=False)
     for block in model.transformer.h:
         block.ones_column = True
-    opt.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True))
+    opt.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True), tied_modules=[model.lm_head])
     x, y = _batches(1)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, loss = model(x, y, return_logits=False)
     loss.backward()
     leaves = opt.gradient_leaves()
-    assert len(leaves) == len(list(model.parameters())) and all(t.grad is not None for t in leaves)
+    assert len(leaves) == len(list(model.parameters())) + 1 and all(t.grad is not None for t in leaves)
+    # the tied weight: the embedding's float32 gradient and the classifier's bf16 one, added by the update
+    assert model.transformer.wte.weight.grad.dtype == torch.float32
+    assert model.lm_head.weight_bf16.grad.dtype == torch.bfloat16
     for module in sum(model.bf16_mirror_layers(compiled=True), []):
         assert module.weight.grad is None and module.weight_bf16.grad.dtype == torch.bfloat16
         assert module.weight_bf16.grad.is_contiguous()  # handed over as computed, no copy
     c_attn = model.transformer.h[0].attn.c_attn
     assert c_attn.bias.grad is None and c_attn.weight_bf16.grad.shape == (96, 64)  # [dW | db | 0...]
-    assert model.transformer.wte.weight.grad.dtype == torch.float32  # not mirrored
 
 
 def test_a_mirror_must_belong_to_the_optimizer():
@@ -165,7 +169,7 @@ def test_explicit_mirrors_that_cannot_apply_say_why(capsys):
     assert tr.choose_bf16_mirrors(args, run, model, opt, accum=1) == 0
     assert "cuBLASLt matmuls (--cublaslt) that read them are off" in capsys.readouterr().out
     model.set_cublaslt(True)
-    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=1) == 8
+    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=1) == 9  # B x T = 4096: the classifier too
     args.bf16_mirrors = None  # the default: on CUDA only, and quiet
     plain = _tiny_lt_model()
     assert tr.choose_bf16_mirrors(args, run, plain, tr.make_optimizer(plain, args, run), accum=2) == 0
@@ -207,7 +211,7 @@ def test_triton_step_writes_mirrors_and_reads_bf16_gradients():
     model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)).cuda()
     twin = copy.deepcopy(model)
     ours = adamw.AdamW(_groups(model), lr=3e-3, fused=True)
-    ours.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True))
+    ours.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True), tied_modules=[model.lm_head])
     ref = torch.optim.AdamW(_groups(twin), lr=3e-3, fused=True)
     twins = dict(zip(model.parameters(), twin.parameters()))
     for step in range(3):
@@ -219,6 +223,9 @@ def test_triton_step_writes_mirrors_and_reads_bf16_gradients():
                 leaf.grad = (torch.randn(leaf.shape, generator=gen, device="cuda") * 0.3).to(leaf.dtype)
             # the twin gets each parameter's part, as its exact float32 value
             twins[p].grad = (view.of(leaf.grad, p.shape) if view else leaf.grad).float()
+            if view is not None and view.adds:  # the tied embedding: its own gradient as well
+                p.grad = torch.randn(p.shape, generator=gen, device="cuda") * 0.3
+                twins[p].grad = p.grad + twins[p].grad
         norm = ours.clip_and_step(1.0)
         want = tr.clip_and_update(list(twin.parameters()), ref)
         assert abs(float(norm) - float(want)) <= 1e-5 * float(want)
@@ -227,7 +234,7 @@ def test_triton_step_writes_mirrors_and_reads_bf16_gradients():
         assert (p - q).abs().max().item() < 1e-4 * 3 * 3e-3
     for p, view in ours.mirrors.items():  # round to nearest even, as .to() does
         assert torch.equal(view.of(view.mirror, p.shape), p.detach().to(torch.bfloat16))
-    assert any(view.strided for view in ours.mirrors.values())
+    assert any(view.strided for view in ours.mirrors.values()) and any(v.adds for v in ours.mirrors.values())
 
 
 @cuda
@@ -281,7 +288,7 @@ def test_trainer_step_with_and_without_mirrors(tmp_path):
         raw.set_cublaslt(cublaslt.available(run.device))
         opt = tr.make_optimizer(raw, args, run)
         step = tr.make_step_fn(args, run, raw, raw, opt, 1)
-        assert opt.num_mirrors() == (8 if mirrors and raw.tuned_head else 0)
+        assert opt.num_mirrors() == (9 if mirrors and raw.tuned_head else 0)
         batches = tr.batch_source(DataLoader(shards, 4, 64), run)
         losses[mirrors] = [step(batches, 1e-3)[0].item() for _ in range(8)]
         assert step.active, step.failed

@@ -60,18 +60,30 @@ if triton is not None:
         return idx
 
     @triton.jit
-    def _sum_squares(chunk_tensor, chunk_start, numels, g_ptrs, views, partials, partial_offset,
-                     GRAD_BF16: tl.constexpr, STRIDED: tl.constexpr, BLOCK: tl.constexpr):
-        pid = tl.program_id(0)
-        t = tl.load(chunk_tensor + pid)
-        start = tl.load(chunk_start + pid)
-        n = tl.load(numels + t)
+    def _load_grad(g_ptrs, g2_ptrs, t, offsets, mask, GRAD_BF16: tl.constexpr, ADD_MIRROR_GRAD: tl.constexpr):
+        """Tensor t's gradient at offsets, in float32; with ADD_MIRROR_GRAD (a tied weight) its
+        own float32 gradient plus its mirror's bf16 one."""
         if GRAD_BF16:
             g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.bfloat16))
         else:
             g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32))
+        g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if ADD_MIRROR_GRAD:
+            g2_ptr = tl.load(g2_ptrs + t).to(tl.pointer_type(tl.bfloat16))
+            g += tl.load(g2_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        return g
+
+    @triton.jit
+    def _sum_squares(chunk_tensor, chunk_start, numels, g_ptrs, g2_ptrs, views, partials, partial_offset,
+                     GRAD_BF16: tl.constexpr, ADD_MIRROR_GRAD: tl.constexpr, STRIDED: tl.constexpr,
+                     BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(chunk_tensor + pid)
+        start = tl.load(chunk_start + pid)
+        n = tl.load(numels + t)
         idx = start + tl.arange(0, BLOCK)
-        g = tl.load(g_ptr + _mirror_offsets(idx, views, t, STRIDED), mask=idx < n, other=0.0).to(tl.float32)
+        g = _load_grad(g_ptrs, g2_ptrs, t, _mirror_offsets(idx, views, t, STRIDED), idx < n, GRAD_BF16,
+                       ADD_MIRROR_GRAD)
         tl.store(partials + partial_offset + pid, tl.sum(g * g, axis=0))
 
     @triton.jit
@@ -85,19 +97,15 @@ if triton is not None:
         tl.store(divisor_ptr, tl.maximum((norm + 1e-6) / max_norm, 1.0))
 
     @triton.jit
-    def _adamw_update(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, m_ptrs, v_ptrs, mirror_ptrs, views,
-                      step_ptr, lr_ptr, divisor_ptr, beta1, beta2, eps, weight_decay,
-                      GRAD_BF16: tl.constexpr, MIRROR: tl.constexpr, STRIDED: tl.constexpr,
-                      BLOCK: tl.constexpr):
+    def _adamw_update(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, g2_ptrs, m_ptrs, v_ptrs, mirror_ptrs,
+                      views, step_ptr, lr_ptr, divisor_ptr, beta1, beta2, eps, weight_decay,
+                      GRAD_BF16: tl.constexpr, ADD_MIRROR_GRAD: tl.constexpr, MIRROR: tl.constexpr,
+                      STRIDED: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_start + pid)
         n = tl.load(numels + t)
         p_ptr = tl.load(p_ptrs + t).to(tl.pointer_type(tl.float32))
-        if GRAD_BF16:
-            g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.bfloat16))
-        else:
-            g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32))
         m_ptr = tl.load(m_ptrs + t).to(tl.pointer_type(tl.float32))
         v_ptr = tl.load(v_ptrs + t).to(tl.pointer_type(tl.float32))
         step = tl.load(step_ptr)
@@ -107,7 +115,7 @@ if triton is not None:
         mask = idx < n
         mirror_idx = _mirror_offsets(idx, views, t, STRIDED)  # the gradient lives on the mirror
         p = tl.load(p_ptr + idx, mask=mask)
-        g = tl.load(g_ptr + mirror_idx, mask=mask).to(tl.float32) / divisor
+        g = _load_grad(g_ptrs, g2_ptrs, t, mirror_idx, mask, GRAD_BF16, ADD_MIRROR_GRAD) / divisor
         m = tl.load(m_ptr + idx, mask=mask)
         v = tl.load(v_ptr + idx, mask=mask)
         # PyTorch's AdamW, in its order: decoupled decay, moments, bias-corrected step
@@ -136,7 +144,7 @@ class _Launch:
     none): the chunk tables and device arrays of the tensors' addresses. Gradients may move between
     steps without CUDA graphs (`set_grads` re-uploads only their addresses); the rest stay put."""
 
-    def __init__(self, group, params, exp_avgs, exp_avg_sqs, mirrors, views, grad_bf16):
+    def __init__(self, group, params, exp_avgs, exp_avg_sqs, mirrors, views, grad_bf16, add_mirror_grad):
         device = params[0].device
 
         def chunks(block):
@@ -144,6 +152,7 @@ class _Launch:
             return (_device_array([c[0] for c in pairs], torch.int32, device),
                     _device_array([c[1] for c in pairs], torch.int32, device))
         self.group, self.grad_bf16, self.has_mirrors = group, grad_bf16, bool(mirrors)
+        self.add_mirror_grad = add_mirror_grad
         self.numels = _device_array([p.numel() for p in params], torch.int32, device)
         self.strided = any(v is not None and v.strided for v in views)
         self.views = _device_array([x for v in views for x in (v.row, v.row_stride, v.offset)], torch.int32,
@@ -156,15 +165,18 @@ class _Launch:
         self.mirror_ptrs = (_device_array([t.data_ptr() for t in mirrors], torch.int64, device)
                             if mirrors else self.p_ptrs)
         self.grad_addresses = None
-        self.g_ptrs = None
+        self.g_ptrs = self.g2_ptrs = None
 
     def set_grads(self, grads) -> None:
-        addresses = [g.data_ptr() for g in grads]
+        """grads: per tensor (gradient, the mirror's gradient that adds to it or None)."""
+        addresses = [(g.data_ptr(), g2.data_ptr() if g2 is not None else 0) for g, g2 in grads]
         if addresses != self.grad_addresses:
             if torch.cuda.is_current_stream_capturing():
                 raise RuntimeError("AdamW gradient addresses must be uploaded before CUDA-graph "
                                    "capture (prepare())")
-            self.g_ptrs = _device_array(addresses, torch.int64, self.p_ptrs.device)
+            self.g_ptrs = _device_array([a for a, _ in addresses], torch.int64, self.p_ptrs.device)
+            self.g2_ptrs = (_device_array([b for _, b in addresses], torch.int64, self.p_ptrs.device)
+                            if self.add_mirror_grad else self.g_ptrs)
             self.grad_addresses = addresses
 
 
@@ -175,6 +187,7 @@ class MirrorView(NamedTuple):
     row: int
     row_stride: int
     offset: int
+    adds: bool = False  # the mirror's gradient adds to the parameter's own (a tied weight)
 
     @property
     def strided(self) -> bool:
@@ -201,17 +214,25 @@ class AdamW(torch.optim.AdamW):
 
     # ------------------------------------------------------------------------------ mirrors
 
-    def attach_bf16_mirrors(self, modules, bias_column_modules=()) -> int:
+    def attach_bf16_mirrors(self, modules, bias_column_modules=(), tied_modules=()) -> int:
         """Give each module (nn.Linear, parameters of this optimizer) a bf16 mirror, registered on
-        it as the non-persistent buffer `weight_bf16`; returns how many modules. `modules`: the
-        weight's (N, K) copy. `bias_column_modules` (layers fed cuBLASLt's ones column): one
-        (N, ones_width(K)) leaf [W | b | 0...] holding the weight and the bias, whose gradient is
-        the ones-column matmul's [dW | db | 0...] (written into that width; the pad is not read). A mirror's gradient replaces its parameters':
-        use only where one micro-batch makes a step (see above)."""
+        it as the non-persistent buffer `weight_bf16`; returns how many modules.
+
+        - `modules`: the weight's (N, K) copy, whose gradient replaces the weight's;
+        - `bias_column_modules` (layers fed cuBLASLt's ones column): one (N, ones_width(K)) leaf
+          [W | b | 0...] holding the weight and the bias, whose gradient is the ones-column
+          matmul's [dW | db | 0...] (written into that width; the pad is never read);
+        - `tied_modules` (the classifier, whose weight the embedding also reads in float32): the
+          mirror's gradient adds to the weight's own.
+
+        Use only where one micro-batch makes a step (see above)."""
         from pipeline.gpt.cublaslt import ones_width
         mine = {id(p) for g in self.param_groups for p in g["params"]}
         count = 0
-        for module, with_bias in [(m, False) for m in modules] + [(m, True) for m in bias_column_modules]:
+        kinds = ([(m, "plain") for m in modules] + [(m, "bias") for m in bias_column_modules]
+                 + [(m, "tied") for m in tied_modules])
+        for module, kind in kinds:
+            with_bias = kind == "bias"
             weight = module.weight
             params = [weight] + ([module.bias] if with_bias else [])
             if any(id(p) not in mine for p in params):
@@ -224,7 +245,7 @@ class AdamW(torch.optim.AdamW):
                 self.mirrors[module.bias] = MirrorView(mirror, 1, width, k)
             else:
                 mirror = torch.empty((n, k), dtype=torch.bfloat16, device=weight.device)
-                self.mirrors[weight] = MirrorView(mirror, weight.numel(), weight.numel(), 0)
+                self.mirrors[weight] = MirrorView(mirror, weight.numel(), weight.numel(), 0, kind == "tied")
             with torch.no_grad():
                 for p in params:
                     self.mirrors[p].of(mirror, p.shape).copy_(p)
@@ -237,10 +258,13 @@ class AdamW(torch.optim.AdamW):
         return len({id(view.mirror) for view in self.mirrors.values()})
 
     def gradient_leaves(self) -> List[torch.Tensor]:
-        """The tensors whose `.grad` a backward pass fills: each parameter, or its mirror (a mirror
-        holding a weight and its bias appears twice)."""
-        return [self.mirrors[p].mirror if p in self.mirrors else p
-                for g in self.param_groups for p in g["params"]]
+        """The tensors whose `.grad` a backward pass fills: each parameter, or its mirror, or both
+        for a tied weight (a mirror holding a weight and its bias appears twice)."""
+        leaves = []
+        for p in (p for g in self.param_groups for p in g["params"]):
+            view = self.mirrors.get(p)
+            leaves += [p] if view is None else [p, view.mirror] if view.adds else [view.mirror]
+        return leaves
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=set_to_none)
@@ -251,14 +275,17 @@ class AdamW(torch.optim.AdamW):
                 else:
                     view.mirror.grad.zero_()
 
-    def _grad(self, p: torch.Tensor) -> Optional[torch.Tensor]:
-        """p's gradient: its own, or the whole gradient of its mirror (read through the view)."""
+    def _grads(self, p: torch.Tensor):
+        """(gradient, gradient to add or None) of p: its own; or the whole gradient of its mirror
+        (read through the view); or, for a tied weight, its own plus its mirror's."""
         view = self.mirrors.get(p)
-        if view is not None and view.mirror.grad is not None:
-            if p.grad is not None:
-                raise RuntimeError("a mirrored parameter got gradients both in float32 and on its mirror")
-            return view.mirror.grad
-        return p.grad
+        if view is None or view.mirror.grad is None:
+            return p.grad, None
+        if p.grad is None:
+            return view.mirror.grad, None
+        if not view.adds:
+            raise RuntimeError("a mirrored parameter got gradients both in float32 and on its mirror")
+        return p.grad, view.mirror.grad
 
     # ------------------------------------------------------------------------------ the step
 
@@ -280,7 +307,10 @@ class AdamW(torch.optim.AdamW):
         """PyTorch's AdamW on float32 gradients (a mirror's, upcast), then the mirrors refreshed."""
         for p, view in self.mirrors.items():
             if view.mirror.grad is not None:
-                p.grad = view.of(self._grad(p), p.shape).float()
+                own = p.grad
+                p.grad = view.of(view.mirror.grad, p.shape).float()
+                if own is not None:  # a tied weight: its own gradient plus the mirror's
+                    p.grad = own + p.grad
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if self.defaults.get("fused"):  # the divisor inside the fused kernel, not a pass over grads
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -320,17 +350,18 @@ class AdamW(torch.optim.AdamW):
         """The launches for the current gradients: rebuilt when a parameter's state or mirror
         moved or the set of gradients changed, gradient addresses refreshed when they moved;
         None where a gradient is not a plain contiguous tensor (the PyTorch step handles that)."""
-        entries = []  # (kind, parameter, gradient, state, mirror or None)
+        entries = []  # (kind, parameter, (gradient, gradient to add), state, mirror or None)
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
-                grad = self._grad(p)
+                grad, extra = self._grads(p)
                 if grad is None:
                     continue
-                if grad.is_sparse or not grad.is_contiguous():
+                if any(g is not None and (g.is_sparse or not g.is_contiguous()) for g in (grad, extra)):
                     return None
                 view = self.mirrors.get(p)
-                kind = (gi, grad.dtype == torch.bfloat16, view is not None, bool(view and view.strided))
-                entries.append((kind, p, grad, self._init_state(p), view))
+                kind = (gi, grad.dtype == torch.bfloat16, extra is not None, view is not None,
+                        bool(view and view.strided))
+                entries.append((kind, p, (grad, extra), self._init_state(p), view))
         if not entries:
             return None
         entries.sort(key=lambda e: e[0])  # stable: parameter order within each launch
@@ -345,8 +376,8 @@ class AdamW(torch.optim.AdamW):
             self._launches = [_Launch(gi, [p for p, _, _ in items], [s["exp_avg"] for _, s, _ in items],
                                       [s["exp_avg_sq"] for _, s, _ in items],
                                       [v.mirror for _, _, v in items] if mirrored else [],
-                                      [v for _, _, v in items], bf16)
-                              for (gi, bf16, mirrored, _), items in kinds.items()]
+                                      [v for _, _, v in items], bf16, adds)
+                              for (gi, bf16, adds, mirrored, _), items in kinds.items()]
             device = entries[0][1].device
             self._steps = [s["step"] for _, _, _, s, _ in entries]
             self._partials = torch.empty(sum(L.norm_chunks[0].numel() for L in self._launches), device=device)
@@ -365,9 +396,9 @@ class AdamW(torch.optim.AdamW):
         offset = 0
         for L in launches:
             n = L.norm_chunks[0].numel()
-            _sum_squares[(n,)](L.norm_chunks[0], L.norm_chunks[1], L.numels, L.g_ptrs, L.views, self._partials,
-                               offset, GRAD_BF16=L.grad_bf16, STRIDED=L.strided, BLOCK=NORM_BLOCK,
-                               num_warps=NORM_WARPS)
+            _sum_squares[(n,)](L.norm_chunks[0], L.norm_chunks[1], L.numels, L.g_ptrs, L.g2_ptrs, L.views,
+                               self._partials, offset, GRAD_BF16=L.grad_bf16, ADD_MIRROR_GRAD=L.add_mirror_grad,
+                               STRIDED=L.strided, BLOCK=NORM_BLOCK, num_warps=NORM_WARPS)
             offset += n
         _clip_divisor[(1,)](self._partials, offset, self._norm, self._divisor, float(max_norm),
                             BLOCK=1024, num_warps=4)
@@ -382,8 +413,9 @@ class AdamW(torch.optim.AdamW):
             beta1, beta2 = group["betas"]
             n = L.update_chunks[0].numel()
             _adamw_update[(n,)](L.update_chunks[0], L.update_chunks[1], L.numels, L.p_ptrs, L.g_ptrs,
-                                L.m_ptrs, L.v_ptrs, L.mirror_ptrs, L.views, self._steps[0], lr, self._divisor,
-                                float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
-                                GRAD_BF16=L.grad_bf16, MIRROR=L.has_mirrors, STRIDED=L.strided,
+                                L.g2_ptrs, L.m_ptrs, L.v_ptrs, L.mirror_ptrs, L.views, self._steps[0], lr,
+                                self._divisor, float(beta1), float(beta2), float(group["eps"]),
+                                float(group["weight_decay"]), GRAD_BF16=L.grad_bf16,
+                                ADD_MIRROR_GRAD=L.add_mirror_grad, MIRROR=L.has_mirrors, STRIDED=L.strided,
                                 BLOCK=UPDATE_BLOCK, num_warps=UPDATE_WARPS)
         return self._norm

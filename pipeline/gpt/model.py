@@ -251,7 +251,11 @@ class GPT(nn.Module):
             x = self.transformer.ln_f(x)
         fused = self.fused_loss if self.fused_loss is not None else x.is_cuda
         if targets is not None and not return_logits and fused and torch.is_grad_enabled():
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size,
+            weight = self.lm_head.weight
+            mirror = getattr(self.lm_head, "weight_bf16", None)  # adamw.AdamW's bf16 copy of it
+            if mirror is not None and _bf16_training(x):
+                weight = mirror
+            return None, linear_cross_entropy(x, weight, targets, self.config.vocab_size,
                                               tuned=self.tuned_head)
         logits = self.lm_head(x)
         loss = None

@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bf16-mirrors", type=int, default=None,
                    help="1 = the cuBLASLt matmuls read bf16 copies of their weights that the AdamW "
                    "update writes, and leave bf16 weight gradients for it (no casts either way; exact "
-                   "with one micro-batch per step). Default: 1 with --cublaslt on one CUDA GPU when "
-                   "-d equals -b x -t; 0 with gradient accumulation")
+                   "with one micro-batch per step; the tied classifier too where -b x -t is a power "
+                   "of two). Default: 1 with --cublaslt on one CUDA GPU when -d equals -b x -t; 0 "
+                   "with gradient accumulation")
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
     g.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
@@ -432,7 +433,11 @@ def choose_bf16_mirrors(args, run: Run, raw: GPT, optimizer, accum: int) -> int:
         if args.bf16_mirrors:
             run.print("--bf16-mirrors 1 ignored: %s" % why)
         return 0
-    return optimizer.attach_bf16_mirrors(*raw.bf16_mirror_layers(compiled=run.compile))
+    # The classifier's weight gradient is scaled by 1/(B*T) after its matmul: exact in bf16 only
+    # for a power of two, so only then does the tied embedding get a mirror too.
+    rows = args.b * args.t
+    tied = [raw.lm_head] if raw.fused_loss is not False and rows & (rows - 1) == 0 else []
+    return optimizer.attach_bf16_mirrors(*raw.bf16_mirror_layers(compiled=run.compile), tied_modules=tied)
 
 
 def make_step_fn(args, run: Run, model, raw: GPT, optimizer, accum: int):

@@ -7,11 +7,12 @@ cannot hide. After a few ordinary steps (compilation, optimizer state), `Graphed
 the step once as three CUDA graphs and from then on replays them, one launch each:
 
 - `first`: forward + backward of the first micro-batch. The gradients it produces become the
-  parameters' `.grad` tensors (autograd's usual hand-over when `.grad` is None), so every replay
+  parameters' (or their bf16 mirrors') `.grad` tensors (autograd's usual hand-over when `.grad` is
+  None), so every replay
   overwrites them: no zeroing pass.
 - `more` (gradient accumulation only): forward + backward that add into those same tensors.
-- `update`: gradient clipping and the fused AdamW update, with the learning rate read from a device
-  tensor so that the schedule can change it between replays.
+- `update`: gradient clipping and the AdamW update (`pipeline.gpt.adamw`), with the learning rate
+  read from a device tensor so that the schedule can change it between replays.
 
 Replays run exactly the kernels of an ordinary step in the same order, on the same tensors, so the
 numbers are the same (the learning rate comes from a float32 tensor instead of a Python float).

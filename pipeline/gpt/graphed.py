@@ -8,8 +8,7 @@ the step once as three CUDA graphs and from then on replays them, one launch eac
 
 - `first`: forward + backward of the first micro-batch. The gradients it produces become the
   parameters' (or their bf16 mirrors') `.grad` tensors (autograd's usual hand-over when `.grad` is
-  None), so every replay
-  overwrites them: no zeroing pass.
+  None), so every replay overwrites them: no zeroing pass.
 - `more` (gradient accumulation only): forward + backward that add into those same tensors.
 - `update`: gradient clipping and the AdamW update (`pipeline.gpt.adamw`), with the learning rate
   read from a device tensor so that the schedule can change it between replays.

@@ -119,7 +119,8 @@ def test_with_ones_appends_one_then_zeros():
 
 def test_linear_op_in_the_ones_layout_takes_the_bias_gradient_from_the_weight_gradient():
     """x[:, :K] @ w^T + b for x in the ones layout; the bias gradient is the ones column's share of
-    the weight-gradient matmul, and the input gradient keeps x's padded shape (zeros in the pad)."""
+    the weight-gradient matmul, and the input gradient keeps x's padded shape (the reference pads
+    with zeros; the CUDA kernel leaves the pad, which no consumer reads, unwritten)."""
     torch.manual_seed(0)
     x = torch.randn(6, 4, dtype=torch.float64)
     w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)

@@ -51,12 +51,12 @@ NORM_BLOCK, NORM_WARPS = 16384, 8
 
 if triton is not None:
     @triton.jit
-    def _mirror_offsets(idx, views, t, STRIDED: tl.constexpr):
-        """Element idx of tensor t inside its gradient / mirror: itself, or through the view
-        (row length, row stride, offset) of a weight or bias inside a [W | b | 0...] mirror."""
-        if STRIDED:
-            row = tl.load(views + 3 * t)
-            idx = (idx // row) * tl.load(views + 3 * t + 1) + idx % row + tl.load(views + 3 * t + 2)
+    def _mirror_offsets(idx, views, t, ROW: tl.constexpr):
+        """Element idx of tensor t inside its gradient / mirror: itself (ROW 0), or through the
+        view (row length ROW, row stride, offset) of a weight or bias inside a [W | b | 0...]
+        mirror. ROW is a compile-time constant so that the division is a multiply and shift."""
+        if ROW > 0:
+            idx = (idx // ROW) * tl.load(views + 3 * t + 1) + idx % ROW + tl.load(views + 3 * t + 2)
         return idx
 
     @triton.jit
@@ -75,14 +75,14 @@ if triton is not None:
 
     @triton.jit
     def _sum_squares(chunk_tensor, chunk_start, numels, g_ptrs, g2_ptrs, views, partials, partial_offset,
-                     GRAD_BF16: tl.constexpr, ADD_MIRROR_GRAD: tl.constexpr, STRIDED: tl.constexpr,
+                     GRAD_BF16: tl.constexpr, ADD_MIRROR_GRAD: tl.constexpr, ROW: tl.constexpr,
                      BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_start + pid)
         n = tl.load(numels + t)
         idx = start + tl.arange(0, BLOCK)
-        g = _load_grad(g_ptrs, g2_ptrs, t, _mirror_offsets(idx, views, t, STRIDED), idx < n, GRAD_BF16,
+        g = _load_grad(g_ptrs, g2_ptrs, t, _mirror_offsets(idx, views, t, ROW), idx < n, GRAD_BF16,
                        ADD_MIRROR_GRAD)
         tl.store(partials + partial_offset + pid, tl.sum(g * g, axis=0))
 
@@ -100,7 +100,7 @@ if triton is not None:
     def _adamw_update(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, g2_ptrs, m_ptrs, v_ptrs, mirror_ptrs,
                       views, step_ptr, lr_ptr, divisor_ptr, beta1, beta2, eps, weight_decay,
                       GRAD_BF16: tl.constexpr, ADD_MIRROR_GRAD: tl.constexpr, MIRROR: tl.constexpr,
-                      STRIDED: tl.constexpr, BLOCK: tl.constexpr):
+                      ROW: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_start + pid)
@@ -113,7 +113,7 @@ if triton is not None:
         divisor = tl.load(divisor_ptr)
         idx = start + tl.arange(0, BLOCK)
         mask = idx < n
-        mirror_idx = _mirror_offsets(idx, views, t, STRIDED)  # the gradient lives on the mirror
+        mirror_idx = _mirror_offsets(idx, views, t, ROW)  # the gradient lives on the mirror
         p = tl.load(p_ptr + idx, mask=mask)
         g = _load_grad(g_ptrs, g2_ptrs, t, mirror_idx, mask, GRAD_BF16, ADD_MIRROR_GRAD) / divisor
         m = tl.load(m_ptr + idx, mask=mask)
@@ -155,6 +155,7 @@ class _Launch:
         self.add_mirror_grad = add_mirror_grad
         self.numels = _device_array([p.numel() for p in params], torch.int32, device)
         self.strided = any(v is not None and v.strided for v in views)
+        self.row = views[0].row if self.strided else 0  # one row length per launch (its kind)
         self.views = _device_array([x for v in views for x in (v.row, v.row_stride, v.offset)], torch.int32,
                                    device) if self.strided else self.numels
         self.update_chunks = chunks(UPDATE_BLOCK)
@@ -360,7 +361,7 @@ class AdamW(torch.optim.AdamW):
                     return None
                 view = self.mirrors.get(p)
                 kind = (gi, grad.dtype == torch.bfloat16, extra is not None, view is not None,
-                        bool(view and view.strided))
+                        view.row if view is not None and view.strided else 0)
                 entries.append((kind, p, (grad, extra), self._init_state(p), view))
         if not entries:
             return None
@@ -398,7 +399,7 @@ class AdamW(torch.optim.AdamW):
             n = L.norm_chunks[0].numel()
             _sum_squares[(n,)](L.norm_chunks[0], L.norm_chunks[1], L.numels, L.g_ptrs, L.g2_ptrs, L.views,
                                self._partials, offset, GRAD_BF16=L.grad_bf16, ADD_MIRROR_GRAD=L.add_mirror_grad,
-                               STRIDED=L.strided, BLOCK=NORM_BLOCK, num_warps=NORM_WARPS)
+                               ROW=L.row, BLOCK=NORM_BLOCK, num_warps=NORM_WARPS)
             offset += n
         _clip_divisor[(1,)](self._partials, offset, self._norm, self._divisor, float(max_norm),
                             BLOCK=1024, num_warps=4)
@@ -416,6 +417,6 @@ class AdamW(torch.optim.AdamW):
                                 L.g2_ptrs, L.m_ptrs, L.v_ptrs, L.mirror_ptrs, L.views, self._steps[0], lr,
                                 self._divisor, float(beta1), float(beta2), float(group["eps"]),
                                 float(group["weight_decay"]), GRAD_BF16=L.grad_bf16,
-                                ADD_MIRROR_GRAD=L.add_mirror_grad, MIRROR=L.has_mirrors, STRIDED=L.strided,
+                                ADD_MIRROR_GRAD=L.add_mirror_grad, MIRROR=L.has_mirrors, ROW=L.row,
                                 BLOCK=UPDATE_BLOCK, num_warps=UPDATE_WARPS)
         return self._norm

@@ -125,24 +125,6 @@ def test_a_mirror_must_belong_to_the_optimizer():
         opt.attach_bf16_mirrors(*other.bf16_mirror_layers(compiled=True))
 
 
-@pytest.mark.parametrize("scale", [5.0, 1e-4])  # clipped / not clipped
-def test_clip_and_step_equals_clip_grad_norm_then_adamw(scale):
-    torch.manual_seed(0)
-    pa = [torch.randn(1000, requires_grad=True) for _ in range(3)]
-    pb = [p.detach().clone().requires_grad_() for p in pa]
-    for a, b in zip(pa, pb):
-        g = torch.randn_like(a) * scale
-        a.grad, b.grad = g.clone(), g.clone()
-    ours = adamw.AdamW(pa, lr=1e-2, weight_decay=0.1)
-    ref = torch.optim.AdamW(pb, lr=1e-2, weight_decay=0.1, foreach=False)
-    norm = ours.clip_and_step(1.0)
-    want = torch.nn.utils.clip_grad_norm_(pb, 1.0)
-    ref.step()
-    assert torch.allclose(norm, want)
-    for a, b in zip(pa, pb):
-        assert torch.allclose(a, b, atol=1e-6)
-
-
 def test_state_dict_loads_into_pytorch_adamw_and_back():
     model = _tiny_lt_model()
     opt = adamw.AdamW(_groups(model), lr=1e-2, foreach=False)

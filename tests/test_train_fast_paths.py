@@ -165,18 +165,25 @@ def test_cublaslt_model_with_ones_column_matches_plain_model(monkeypatch):
     assert len(widened) == 4  # ln_1 and ln_2 of both layers
 
 
+@pytest.mark.parametrize("optimizer", ["torch_fused", "trainer"])
 @pytest.mark.parametrize("grad_scale", [5.0, 1e-4])  # clipped / not clipped
-def test_fused_adamw_clip_equals_clip_grad_norm(grad_scale):
+def test_fused_adamw_clip_equals_clip_grad_norm(grad_scale, optimizer):
     """clip_and_update hands fused AdamW the clip divisor (grad_scale) instead of rescaling the
-    gradients: same norm, same update as clip_grad_norm_ + a plain AdamW step."""
+    gradients (PyTorch's, as under ZeRO), or the trainer's AdamW does clip and update in its
+    `clip_and_step`: same norm, same update as clip_grad_norm_ + a plain AdamW step."""
+    from pipeline.gpt.adamw import AdamW
     torch.manual_seed(0)
     pa = [torch.randn(1000, requires_grad=True) for _ in range(3)]
     pb = [p.detach().clone().requires_grad_() for p in pa]
     for a, b in zip(pa, pb):
         g = torch.randn_like(a) * grad_scale
         a.grad, b.grad = g.clone(), g.clone()
-    fused = torch.optim.AdamW(pa, lr=1e-2, fused=True)
-    plain = torch.optim.AdamW(pb, lr=1e-2, foreach=False)
+    if optimizer == "trainer":
+        fused = AdamW(pa, lr=1e-2, weight_decay=0.1)
+        plain = torch.optim.AdamW(pb, lr=1e-2, weight_decay=0.1, foreach=False)
+    else:
+        fused = torch.optim.AdamW(pa, lr=1e-2, fused=True)
+        plain = torch.optim.AdamW(pb, lr=1e-2, foreach=False)
     norm = tr.clip_and_update(pa, fused)
     want = torch.nn.utils.clip_grad_norm_(pb, 1.0)
     plain.step()

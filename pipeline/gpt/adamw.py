@@ -16,15 +16,19 @@ cuBLASLt path reads instead of casting (`cublaslt.bf16_weight`); autograd leaves
 gradient on it in bf16, the update reads that gradient directly and writes the new bf16 copy next
 to the float32 parameter. With one micro-batch per step this is exact: the cast gradient was the
 bf16 gradient's exact float32 value, and the mirror is the same round-to-nearest-even cast the
-forward did. With gradient accumulation the micro-batches' gradients would add up in bf16, so the
-trainer attaches mirrors only without it (`-d` = `-b` x `-t`), as llm.c's bf16 gradients do not.
+forward did. With gradient accumulation the micro-batches' gradients would add up in bf16 (as
+llm.c's do), so the trainer attaches mirrors only without it (`-d` = `-b` x `-t`) and otherwise
+keeps accumulating in float32.
 
 The layers whose input carries cuBLASLt's ones column (c_attn, c_fc: `cublaslt.with_ones`) get
-their weight gradient and bias gradient from one matmul, as the (N, K + 8) block [dW | db | 0...].
-Their mirror has that same shape, [W | b | 0...], so the block is the mirror's gradient as it is:
+their weight gradient and bias gradient from one matmul, as the block [dW | db | 0...]. Their
+mirror holds [W | b | 0...] in rows as wide as that input's (`ones_width(K)`), and the matmul writes
+the block into a gradient of the mirror's shape, so it is the mirror's gradient as it comes out:
 slicing dW out of it would leave a strided gradient that autograd copies before handing it over.
 The update reads each parameter's gradient and writes its bf16 value through a strided view of
-the mirror (row length, row stride, offset: `MirrorView`).
+the mirror (row length, row stride, offset: `MirrorView`). The tied classifier's mirror is read by
+the loss only (the embedding lookup keeps reading float32 rows); its gradient adds to the
+embedding's in the update.
 
 The state (`step`, `exp_avg`, `exp_avg_sq` per parameter) and `state_dict()` are PyTorch's, so
 checkpoints move between this and `torch.optim.AdamW`. Off CUDA, without Triton, or with
@@ -398,8 +402,9 @@ class AdamW(torch.optim.AdamW):
         for L in launches:
             n = L.norm_chunks[0].numel()
             _sum_squares[(n,)](L.norm_chunks[0], L.norm_chunks[1], L.numels, L.g_ptrs, L.g2_ptrs, L.views,
-                               self._partials, offset, GRAD_BF16=L.grad_bf16, ADD_MIRROR_GRAD=L.add_mirror_grad,
-                               ROW=L.row, BLOCK=NORM_BLOCK, num_warps=NORM_WARPS)
+                               self._partials, offset, GRAD_BF16=L.grad_bf16,
+                               ADD_MIRROR_GRAD=L.add_mirror_grad, ROW=L.row, BLOCK=NORM_BLOCK,
+                               num_warps=NORM_WARPS)
             offset += n
         _clip_divisor[(1,)](self._partials, offset, self._norm, self._divisor, float(max_norm),
                             BLOCK=1024, num_warps=4)

@@ -685,9 +685,9 @@ def fused_mlp(x: torch.Tensor, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear,
     `proj_bias=False`: without c_proj's bias (the caller adds it, e.g. `residual_norm`)."""
     dt = torch.bfloat16
     shape = x.shape
-    wb = bias_column_mirror(c_fc)  # [W | b | 0...]: the bias comes from the mirror
-    y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), bf16_weight(c_fc) if wb is None else wb,
-                        c_fc.bias.to(dt) if wb is None else None,
+    fc_bias = bias_column_mirror(c_fc) is None  # else [W | b | 0...]: the bias is in the mirror
+    y = _FusedMLP.apply(x.reshape(-1, shape[-1]).to(dt), bf16_weight(c_fc),
+                        c_fc.bias.to(dt) if fc_bias else None,
                         bf16_weight(c_proj), c_proj.bias.to(dt) if proj_bias else None,
                         bool(epilogue), c_fc.in_features)
     return y.view(*shape[:-1], y.size(-1))

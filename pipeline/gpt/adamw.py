@@ -57,10 +57,10 @@ if triton is not None:
     @triton.jit
     def _mirror_offsets(idx, views, t, ROW: tl.constexpr):
         """Element idx of tensor t inside its gradient / mirror: itself (ROW 0), or through the
-        view (row length ROW, row stride, offset) of a weight or bias inside a [W | b | 0...]
-        mirror. ROW is a compile-time constant so that the division is a multiply and shift."""
+        view (row length ROW; row stride and offset from `views`) of a weight or bias inside a
+        [W | b | 0...] mirror. ROW is a compile-time constant so that the division is a multiply and shift."""
         if ROW > 0:
-            idx = (idx // ROW) * tl.load(views + 3 * t + 1) + idx % ROW + tl.load(views + 3 * t + 2)
+            idx = (idx // ROW) * tl.load(views + 2 * t) + idx % ROW + tl.load(views + 2 * t + 1)
         return idx
 
     @triton.jit
@@ -144,8 +144,9 @@ def _device_array(values, dtype, device) -> torch.Tensor:
 
 
 class _Launch:
-    """One kernel launch's worth of tensors (same group, same gradient dtype, all mirrored or
-    none): the chunk tables and device arrays of the tensors' addresses. Gradients may move between
+    """One kernel launch's worth of tensors (one kind: same group, gradient dtype, tied or not,
+    mirrored or not, same mirror row length): the chunk tables and device arrays of the tensors'
+    addresses (and, in a [W | b] mirror, their row strides and offsets). Gradients may move between
     steps without CUDA graphs (`set_grads` re-uploads only their addresses); the rest stay put."""
 
     def __init__(self, group, params, exp_avgs, exp_avg_sqs, mirrors, views, grad_bf16, add_mirror_grad):
@@ -160,7 +161,7 @@ class _Launch:
         self.numels = _device_array([p.numel() for p in params], torch.int32, device)
         self.strided = any(v is not None and v.strided for v in views)
         self.row = views[0].row if self.strided else 0  # one row length per launch (its kind)
-        self.views = _device_array([x for v in views for x in (v.row, v.row_stride, v.offset)], torch.int32,
+        self.views = _device_array([x for v in views for x in (v.row_stride, v.offset)], torch.int32,
                                    device) if self.strided else self.numels
         self.update_chunks = chunks(UPDATE_BLOCK)
         self.norm_chunks = chunks(NORM_BLOCK)

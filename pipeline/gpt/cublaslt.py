@@ -600,8 +600,7 @@ def bias_column_mirror(module: torch.nn.Linear) -> Optional[torch.Tensor]:
 
 def _bias_column_gradient(dw: torch.Tensor, db: torch.Tensor, width: int) -> torch.Tensor:
     """[dW | db | 0...]: a [W | b] mirror's gradient assembled where no ones column produced it."""
-    pad = dw.new_zeros((dw.size(0), width - dw.size(1) - 1))
-    return torch.cat([dw, db[:, None].to(dw.dtype), pad], dim=1)
+    return _pad_columns(torch.cat([dw, db[:, None].to(dw.dtype)], dim=1), width)
 
 
 class _BiasColumnLinear(torch.autograd.Function):

@@ -5,10 +5,10 @@ Special-token text that happens to occur inside a crawled page (someone writing 
 web page) is encoded as ordinary text; only the delimiter we add is token 50256. So the token stream
 never contains a document boundary the pipeline did not put there.
 
-The BPE ranks are loaded once on the driver by `pipeline.bpe.load_bpe_bytes` (from `--bpe-file`, local
-or s3://, from a tiktoken cache directory, or from tiktoken's own cache/download) and their bytes are
-shipped to executors, which build the encoder from them once per Python worker. Executors therefore need neither internet access
-nor a cache directory: this is what makes the stage work on air-gapped clusters.
+The BPE ranks are loaded once on the driver by `pipeline.bpe.load_bpe_bytes` (the copy shipped in the
+package, or `--bpe-file` / a tiktoken cache directory when given) and their bytes are shipped to
+executors, which build the encoder from them once per Python worker. Nothing is downloaded, so the stage
+works the same on a laptop without internet and on a cluster in a private subnet.
 
 Nothing here imports Spark; `jobs/tokenize.py` wires it up.
 """

@@ -5,8 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
 bash scripts/setup.sh
-# Offline GPT-2 BPE: use the shared tiktoken cache when one sits beside the checkout.
-if [ -z "${TIKTOKEN_CACHE_DIR:-}" ] && [ -d ../shared/tiktoken ]; then export TIKTOKEN_CACHE_DIR=$PWD/../shared/tiktoken; fi
 .venv/bin/pipeline sample --docs "$n" --out "data/sample-$n"
 .venv/bin/pipeline run --input "data/sample-$n/warc" --output "out/sample-$n"
 .venv/bin/pipeline evaluate --report "out/sample-$n/dedup/report" --truth "data/sample-$n/truth.parquet"

@@ -1,13 +1,10 @@
-"""Shared fixtures: one real local-mode SparkSession for the whole test run, offline tiktoken."""
+"""Shared fixtures: one real local-mode SparkSession for the whole test run.
+
+No TIKTOKEN_CACHE_DIR: the GPT-2 BPE ranks ship with the package, and the tests use that copy."""
 import os
 import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_TIKTOKEN = os.path.join(os.path.dirname(REPO), "shared", "tiktoken")
-if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(SHARED_TIKTOKEN):
-    os.environ["TIKTOKEN_CACHE_DIR"] = SHARED_TIKTOKEN
 
 # Local-mode Python workers must be this interpreter (it has our packages).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -10,11 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tiktoken
 
 from jobs.shards import ShardsConfig, run
 from pipeline import cli, shards
-from pipeline.bpe import EOT_TOKEN
+from pipeline.bpe import EOT_TOKEN, get_encoding
 from pipeline.shard_plan import (PlanError, ShardPlan, arrow_pieces, block_stats, val_end_from_docs,
                                  val_target, with_starts)
 
@@ -54,8 +53,8 @@ def _read_all(out_dir):
 
 @pytest.fixture(scope="module")
 def corpus(spark, tmp_path_factory):
-    """80 documents tokenized with tiktoken, sharded with small shards so that documents straddle."""
-    enc = tiktoken.get_encoding("r50k_base")
+    """80 documents tokenized with GPT-2's BPE, sharded with small shards so that documents straddle."""
+    enc = get_encoding()
     texts = _texts(80)
     ids = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
     docs = {i: [EOT_TOKEN] + enc.encode_ordinary(t) for i, t in zip(ids, texts)}

@@ -59,9 +59,10 @@ class GenerateConfig(JobConfig):
     fused_kernels: bool = field(default=True, metadata=flag(
         "--fused-kernels", help="fused Triton/cuBLASLt decode kernels (CUDA only; self-checked)"))
     tiktoken_cache: Optional[str] = field(default=None, metadata=flag(
-        "--tiktoken-cache", help="tiktoken cache directory (offline BPE)"))
+        "--tiktoken-cache", help="tiktoken cache directory holding r50k_base (default: the BPE ranks "
+        "shipped in the package)"))
     bpe_file: Optional[str] = field(default=None, metadata=flag(
-        "--bpe-file", help="the r50k_base/gpt2 .tiktoken rank file (offline BPE)"))
+        "--bpe-file", help="the r50k_base/gpt2 .tiktoken rank file (default: the one shipped in the package)"))
     # --benchmark mode (pipeline/gpt/gen_benchmark.py)
     benchmark: bool = field(default=False, metadata=flag(
         "--benchmark", action="store_true",

@@ -564,7 +564,7 @@ def sample(model: GPT, genT: int, run: Run) -> str:
     try:
         from pipeline.bpe import get_encoding
         return get_encoding().decode(ids)
-    except Exception:  # no BPE available offline: show ids, as llm.c does without its tokenizer
+    except Exception:  # BPE ranks missing from a stripped install: show ids, as llm.c does without its tokenizer
         return " ".join(map(str, ids))
 
 

@@ -70,7 +70,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
 
     sig = (docs.select("id", "text")
            .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
-                               bands=bands, rows=rows), SIGNATURE_SCHEMA)
+                               bands=bands, rows=rows, normalize=cfg.normalize), SIGNATURE_SCHEMA)
            .persist(StorageLevel.MEMORY_AND_DISK))
     # One action fills the cache and gives both counts (each Spark action costs scheduling time).
     head = sig.agg(F.count("*").alias("n"), F.sum(F.col("bands").isNull().cast("int")).alias("empty")).first()

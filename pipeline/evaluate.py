@@ -1,12 +1,14 @@
 """`pipeline evaluate`: score a dedup report against ground truth.
 
     pipeline evaluate --report OUT/dedup/report --truth data/sample-10k/truth.parquet [--json scores.json]
-    pipeline evaluate --report OUT/dedup/report --truth exact --docs OUT/docs [--threshold 0.8 --ngram 5]
+    pipeline evaluate --report OUT/dedup/report --truth exact --docs OUT/docs [--threshold 0.8 --ngram 5 --normalize word]
 
 The report is parquet `id, cluster_id[, cluster_size, kept]` (docs/DESIGN.md); the truth is parquet
 `id, cluster` (cluster = any label shared by a component's members) or just `id, has_dup`. Both may
 be single files or directories of parquet parts. `--truth exact` computes the truth from the
-documents themselves with `pipeline.exact_jaccard` (in memory; meant for up to ~20k documents).
+documents themselves with `pipeline.exact_jaccard` (in memory; meant for up to ~20k documents), under
+the same near-duplicate definition as `pipeline dedup` (`--threshold`, `--ngram`, `--normalize`: use
+the values the report was made with, saved in its `_config.json`).
 
 Two views of quality:
 - per document, "has a near-duplicate" (positive = in a cluster of size > 1): precision, recall, F1.
@@ -26,6 +28,8 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, NORMALIZATIONS
 
 EXACT_WARN_DOCS = 20000
 _SHOW_IDS = 10
@@ -124,7 +128,8 @@ def _read_parquet(path: str, columns: Optional[Sequence[str]] = None):
     return dataset.to_table(columns=cols).to_pandas()
 
 
-def exact_truth(docs_path: str, threshold: float = 0.8, ngram: int = 5):
+def exact_truth(docs_path: str, threshold: float = 0.8, ngram: int = DEFAULT_NGRAM,
+                normalize: str = DEFAULT_NORMALIZE):
     """Ground truth computed from a document table (`id, text`) by exact all-pairs Jaccard."""
     from pipeline.exact_jaccard import exact_clusters
 
@@ -132,7 +137,8 @@ def exact_truth(docs_path: str, threshold: float = 0.8, ngram: int = 5):
     if len(docs) > EXACT_WARN_DOCS:
         print("warning: exact truth over %d documents runs in one process and may take a while "
               "(meant for <= %d)" % (len(docs), EXACT_WARN_DOCS), file=sys.stderr)
-    truth, _ = exact_clusters(docs["id"].tolist(), docs["text"].tolist(), threshold, ngram, with_pairs=False)
+    truth, _ = exact_clusters(docs["id"].tolist(), docs["text"].tolist(), threshold, ngram, with_pairs=False,
+                              normalize=normalize)
     return truth
 
 
@@ -190,7 +196,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "or 'exact' to compute it from --docs")
     p.add_argument("--docs", help="documents parquet (id, text) for --truth exact")
     p.add_argument("--threshold", type=float, default=0.8, help="Jaccard threshold for --truth exact (default 0.8)")
-    p.add_argument("--ngram", type=int, default=5, help="shingle size in words for --truth exact (default 5)")
+    p.add_argument("--ngram", type=int, default=DEFAULT_NGRAM,
+                   help="shingle size in words for --truth exact (default %(default)s)")
+    p.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default=DEFAULT_NORMALIZE,
+                   help="what counts as a word for --truth exact, as `pipeline dedup --normalize` "
+                        "(default %(default)s)")
     p.add_argument("--json", help="also write the scores to this JSON file")
     args = p.parse_args(argv)
 
@@ -198,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.truth == "exact":
         if not args.docs:
             p.error("--truth exact needs --docs")
-        truth = exact_truth(args.docs, args.threshold, args.ngram)
+        truth = exact_truth(args.docs, args.threshold, args.ngram, args.normalize)
     else:
         truth_path = args.truth
         if os.path.isdir(truth_path) and os.path.isfile(os.path.join(truth_path, "truth.parquet")):
@@ -207,7 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     scores = score(report, truth)
     scores["inputs"] = {"report": args.report, "truth": args.truth, "docs": args.docs,
                         "threshold": args.threshold if args.truth == "exact" else None,
-                        "ngram": args.ngram if args.truth == "exact" else None}
+                        "ngram": args.ngram if args.truth == "exact" else None,
+                        "normalize": args.normalize if args.truth == "exact" else None}
     print(format_scores(scores))
     if args.json:
         from pipeline import storage

@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.dedup.shingles import DEFAULT_NGRAM, shingle_hashes
+from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, shingle_hashes
 
 DEFAULT_THRESHOLD = 0.8
 # Float slack when turning t * |x| into an integer overlap bound: 0.8 * 5 is 4.000000000000001 in
@@ -197,16 +197,17 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def exact_clusters(ids: Sequence[str], texts: Iterable[Optional[str]], threshold: float = DEFAULT_THRESHOLD,
-                   ngram: int = DEFAULT_NGRAM, with_pairs: bool = True):
+                   ngram: int = DEFAULT_NGRAM, with_pairs: bool = True, normalize: str = DEFAULT_NORMALIZE):
     """Ground truth for a corpus: (truth DataFrame `id, cluster, has_dup`, pairs DataFrame).
 
     `cluster` is the smallest id of the document's connected component (the id itself for a
     singleton); `has_dup` is True when the component has more than one document. Pairs have columns
     `id_a, id_b, jaccard` with id_a < id_b (every pair: n identical copies give n(n-1)/2 rows; pass
     `with_pairs=False` to get None instead when only clusters matter). Rows are sorted by id. Ids
-    must be unique.
+    must be unique. Words and shingles follow `pipeline.dedup.shingles` with preset `normalize`.
     """
-    return clusters_from_sets(ids, [shingle_hashes(t or "", ngram) for t in texts], threshold, with_pairs)
+    return clusters_from_sets(ids, [shingle_hashes(t or "", ngram, normalize) for t in texts], threshold,
+                              with_pairs)
 
 
 def clusters_from_sets(ids: Sequence[str], sets: Sequence[np.ndarray], threshold: float = DEFAULT_THRESHOLD,

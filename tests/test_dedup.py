@@ -13,7 +13,8 @@ from pipeline.accounting import check_stage
 from pipeline.dedup.components import connected_components
 from pipeline.dedup.config import DedupConfig
 from pipeline.dedup.local import dedup_local
-from pipeline.dedup.shingles import jaccard, shingle_hashes
+
+import near_dup_reference as reference
 
 VOCAB = ["w%d" % i for i in range(5000)]
 
@@ -73,22 +74,10 @@ def build_corpus():
     return docs
 
 
-def exact_clusters(docs, threshold=0.8):
+def exact_clusters(docs, threshold=0.8, normalize="word"):
+    """{id: cluster id} from the plain-Python reference (all pairs, Python sets of word tuples)."""
     ids = sorted(docs)
-    hashes = {i: shingle_hashes(docs[i] or "") for i in ids}
-    parent = {i: i for i in ids}
-
-    def find(x):
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    for x in range(len(ids)):
-        for y in range(x + 1, len(ids)):
-            if jaccard(hashes[ids[x]], hashes[ids[y]]) >= threshold:
-                rx, ry = find(ids[x]), find(ids[y])
-                parent[max(rx, ry)] = min(rx, ry)
-    return {i: find(i) for i in ids}
+    return reference.clusters(ids, [docs[i] for i in ids], normalize, threshold)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +105,8 @@ def result(spark, corpus):
 
 def test_corpus_is_what_it_claims():
     docs = build_corpus()
-    h = {i: shingle_hashes(t or "") for i, t in docs.items()}
+    h = {i: reference.shingles(t, "word") for i, t in docs.items()}
+    jaccard = reference.jaccard
     assert jaccard(h["b0"], h["b1"]) == pytest.approx(281 / 311)
     assert jaccard(h["c0"], h["c1"]) < 0.8
     assert jaccard(h["d0"], h["d1"]) >= 0.8 and jaccard(h["d1"], h["d2"]) >= 0.8
@@ -159,6 +149,7 @@ def test_report_schema_one_row_per_doc_one_kept_per_cluster(result, corpus):
     for d in ("kept", "report"):
         cfg = json.load(open(str(root / "out" / "dedup" / d / "_config.json")))
         assert cfg["job"] == "DedupConfig" and cfg["config"]["threshold"] == 0.8
+        assert cfg["config"]["normalize"] == "word"  # the default near-duplicate definition
 
 
 def test_stats_and_determinism(spark, corpus, result):
@@ -183,6 +174,78 @@ def test_stats_and_determinism(spark, corpus, result):
     ref, _ = dedup_local(list(docs), list(docs.values()))
     assert {r["id"]: (r["cluster_id"], r["kept"]) for r in ref} == \
         {i: (c, k) for i, c, k in zip(report["id"], report["cluster_id"], report["kept"])}
+
+
+IDENTIFIERS = ["into_iter", "as_ref", "to_owned", "unwrap_or_default", "split_whitespace", "is_empty",
+               "push_str", "with_capacity", "extend_from_slice", "sort_unstable_by_key"]
+PROSE = ("the method returns an iterator over the items of a vector and each call moves the value out "
+         "so that the original collection cannot be used again after this point in safe code").split()
+
+
+def code_corpus():
+    """Pages about code whose near-duplicate status depends on whether `_` is a word character."""
+    rng = random.Random(21)
+    docs = {}
+    # a0: Rust docs with an identifier every fourth word; a1/a2: the same page rendered with the
+    # identifiers' underscores as spaces / hyphens. Same words for `alnum`, nearly no shared 5-gram for `word`.
+    a = [rng.choice(IDENTIFIERS) if i % 4 == 0 else rng.choice(PROSE) for i in range(120)]
+    docs["a0"] = "Rust: " + " ".join(a)
+    docs["a1"] = "Rust: " + " ".join(a).replace("_", " ")
+    docs["a2"] = "RUST: " + " ".join(a).replace("_", "-")
+    # b0/b1: one long identifier renamed. One changed word for `word`; three for `alnum`, which also
+    # has more shingles: near-duplicates only under `word`.
+    b = [rng.choice(PROSE) for _ in range(70)]
+    docs["b0"] = " ".join(b[:35] + ["read_the_first_line_of_the_file()"] + b[35:])
+    docs["b1"] = " ".join(b[:35] + ["read_the_last_line_in_the_buffer()"] + b[35:])
+    # short pages (< 5 words): one shingle of all their words
+    docs["s0"], docs["s1"], docs["s2"] = "see into_iter", "See into iter.", "see INTO_ITER!"
+    # Cyrillic with an identifier and digits, a case-changed copy; Japanese and Arabic with punctuation
+    ru = ("Москва столица России в 2024 году население_города выросло на 1,5 процента и метро "
+          "перевезло 2 миллиарда пассажиров а новые станции открылись на юге и западе города").split()
+    docs["r0"] = " ".join(ru)
+    docs["r1"] = " ".join(ru).upper().replace("ГОДУ", "году") + " Конец."
+    docs["j0"] = "東京都は日本の首都です。人口は約1400万人です。 参考_資料 第3章"
+    docs["j1"] = "東京都は日本の首都です、人口は約1400万人です 参考_資料 第3章!"
+    docs["k0"] = "مرحبا بالعالم، هذا نص عربي مع أرقام ٣١٢ و 42 وكلمة_مركبة في النهاية."
+    docs["k1"] = "مرحبا بالعالم هذا نص عربي مع أرقام ٣١٢ و 42 وكلمة مركبة في النهاية"
+    return docs
+
+
+def test_normalize_presets_on_code_pages(spark, tmp_path):
+    """The dedup job under both presets gives the clusters of the plain-Python reference, and the
+    presets really disagree on this corpus (in both directions)."""
+    docs = code_corpus()
+    frame = pd.DataFrame({"id": list(docs), "url": ["http://x/%s" % i for i in docs],
+                          "text": list(docs.values()), "source": "test", "warc_date": "2024-01-01"})
+    os.makedirs(str(tmp_path / "docs"))
+    frame.to_parquet(str(tmp_path / "docs" / "part-0.parquet"), index=False)
+    got = {}
+    for preset in ("word", "alnum"):
+        out = tmp_path / preset
+        assert job.main(["--input", str(tmp_path / "docs"), "--output", str(out), "--normalize", preset]) == 0
+        report = pd.read_parquet(str(out / "dedup" / "report"))
+        got[preset] = dict(zip(report["id"], report["cluster_id"]))
+        assert got[preset] == exact_clusters(docs, normalize=preset), preset
+        saved = json.load(open(str(out / "dedup" / "report" / "_config.json")))
+        assert saved["config"]["normalize"] == preset
+    word, alnum = got["word"], got["alnum"]
+    assert word["a0"] == "a0" and word["a1"] == word["a2"] == "a1"
+    assert alnum["a0"] == alnum["a1"] == alnum["a2"] == "a0"
+    assert word["b1"] == "b0" and alnum["b1"] == "b1"
+    assert word["s2"] == "s0" and word["s1"] == "s1" and alnum["s1"] == alnum["s2"] == "s0"
+    assert word["k1"] == "k1" and alnum["k1"] == "k0"
+    for g in (word, alnum):  # case, punctuation and digits never matter
+        assert g["r1"] == "r0" and g["j1"] == "j0"
+
+
+def test_code_corpus_is_what_it_claims():
+    docs = code_corpus()
+
+    def j(x, y, preset):
+        return reference.jaccard(reference.shingles(docs[x], preset), reference.shingles(docs[y], preset))
+    assert j("a0", "a1", "alnum") == 1.0 and j("a0", "a1", "word") < 0.2
+    assert 0.8 <= j("b0", "b1", "word") < 0.9 and 0.7 < j("b0", "b1", "alnum") < 0.8
+    assert len(reference.shingles(docs["s0"], "word")) == 1
 
 
 def test_connected_components_long_path(spark):

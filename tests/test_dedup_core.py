@@ -10,6 +10,8 @@ from pipeline.dedup.lsh import (choose_bands_rows, collision_probability, false_
 from pipeline.dedup.local import dedup_local
 from pipeline.dedup.minhash import MinHasher, band_keys, estimate_jaccard, permutation_params
 
+import near_dup_reference as ref
+
 VOCAB = ["w%d" % i for i in range(5000)]
 
 
@@ -17,24 +19,80 @@ def words(rng, n):
     return [rng.choice(VOCAB) for _ in range(n)]
 
 
-def test_fast_word_split_matches_regex_definition():
+PRESETS = sorted(S.NORMALIZATIONS)
+# Underscores, digits, accents (composed and combining), mixed case, Cyrillic, Greek, CJK, Arabic,
+# Devanagari, odd whitespace and punctuation.
+ALPHABET = ("aZ_9 \t\n.,—’“é\u00a0\u2003İßΣς文字-–'K\u0307\u200b"
+            "Жж中ب٣١ीक\u0301Ǆ²½_\x1c")
+TEXTS = [
+    "fn main() { let v = vec![1, 2, 3]; for x in v.into_iter() { println!(\"{}\", x); } }",
+    "Use into_iter, as_ref and to_owned: snake_case names like __init__ and _private_42.",
+    "Crème brûlée at the Café Müller costs 4,50 € — naïve RÉSUMÉ of São Paulo's ÉCOLE.",
+    "Москва — столица России; в 2024 году население_города выросло. ПРИВЕТ мир!",
+    "東京都は日本の首都です。人口は約1400万人。漢字とひらがな、カタカナ_テスト",
+    "مرحبا بالعالم، هذا نص عربي مع أرقام ٣١٢ و 42 وكلمة_مركبة.",
+    "Ελληνικά ΚΕΦΑΛΑΙΑ και πεζά, ΣΊΣΥΦΟΣ ο σοφός; x_1 + y_2 = z³",
+    "Short one", "a_b", "___", "...", "", "MiXeD CaSe WoRdS are LOWER cased here ok",
+    "tabs\tand\nnewlines\r\nand\u00a0nbsp\u2003em-space\u200bzero-width",
+]
+
+
+@pytest.mark.parametrize("normalize", PRESETS)
+def test_words_match_the_documented_idiom(normalize):
+    """normalize_words and the bytes fast path both give the reference's words, on random text over
+    a mixed alphabet and on real-looking text in several scripts."""
     rng = random.Random(2)
-    alphabet = "aZ_9 \t\n.,—’“é\u00a0\u2003İßΣς文字-–'K\u0307\u200b"
-    for _ in range(5000):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
-        assert S._word_bytes(text) == [w.encode() for w in S.normalize_words(text)], repr(text)
+    texts = TEXTS + ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 30))) for _ in range(5000)]
+    for text in texts:
+        expected = ref.words(text, normalize)
+        assert S.normalize_words(text, normalize) == expected, repr(text)
+        assert S._word_bytes(text, normalize) == [w.encode() for w in expected], repr(text)
 
 
-def test_shingle_hashes_one_per_shingle_string_and_batch_equals_single():
+def test_presets_differ_only_on_underscores():
+    assert S.normalize_words("Call into_iter() on A_B", "word") == ["call", "into_iter", "on", "a_b"]
+    assert S.normalize_words("Call into_iter() on A_B", "alnum") == ["call", "into", "iter", "on", "a", "b"]
+    assert S.normalize_words("Café №42 Ж½", "word") == S.normalize_words("Café №42 Ж½", "alnum") == [
+        "café", "42", "ж½"]
+    assert S.DEFAULT_NORMALIZE == "word"
+    with pytest.raises(ValueError, match="alnum, word"):
+        S.shingle_hashes("x", normalize="letters")
+
+
+@pytest.mark.parametrize("normalize", PRESETS)
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_shingle_sets_and_jaccard_match_reference(normalize, n):
+    """One hash per reference shingle, and exactly the reference's Jaccard for every pair: texts in many
+    scripts, shorter than n words, and edited copies (case changes, underscores, word swaps)."""
+    rng = random.Random(n)
+    texts = list(TEXTS)
+    for t in TEXTS[:7]:
+        w = t.split()
+        texts.append(t.upper())
+        texts.append(t.replace("_", " "))
+        texts.append(" ".join(w[:-1] + [rng.choice(w)]))
+        texts.append(" ".join(w[:3]))
+    for text in texts:
+        assert len(S.shingle_hashes(text, n, normalize)) == len(ref.shingles(text, normalize, n)), repr(text)
+    hashes = [S.shingle_hashes(t, n, normalize) for t in texts]
+    sets = [ref.shingles(t, normalize, n) for t in texts]
+    for i in range(len(texts)):
+        for j in range(len(texts)):
+            assert S.jaccard(hashes[i], hashes[j]) == ref.jaccard(sets[i], sets[j]), (texts[i], texts[j])
+
+
+@pytest.mark.parametrize("normalize", PRESETS)
+def test_shingle_hashes_one_per_shingle_string_and_batch_equals_single(normalize):
     rng = random.Random(3)
-    parts = ["Ab", "c", "É", ".", "  ", "x", "Straße", "42"]
+    parts = ["Ab", "c", "É", ".", "  ", "x", "Straße", "42", "_", "a_b"]
     texts = ["".join(rng.choice(parts) for _ in range(rng.randint(0, 25))) for _ in range(500)]
     texts += [None, "", "one two three", "One, two; THREE!"]
-    flat, offsets = S.shingle_hashes_batch(texts)
+    flat, offsets = S.shingle_hashes_batch(texts, normalize=normalize)
     for i, t in enumerate(texts):
-        single = S.shingle_hashes(t or "")
+        single = S.shingle_hashes(t or "", normalize=normalize)
         assert np.array_equal(flat[offsets[i]:offsets[i + 1]], single)
-        assert len(single) == len(S.shingle_strings(t or ""))
+        assert len(single) == len(S.shingle_strings(t or "", normalize=normalize)) == len(
+            ref.shingles(t, normalize))
         assert np.all(np.diff(single.astype(np.float64)) >= 0)  # sorted
     # short documents: one whole-text shingle, equal only when the normalised words are equal
     assert np.array_equal(S.shingle_hashes("one two three"), S.shingle_hashes("One, two; THREE!"))

@@ -11,9 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import evaluate
-from pipeline.dedup.shingles import jaccard, shingle_hashes
+from pipeline.dedup.shingles import shingle_hashes
 from pipeline.evaluate import score
 from pipeline.exact_jaccard import components, exact_clusters, similar_pairs
+
+import near_dup_reference as reference
 
 # Truth: A = {a1, a2, a3}, B = {b1, b2}, F = {f1, f2}, singletons c, d, e.
 TRUTH = pd.DataFrame({
@@ -160,12 +162,40 @@ def test_cli_exact_truth_from_docs(tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["pairs"]["f1"] == 1.0
 
 
+def test_cli_exact_truth_follows_normalize(tmp_path):
+    """--truth exact under each preset equals the reference's clusters for that preset; the two
+    presets disagree on pages whose identifiers were re-rendered without underscores."""
+    prose = " ".join("step%d" % i for i in range(30))
+    code = " ".join("call into_iter then as_ref and to_owned on item%d" % i for i in range(4))
+    texts = {"c0": code + " " + prose, "c1": code.replace("_", " ") + " " + prose,
+             "c2": code.replace("_", "-") + " " + prose, "p0": prose + " Привет мир_1 東京_都",
+             "p1": prose.upper() + " привет МИР_1 東京_都", "s0": "a_b", "s1": "A b"}
+    ids = sorted(texts)
+    docs = pd.DataFrame({"id": ids, "text": [texts[i] for i in ids]})
+    _write_parts(str(tmp_path / "docs"), docs, parts=2)
+    truths = {p: reference.clusters(ids, docs["text"].tolist(), p) for p in ("word", "alnum")}
+    assert truths["word"] != truths["alnum"]
+    assert truths["alnum"]["c1"] == "c0" != truths["word"]["c1"] and truths["word"]["p1"] == "p0"
+    for report_preset, truth in truths.items():
+        report = pd.DataFrame({"id": ids, "cluster_id": [truth[i] for i in ids]})
+        pq.write_table(pa.Table.from_pandas(report, preserve_index=False), str(tmp_path / "report.parquet"))
+        for preset in truths:
+            assert evaluate.main(["--report", str(tmp_path / "report.parquet"), "--truth", "exact", "--docs",
+                                  str(tmp_path / "docs"), "--normalize", preset,
+                                  "--json", str(tmp_path / "s.json")]) == 0
+            s = json.loads((tmp_path / "s.json").read_text())
+            assert s["inputs"]["normalize"] == preset
+            assert (s["pairs"]["f1"] == 1.0) == (preset == report_preset)
+        got = evaluate.exact_truth(str(tmp_path / "docs"), normalize=report_preset)
+        assert dict(zip(got["id"], got["cluster"])) == truth
+
+
 # ---------------------------------------------------------------- exact Jaccard vs brute force
 
 def _random_corpus(n, seed):
     """Small texts over a small vocabulary, many derived from earlier ones by a few word edits."""
     rng = random.Random(seed)
-    words = ["w%d" % i for i in range(60)]
+    words = ["w%d" % i for i in range(50)] + ["u_%d" % i for i in range(10)]
     texts = []
     for _ in range(n):
         if texts and rng.random() < 0.6:
@@ -198,12 +228,15 @@ def _brute_components(n, edges):
     return [min(j for j in range(n) if find(j) == find(i)) for i in range(n)]
 
 
-@pytest.mark.parametrize("threshold,ngram", [(0.8, 5), (0.5, 3), (0.9, 1), (1.0, 5)])
-def test_exact_jaccard_matches_brute_force(threshold, ngram):
+@pytest.mark.parametrize("threshold,ngram,normalize", [(0.8, 5, "word"), (0.8, 5, "alnum"), (0.5, 3, "word"),
+                                                       (0.9, 1, "alnum"), (1.0, 5, "word")])
+def test_exact_jaccard_matches_brute_force(threshold, ngram, normalize):
     texts = _random_corpus(300, seed=int(threshold * 100) + ngram)
-    sets = [shingle_hashes(t, ngram) for t in texts]
+    sets = [shingle_hashes(t, ngram, normalize) for t in texts]
     a, b, sims = similar_pairs(sets, threshold)
-    brute = {(i, j): jaccard(sets[i], sets[j]) for i, j in itertools.combinations(range(len(sets)), 2)}
+    ref_sets = [reference.shingles(t, normalize, ngram) for t in texts]
+    brute = {(i, j): reference.jaccard(ref_sets[i], ref_sets[j])
+             for i, j in itertools.combinations(range(len(texts)), 2)}
     expected = sorted(p for p, j in brute.items() if j >= threshold)
     assert list(zip(a.tolist(), b.tolist())) == expected
     assert len(expected) > 20  # the corpus really has near-duplicates at this threshold
@@ -215,9 +248,7 @@ def test_exact_clusters_match_brute_force_with_many_identical_copies():
     texts = _random_corpus(200, seed=5)
     texts += [texts[7]] * 40 + [texts[7] + " w1"] * 3  # a big group of copies plus near-copies
     ids = ["d%04d" % i for i in range(len(texts))]
-    sets = [shingle_hashes(t, 3) for t in texts]
-    brute = sorted((i, j) for i, j in itertools.combinations(range(len(sets)), 2)
-                   if jaccard(sets[i], sets[j]) >= 0.8)
+    brute = sorted(reference.similar_pairs(texts, "word", 0.8, n=3))
     expected = [ids[c] for c in _brute_components(len(ids), brute)]
     truth, pairs = exact_clusters(ids, texts, 0.8, ngram=3)
     assert truth["cluster"].tolist() == expected

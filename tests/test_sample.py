@@ -1,7 +1,6 @@
 """The labelled sample generator: determinism, WARC contents, extraction, truth = exact Jaccard."""
 import glob
 import hashlib
-import itertools
 import json
 import os
 
@@ -10,7 +9,8 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from pipeline import sample
-from pipeline.dedup.shingles import jaccard, shingle_hashes
+
+import near_dup_reference as reference
 
 N = 400
 
@@ -120,28 +120,17 @@ def test_ingest_reads_the_warc_files(sample_dir):
 
 
 def test_truth_is_exact_jaccard(sample_dir):
+    """truth.parquet equals the plain-Python reference (all pairs, default `word` preset)."""
     out, res = sample_dir
     docs = pd.read_parquet(os.path.join(out, "parquet", "docs.parquet"))
     truth = pd.read_parquet(os.path.join(out, "truth.parquet"))
     assert truth["id"].tolist() == docs["id"].tolist()
-    sets = [shingle_hashes(t) for t in docs["text"]]
-    ids = docs["id"].tolist()
-    parent = list(range(len(ids)))
-
-    def find(x):
-        while parent[x] != x:
-            x = parent[x]
-        return x
-    n_pairs = 0
-    for i, j in itertools.combinations(range(len(ids)), 2):
-        if len(sets[i]) and len(sets[j]) and jaccard(sets[i], sets[j]) >= 0.8:
-            n_pairs += 1
-            ri, rj = find(i), find(j)
-            parent[max(ri, rj)] = min(ri, rj)
-    expected = [ids[find(i)] for i in range(len(ids))]  # ids are sorted: root = smallest id
-    assert truth["cluster"].tolist() == expected
-    sizes = pd.Series(expected).value_counts()
-    assert truth["has_dup"].tolist() == [sizes[c] > 1 for c in expected]
+    ids, texts = docs["id"].tolist(), docs["text"].tolist()
+    expected = reference.clusters(ids, texts, "word")
+    assert truth["cluster"].tolist() == [expected[i] for i in ids]
+    sizes = pd.Series(list(expected.values())).value_counts()
+    assert truth["has_dup"].tolist() == [sizes[expected[i]] > 1 for i in ids]
+    n_pairs = len(reference.similar_pairs(texts, "word"))
     assert res["similar_pairs"] == n_pairs and res["dup_docs"] == int(truth["has_dup"].sum())
     assert 0.15 * N < res["dup_docs"] < 0.7 * N
 
@@ -179,6 +168,8 @@ def test_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "wrote 30 documents" in printed
     cfg = json.load(open(str(tmp_path / "s" / "_config.json")))
-    assert cfg["config"]["docs"] == 30 and cfg["config"]["seed"] == 1
+    assert cfg["config"]["docs"] == 30 and cfg["config"]["seed"] == 1 and cfg["config"]["normalize"] == "word"
+    assert sample.main(["--docs", "30", "--out", str(tmp_path / "a"), "--seed", "1", "--normalize", "alnum"]) == 0
+    assert json.load(open(str(tmp_path / "a" / "_config.json")))["config"]["normalize"] == "alnum"
     with pytest.raises(SystemExit):
         sample.main(["--docs", "0", "--out", str(tmp_path / "z")])

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipeline.dedup.minhash import MinHasher, band_keys
-from pipeline.dedup.shingles import jaccard
+from pipeline.dedup.shingles import DEFAULT_NORMALIZE, jaccard
 
 SIGNATURE_SCHEMA = "id string, n int, length long, shingles binary, bands array<long>"
 VERIFY_SCHEMA = "src string, dst string, jaccard double"
@@ -36,10 +36,10 @@ def _bounded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 
 
 def signature_batches(batches: Iterator[pa.RecordBatch], num_perm: int, seed: int, ngram: int,
-                      bands: int, rows: int) -> Iterator[pa.RecordBatch]:
+                      bands: int, rows: int, normalize: str = DEFAULT_NORMALIZE) -> Iterator[pa.RecordBatch]:
     """(id, text) -> (id, n = shingle count, length = characters, shingles = sorted uint64 bytes,
     bands = band keys, or null when the document has no shingles)."""
-    hasher = MinHasher(num_perm, seed, ngram)
+    hasher = MinHasher(num_perm, seed, ngram, normalize)
     for batch in _bounded(batches):
         texts = batch.column("text").to_pylist()
         flat, offsets, sigs = hasher.signatures(texts)

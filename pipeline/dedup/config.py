@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import JobConfig, flag
 from pipeline.dedup.lsh import DEFAULT_FN_WEIGHT, DEFAULT_FP_WEIGHT
-from pipeline.dedup.shingles import DEFAULT_NGRAM
+from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, NORMALIZATIONS
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class DedupConfig(JobConfig):
     threshold: float = field(default=0.8, metadata=flag("--threshold", type=float,
                                                         help="Jaccard similarity at or above which two documents are duplicates"))
     ngram: int = field(default=DEFAULT_NGRAM, metadata=flag("--ngram", type=int, help="words per shingle"))
+    normalize: str = field(default=DEFAULT_NORMALIZE, metadata=flag(
+        "--normalize", choices=sorted(NORMALIZATIONS), help="what counts as a word: " + "; ".join(
+            "%s = %s" % (k, NORMALIZATIONS[k][0]) for k in sorted(NORMALIZATIONS))))
     num_perm: int = field(default=128, metadata=flag("--num-perm", type=int, help="MinHash permutations"))
     bands: int = field(default=0, metadata=flag("--bands", type=int, help="LSH bands; 0 = choose from the threshold"))
     rows: int = field(default=0, metadata=flag("--rows", type=int, help="rows per band; 0 = choose from the threshold"))

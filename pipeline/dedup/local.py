@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.dedup.keep import keep_key
 from pipeline.dedup.lsh import resolve_bands_rows
 from pipeline.dedup.minhash import MinHasher, band_keys
-from pipeline.dedup.shingles import DEFAULT_NGRAM, jaccard
+from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, jaccard
 
 
 class _UnionFind:
@@ -38,11 +38,12 @@ class _UnionFind:
 
 def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: float = 0.8,
                 ngram: int = DEFAULT_NGRAM, num_perm: int = 128, bands: int = 0, rows: int = 0,
-                seed: int = 1, window: int = 4, batch_size: int = 1000) -> Tuple[List[Dict], Dict]:
+                seed: int = 1, window: int = 4, batch_size: int = 1000,
+                normalize: str = DEFAULT_NORMALIZE) -> Tuple[List[Dict], Dict]:
     """Returns (report rows {id, cluster_id, cluster_size, kept} in input order, stats)."""
     t0 = time.time()
     bands, rows = resolve_bands_rows(threshold, num_perm, bands, rows)
-    hasher = MinHasher(num_perm, seed, ngram)
+    hasher = MinHasher(num_perm, seed, ngram, normalize)
     shingles: List[np.ndarray] = []
     buckets: Dict[Tuple[int, int], List[int]] = {}
     for start in range(0, len(texts), batch_size):

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import xxhash
 
-from pipeline.dedup.shingles import DEFAULT_NGRAM, shingle_hashes_batch
+from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, check_normalize, shingle_hashes_batch
 
 # Shingles per block of the (shingles x permutations) product: 2048 x 128 x 8 bytes = 2 MiB.
 _BLOCK = 2048
@@ -34,9 +34,11 @@ def permutation_params(num_perm: int, seed: int = 1) -> Tuple[np.ndarray, np.nda
 
 
 class MinHasher:
-    def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = DEFAULT_NGRAM):
+    def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = DEFAULT_NGRAM,
+                 normalize: str = DEFAULT_NORMALIZE):
         self.num_perm = num_perm
         self.ngram = ngram
+        self.normalize = check_normalize(normalize)
         self.a, self.b = permutation_params(num_perm, seed)
 
     def signature(self, hashes: np.ndarray) -> np.ndarray:
@@ -56,7 +58,7 @@ class MinHasher:
         Documents without words get an all-zero signature row; callers must not put them into LSH
         buckets (an empty set is nobody's duplicate).
         """
-        flat, offsets = shingle_hashes_batch(texts, self.ngram)
+        flat, offsets = shingle_hashes_batch(texts, self.ngram, self.normalize)
         sizes = np.diff(offsets)
         sigs = np.zeros((len(sizes), self.num_perm), dtype=np.uint32)
         # Consecutive documents are grouped into blocks of ~_BLOCK shingles; one outer product per

@@ -13,7 +13,8 @@ writes
     OUT/_config.json, OUT/_sample.json the config and the counts
 
 Ground truth is computed with `pipeline.exact_jaccard` on the document text (the words ingest
-extracts from the HTML), with the near-duplicate definition of docs/DESIGN.md: `cluster` is the
+extracts from the HTML), with the near-duplicate definition of docs/DESIGN.md (`--threshold`, `--ngram`,
+`--normalize`, the same flags and defaults as `pipeline dedup`): `cluster` is the
 smallest id of the document's connected component. Everything derives from `--seed`: the same seed
 gives byte-identical files, whatever `--workers` (processes for page generation and WARC writing).
 """
@@ -29,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Dict, List, Optional, Sequence
 
 from pipeline.config import JobConfig, flag, save_config
-from pipeline.dedup.shingles import DEFAULT_NGRAM, jaccard, shingle_hashes
+from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, NORMALIZATIONS, jaccard, shingle_hashes
 from pipeline.sample import corpus, warc
 
 DOCS_PER_WARC = 2000
@@ -44,6 +45,9 @@ class SampleConfig(JobConfig):
     threshold: float = field(default=0.8, metadata=flag("--threshold", type=float,
                                                         help="Jaccard threshold for the truth"))
     ngram: int = field(default=DEFAULT_NGRAM, metadata=flag("--ngram", type=int, help="shingle size in words"))
+    normalize: str = field(default=DEFAULT_NORMALIZE, metadata=flag(
+        "--normalize", choices=sorted(NORMALIZATIONS), help="what counts as a word for the truth, as "
+        "`pipeline dedup --normalize`"))
     workers: int = field(default=0, metadata=flag("--workers", type=int,
                                                   help="processes; 0 = one per CPU, at most 4 (output is the same)"))
 
@@ -62,7 +66,7 @@ def _site_setup(n_docs: int, seed: int):
 
 def _generate_families(args) -> List[Dict]:
     """Documents of a range of planned families (runs in a worker process)."""
-    n_docs, seed, plan, ngram = args
+    n_docs, seed, plan, ngram, normalize = args
     sites, weights, start = _site_setup(n_docs, seed)
     docs: List[Dict] = []
     for family, size in plan:
@@ -82,7 +86,7 @@ def _generate_families(args) -> List[Dict]:
                 "edit": page["edit"],
             }
             if ngram:  # write_sample needs the shingles; computing them here spreads the work
-                doc["shingles"] = shingle_hashes(doc["text"], ngram)
+                doc["shingles"] = shingle_hashes(doc["text"], ngram, normalize)
             docs.append(doc)
     return docs
 
@@ -101,13 +105,13 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _generate(n_docs: int, seed: int, workers: int, ngram: int) -> List[Dict]:
+def _generate(n_docs: int, seed: int, workers: int, ngram: int, normalize: str = DEFAULT_NORMALIZE) -> List[Dict]:
     if n_docs < 0:
         raise ValueError("n_docs must be >= 0")
     plan = corpus.family_plan(seed, n_docs)
     n_chunks = 1 if workers <= 1 else workers * 4
     step = -(-len(plan) // n_chunks) if plan else 1
-    tasks = [(n_docs, seed, plan[i:i + step], ngram) for i in range(0, len(plan), step)]
+    tasks = [(n_docs, seed, plan[i:i + step], ngram, normalize) for i in range(0, len(plan), step)]
     docs = [d for chunk in _map(_generate_families, tasks, workers) for d in chunk]
     random.Random("%d:order" % seed).shuffle(docs)
     return docs
@@ -139,7 +143,8 @@ def _write_parquet(path: str, columns: Dict[str, Sequence], types: Dict) -> None
 
 
 def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.8,
-                 ngram: int = DEFAULT_NGRAM, workers: Optional[int] = None) -> Dict:
+                 ngram: int = DEFAULT_NGRAM, workers: Optional[int] = None,
+                 normalize: str = DEFAULT_NORMALIZE) -> Dict:
     """Generate and write the corpus (see module doc). Returns paths, counts and timings.
 
     `workers` processes (default: up to 4, one per CPU) generate pages and write WARC files; the
@@ -151,7 +156,7 @@ def write_sample(out_dir: str, n_docs: int, seed: int = 0, threshold: float = 0.
 
     workers = _default_workers() if workers is None else max(1, workers)
     t0 = time.time()
-    docs = _generate(n_docs, seed, workers, ngram)
+    docs = _generate(n_docs, seed, workers, ngram, normalize)
     t_gen = time.time() - t0
 
     warc_dir = os.path.join(out_dir, "warc")
@@ -234,7 +239,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = SampleConfig.from_args(parser.parse_args(argv))
     if cfg.docs < 1:
         parser.error("--docs must be >= 1")
-    res = write_sample(cfg.out, cfg.docs, cfg.seed, cfg.threshold, cfg.ngram, workers=cfg.workers or None)
+    res = write_sample(cfg.out, cfg.docs, cfg.seed, cfg.threshold, cfg.ngram, workers=cfg.workers or None,
+                       normalize=cfg.normalize)
     save_config(cfg, cfg.out)
     r = res["warc_records"]
     print("wrote %d documents (%d families) to %s in %.1fs" % (res["n_docs"], res["n_families"], cfg.out,

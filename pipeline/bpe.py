@@ -1,6 +1,6 @@
 """GPT-2's BPE (tiktoken `r50k_base`, identical ranks to `gpt2`), shipped with the package: no download.
 
-The rank file (`pipeline/resources/r50k_base.tiktoken`, 836 KB) is package data, read with
+The rank file (`pipeline/resources/r50k_base.tiktoken`, 835,554 bytes) is package data, read with
 `pkgutil.get_data`, so it is found the same way in a source checkout, an installed wheel and the zip
 that `spark-submit --py-files` ships to a cluster. Every source goes through `load_bpe_bytes`, which
 checks the bytes against tiktoken's published SHA-256, and `encoding_from_bytes`, which builds the

@@ -142,6 +142,21 @@ def exact_truth(docs_path: str, threshold: float = 0.8, ngram: int = DEFAULT_NGR
     return truth
 
 
+def definition_mismatches(report_path: str, threshold: float, ngram: int, normalize: str) -> List[str]:
+    """How the exact truth's near-duplicate definition differs from the one the report was made with
+    (its `_config.json`, when there is one): e.g. ["normalize: report alnum, truth word"]."""
+    from pipeline import storage
+    from pipeline.config import CONFIG_FILE
+
+    path = storage.join(report_path, CONFIG_FILE)
+    if not storage.exists(path):
+        return []
+    saved = json.loads(storage.read_text(path)).get("config", {})
+    mine = {"threshold": threshold, "ngram": ngram, "normalize": normalize}
+    return ["%s: report %s, truth %s" % (k, saved[k], v) for k, v in sorted(mine.items())
+            if k in saved and saved[k] != v]
+
+
 def _fmt(x: Optional[float]) -> str:
     return "n/a" if x is None else "%.4f" % x
 
@@ -208,6 +223,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.truth == "exact":
         if not args.docs:
             p.error("--truth exact needs --docs")
+        for diff in definition_mismatches(args.report, args.threshold, args.ngram, args.normalize):
+            print("warning: the truth's near-duplicate definition differs from the report's (%s); pass "
+                  "the report's values to score the approximation alone" % diff, file=sys.stderr)
         truth = exact_truth(args.docs, args.threshold, args.ngram, args.normalize)
     else:
         truth_path = args.truth

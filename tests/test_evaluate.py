@@ -162,7 +162,7 @@ def test_cli_exact_truth_from_docs(tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["pairs"]["f1"] == 1.0
 
 
-def test_cli_exact_truth_follows_normalize(tmp_path):
+def test_cli_exact_truth_follows_normalize(tmp_path, capsys):
     """--truth exact under each preset equals the reference's clusters for that preset; the two
     presets disagree on pages whose identifiers were re-rendered without underscores."""
     prose = " ".join("step%d" % i for i in range(30))
@@ -188,6 +188,14 @@ def test_cli_exact_truth_follows_normalize(tmp_path):
             assert (s["pairs"]["f1"] == 1.0) == (preset == report_preset)
         got = evaluate.exact_truth(str(tmp_path / "docs"), normalize=report_preset)
         assert dict(zip(got["id"], got["cluster"])) == truth
+    # a report directory whose _config.json names another definition gets a warning
+    _write_parts(str(tmp_path / "rdir"), pd.DataFrame({"id": ids, "cluster_id": ids}))
+    (tmp_path / "rdir" / "_config.json").write_text(json.dumps(
+        {"config": {"threshold": 0.8, "ngram": 5, "normalize": "alnum"}}))
+    capsys.readouterr()
+    assert evaluate.main(["--report", str(tmp_path / "rdir"), "--truth", "exact", "--docs", str(tmp_path / "docs")]) == 0
+    assert "normalize: report alnum, truth word" in capsys.readouterr().err
+    assert evaluate.definition_mismatches(str(tmp_path / "rdir"), 0.8, 5, "alnum") == []
 
 
 # ---------------------------------------------------------------- exact Jaccard vs brute force

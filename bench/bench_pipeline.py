@@ -29,9 +29,6 @@ def main() -> int:
     ap.add_argument("--json", default=os.path.join(REPO, "bench", "results", "pipeline.json"))
     args = ap.parse_args()
 
-    shared = os.path.join(os.path.dirname(REPO), "shared", "tiktoken")
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(shared):
-        os.environ["TIKTOKEN_CACHE_DIR"] = shared
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     from jobs import run_pipeline

@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -148,12 +149,32 @@ def resolve_region(cfg: LaunchConfig) -> LaunchConfig:
     return dataclasses.replace(cfg, region=boto3.session.Session().region_name)
 
 
+def validate_request(service: str, operation: str, request: Dict) -> Dict:
+    """Check a request against botocore's own service model (offline), as boto3 would before
+    sending it: a --dry-run then catches what AWS would reject. Returns the request."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model(service)
+    report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
+    if report.has_errors():
+        raise spec.ConfigError("%s %s request does not match botocore's model:\n%s"
+                               % (service, operation, report.generate_report()))
+    return request
+
+
 def create_cluster(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
-    req = spec.run_job_flow_request(cfg, steps)
+    req = validate_request("emr", "RunJobFlow", spec.run_job_flow_request(cfg, steps))
     out = {"request": req}
     cost = spec.cost_estimate(cfg)
     if cost:
         out["cost_per_hour"] = cost
+        _log("cost: %s" % cost["line"])
+    else:
+        _log("cost: no price known for %s; pass --ec2-price and --emr-price"
+             % ", ".join(sorted({cfg.primary_type, cfg.core_type})))
+    for s in steps:
+        _log("step: %s" % shlex.join(s["HadoopJarStep"]["Args"]))
     if cfg.dry_run:
         return out
     a = spec.artifacts(cfg)
@@ -173,7 +194,9 @@ def create_cluster(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
 
 
 def submit(cfg: LaunchConfig) -> Dict:
-    req = spec.add_steps_request(cfg)
+    req = validate_request("emr", "AddJobFlowSteps", spec.add_steps_request(cfg))
+    # What will run on the primary node, before anything is added (copy-pasteable into an ssh session).
+    _log("step: %s" % shlex.join(req["Steps"][0]["HadoopJarStep"]["Args"]))
     if cfg.dry_run:
         return {"request": req}
     resp = _client(cfg, "emr").add_job_flow_steps(**req)
@@ -274,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif command == "submit":
             _print_json(submit(cfg))
         elif command == "terminate":
-            req = spec.terminate_request(cfg)
+            req = validate_request("emr", "TerminateJobFlows", spec.terminate_request(cfg))
             if not cfg.dry_run:
                 _client(cfg, "emr").terminate_job_flows(**req)
             _print_json({"request": req})

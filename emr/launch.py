@@ -2,15 +2,18 @@
 
     python -m emr.launch bundle                                   # dist/pipeline-bundle.zip
     python -m emr.launch upload         --s3-prefix s3://B/pipeline
-    python -m emr.launch create-cluster --s3-prefix s3://B/pipeline [--core-count 7] [--dry-run]
+    python -m emr.launch create-cluster --s3-prefix s3://B/pipeline [--preset course] [--dry-run]
     python -m emr.launch submit         --s3-prefix s3://B/pipeline --cluster-id j-XXX \\
-                                        --input s3://B/warc/ --output s3://B/out/ [-- --min-chars 200]
+                                        --input s3://B/warc/ --output s3://B/out/ \\
+                                        [--executor-memory 20GB --conf k=v ...] [-- --min-chars 200]
     python -m emr.launch wait           --cluster-id j-XXX [--step-id s-XXX] [--timeout 14400]
     python -m emr.launch status | logs | terminate --cluster-id j-XXX
     python -m emr.launch run            (upload + transient cluster running one job, then terminating)
 
-The requests themselves are built by `emr.spec` (pure functions); this module only calls boto3 with
-them. `--dry-run` prints the requests as JSON instead.
+`--preset course` (the default) is the course's cluster and spark-submit line; `tuned` sizes executors
+for the Python stages; every part has its own flag (emr/config.py). The requests themselves are built
+by `emr.spec` (pure functions) and checked against botocore's service model; this module only calls
+boto3 with them. `--dry-run` prints the requests as JSON instead.
 """
 from __future__ import annotations
 

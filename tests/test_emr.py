@@ -685,3 +685,44 @@ def test_bundle_carries_every_package_data_file(tmp_path):
         assert zf.read("pipeline/data/r50k_base.tiktoken") == b"ranks"
     assert "pipeline/gpt/table.json" in names
     assert package.packaged_bpe_files(str(tmp_path)) == [str(tmp_path / "pipeline" / "data" / "r50k_base.tiktoken")]
+
+
+def _bootstrap_snippet(tag):
+    """The Python that bootstrap.sh runs from a `<<'TAG'` heredoc, verbatim."""
+    lines = open(package.BOOTSTRAP_SH).read().splitlines()
+    start = [i for i, l in enumerate(lines) if l.endswith("<<'%s'" % tag)][0]
+    end = lines.index(tag, start + 1)
+    return "\n".join(lines[start + 1:end]) + "\n"
+
+
+def _tiktoken_files(root):
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".tiktoken")]
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_bootstrap_takes_the_bpe_ranks_from_the_bundle_when_it_carries_them(tmp_path, carried):
+    """bootstrap.sh's own snippet on a bundle with (or without) the ranks as package data: found by
+    content (sha256), so the package data file may have any name; without it the script falls back
+    to the uploaded code/bpe/ file."""
+    import sys
+
+    src = tmp_path / "src"
+    for pkg in package.PACKAGES:
+        shutil.copytree(os.path.join(REPO, pkg), str(src / pkg), ignore=shutil.ignore_patterns("__pycache__"))
+    for p in _tiktoken_files(str(src)):
+        os.remove(p)
+    (src / "pipeline" / "decoy.tiktoken").write_bytes(b"not the ranks")
+    if carried:
+        (src / "pipeline" / "data").mkdir(exist_ok=True)
+        shutil.copyfile(_bpe_file(), str(src / "pipeline" / "data" / "gpt2_ranks.tiktoken"))
+    bundle = tmp_path / "bundle.zip"
+    package.build_bundle(str(bundle), root=str(src))
+    out = tmp_path / "r50k_base.tiktoken"
+    res = subprocess.run([sys.executable, "-", str(bundle), str(out), R50K_SHA256],
+                         input=_bootstrap_snippet("PYBPE"), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    if carried:
+        assert "from the bundle (pipeline/data/gpt2_ranks.tiktoken)" in res.stdout
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == R50K_SHA256
+    else:
+        assert not out.exists() and res.stdout == ""

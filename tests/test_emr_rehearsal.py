@@ -101,6 +101,10 @@ def test_multi_worker_rehearsal_of_the_emr_run(s3_server, tmp_path):
     res = _bootstrap(node, package.BOOTSTRAP_SH)
     assert res.returncode == 0, res.stdout[-5000:]
     assert "[bootstrap] done" in res.stdout and "GPT-2 BPE ok" in res.stdout, res.stdout
+    # The job's Python is 3.9, like the driver's must be (Spark refuses mixed minor versions).
+    ver = emr_node.run([node.path(spec.NODE_PYTHON), "-c", "import sys; print(sys.version_info[:2])"], 60,
+                       env=node.env)
+    assert ver.stdout.strip() == "(3, 9)", ver.stdout
     # The venv holds exactly the frozen set: constraints-emr.txt is a full freeze of the install.
     freeze = emr_node.run([node.path(spec.NODE_PYTHON), "-m", "pip", "freeze"], 120, env=node.env)
     pinned = [l.strip() for l in open(package.CONSTRAINTS) if l.strip() and not l.startswith("#")]

@@ -38,9 +38,10 @@ INSTANCE_YARN = {
 }
 
 
-# On-demand $/hour in us-east-1 (Linux): (EC2 instance, EMR uplift), the list prices of
-# aws.amazon.com/ec2/pricing/on-demand/ and aws.amazon.com/emr/pricing/ as of 2025. Other regions and
-# later prices differ: pass --ec2-price/--emr-price, or edit this table. EBS: gp3 $/GB-month.
+# On-demand $/hour in us-east-1 (Linux): (EC2 instance, EMR uplift), the list prices published on
+# aws.amazon.com/ec2/pricing/on-demand/ and aws.amazon.com/emr/pricing/ (unchanged for these types for
+# years, but not re-checked automatically). Other regions and later prices differ: pass
+# --ec2-price/--emr-price, or edit this table. EBS: gp3 $/GB-month, us-east-1.
 PRICES = {
     "r5.xlarge": (0.252, 0.063), "r5.2xlarge": (0.504, 0.126),
     "m5.xlarge": (0.192, 0.048), "m5.2xlarge": (0.384, 0.096),

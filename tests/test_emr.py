@@ -726,3 +726,29 @@ def test_bootstrap_takes_the_bpe_ranks_from_the_bundle_when_it_carries_them(tmp_
         assert hashlib.sha256(out.read_bytes()).hexdigest() == R50K_SHA256
     else:
         assert not out.exists() and res.stdout == ""
+
+
+def test_every_s3_request_of_upload_and_create_matches_botocores_model(aws, capsys):
+    """The S3 (and EMR) calls the tooling makes through boto3, each checked with ParamValidator
+    against its operation's input shape at the moment it is made."""
+    from botocore.validate import ParamValidator
+
+    seen, errors = [], []
+
+    def check(params, model, **_):
+        seen.append(model.name)
+        report = ParamValidator().validate(params, model.input_shape)
+        if report.has_errors():
+            errors.append((model.name, report.generate_report()))
+
+    session = boto3._get_default_session()
+    session.events.register("before-parameter-build.s3", check)
+    session.events.register("before-parameter-build.emr", check)
+    try:
+        assert _run(capsys, "upload", "--s3-prefix", PREFIX, "--bpe-file", _bpe_file())[0] == 0
+        assert _run(capsys, "create-cluster", "--s3-prefix", PREFIX)[0] == 0
+    finally:
+        session.events.unregister("before-parameter-build.s3", check)
+        session.events.unregister("before-parameter-build.emr", check)
+    assert errors == []
+    assert {"PutObject", "ListObjectsV2", "RunJobFlow"} <= set(seen), seen

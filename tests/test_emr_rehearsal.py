@@ -31,6 +31,9 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(emr_node.PY39), reason="needs Python 3.9 at %s" % emr_node.PY39),
     pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java"),
     pytest.mark.skipif(emr_node.spark_home() is None, reason="needs pyspark"),
+    # Above the suite's 900 s: a cold pip cache downloads ~120 MB of wheels. Every wait inside is
+    # bounded on its own (bootstrap 1500 s, spark-submit 1500 s, cluster start 180 s, stop 30 s).
+    pytest.mark.timeout(3600),
 ]
 
 

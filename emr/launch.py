@@ -2,15 +2,18 @@
 
     python -m emr.launch bundle                                   # dist/pipeline-bundle.zip
     python -m emr.launch upload         --s3-prefix s3://B/pipeline
-    python -m emr.launch create-cluster --s3-prefix s3://B/pipeline [--core-count 7] [--dry-run]
+    python -m emr.launch create-cluster --s3-prefix s3://B/pipeline [--preset course] [--dry-run]
     python -m emr.launch submit         --s3-prefix s3://B/pipeline --cluster-id j-XXX \\
-                                        --input s3://B/warc/ --output s3://B/out/ [-- --min-chars 200]
+                                        --input s3://B/warc/ --output s3://B/out/ \\
+                                        [--executor-memory 20GB --conf k=v ...] [-- --min-chars 200]
     python -m emr.launch wait           --cluster-id j-XXX [--step-id s-XXX] [--timeout 14400]
     python -m emr.launch status | logs | terminate --cluster-id j-XXX
     python -m emr.launch run            (upload + transient cluster running one job, then terminating)
 
-The requests themselves are built by `emr.spec` (pure functions); this module only calls boto3 with
-them. `--dry-run` prints the requests as JSON instead.
+`--preset course` (the default) is the course's cluster and spark-submit line; `tuned` sizes executors
+for the Python stages; every part has its own flag (emr/config.py). The requests themselves are built
+by `emr.spec` (pure functions) and checked against botocore's service model; this module only calls
+boto3 with them. `--dry-run` prints the requests as JSON instead.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import dataclasses
 import gzip
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -148,12 +152,32 @@ def resolve_region(cfg: LaunchConfig) -> LaunchConfig:
     return dataclasses.replace(cfg, region=boto3.session.Session().region_name)
 
 
+def validate_request(service: str, operation: str, request: Dict) -> Dict:
+    """Check a request against botocore's own service model (offline), as boto3 would before
+    sending it: a --dry-run then catches what AWS would reject. Returns the request."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model(service)
+    report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
+    if report.has_errors():
+        raise spec.ConfigError("%s %s request does not match botocore's model:\n%s"
+                               % (service, operation, report.generate_report()))
+    return request
+
+
 def create_cluster(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
-    req = spec.run_job_flow_request(cfg, steps)
+    req = validate_request("emr", "RunJobFlow", spec.run_job_flow_request(cfg, steps))
     out = {"request": req}
     cost = spec.cost_estimate(cfg)
     if cost:
         out["cost_per_hour"] = cost
+        _log("cost: %s" % cost["line"])
+    else:
+        _log("cost: no price known for %s; pass --ec2-price and --emr-price"
+             % ", ".join(sorted({cfg.primary_type, cfg.core_type})))
+    for s in steps:
+        _log("step: %s" % shlex.join(s["HadoopJarStep"]["Args"]))
     if cfg.dry_run:
         return out
     a = spec.artifacts(cfg)
@@ -173,7 +197,9 @@ def create_cluster(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
 
 
 def submit(cfg: LaunchConfig) -> Dict:
-    req = spec.add_steps_request(cfg)
+    req = validate_request("emr", "AddJobFlowSteps", spec.add_steps_request(cfg))
+    # What will run on the primary node, before anything is added (copy-pasteable into an ssh session).
+    _log("step: %s" % shlex.join(req["Steps"][0]["HadoopJarStep"]["Args"]))
     if cfg.dry_run:
         return {"request": req}
     resp = _client(cfg, "emr").add_job_flow_steps(**req)
@@ -274,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif command == "submit":
             _print_json(submit(cfg))
         elif command == "terminate":
-            req = spec.terminate_request(cfg)
+            req = validate_request("emr", "TerminateJobFlows", spec.terminate_request(cfg))
             if not cfg.dry_run:
                 _client(cfg, "emr").terminate_job_flows(**req)
             _print_json({"request": req})

@@ -75,12 +75,22 @@ def job_scripts(root: str = REPO_ROOT) -> Dict[str, str]:
             if name.endswith(".py") and not name.startswith("_")}
 
 
+def packaged_bpe_files(root: str = REPO_ROOT) -> List[str]:
+    """BPE rank files (*.tiktoken) that the pipeline package carries as package data; they go into
+    the bundle like every other file under pipeline/, and bootstrap.sh takes the ranks from there."""
+    return [path for arc, path in bundle_files(root) if arc.endswith(".tiktoken")]
+
+
 def find_bpe_file(explicit: str = "") -> Optional[str]:
-    """The local r50k_base rank file: `explicit`, else the one in TIKTOKEN_CACHE_DIR (tiktoken names
-    cache entries by sha1 of the download URL)."""
+    """The local r50k_base rank file: `explicit`, else one the pipeline package carries, else the one
+    in TIKTOKEN_CACHE_DIR (tiktoken names cache entries by sha1 of the download URL)."""
     if explicit:
         return explicit
-    from pipeline.bpe import R50K_URL
+    from pipeline.bpe import R50K_SHA256, R50K_URL
+
+    for path in packaged_bpe_files():
+        if sha256_file(path) == R50K_SHA256:
+            return path
 
     cache = os.environ.get("TIKTOKEN_CACHE_DIR")
     if cache:

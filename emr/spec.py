@@ -18,11 +18,13 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Sequence
 
-from emr.config import LaunchConfig
+from emr.config import IDLE_TIMEOUT_RANGE, LaunchConfig
 
-# Where bootstrap.sh puts the BPE ranks on every node, as a tiktoken cache directory.
+# What bootstrap.sh makes on every node: a virtualenv for the job's Python (made from the node's
+# /usr/bin/python3, Python 3.9 on emr-7.x), and the BPE ranks as a tiktoken cache directory.
+NODE_VENV = "/opt/pipeline/venv"
+NODE_PYTHON = NODE_VENV + "/bin/python"
 NODE_TIKTOKEN_DIR = "/opt/pipeline/tiktoken"
-NODE_PYTHON = "/usr/bin/python3"  # Python 3.9 on emr-7.x (Amazon Linux 2023)
 JOBS_TAKING_BPE = ("run_pipeline", "tokenize")
 
 # (vCPUs, EMR's default yarn.nodemanager.resource.memory-mb) per instance type, as in EMR's "Task
@@ -34,6 +36,21 @@ INSTANCE_YARN = {
     "r6i.xlarge": (4, 24576), "r6i.2xlarge": (8, 57344), "r6i.4xlarge": (16, 122880),
     "c5.2xlarge": (8, 12288), "c5.4xlarge": (16, 24576),
 }
+
+
+# On-demand $/hour in us-east-1 (Linux): (EC2 instance, EMR uplift), the list prices published on
+# aws.amazon.com/ec2/pricing/on-demand/ and aws.amazon.com/emr/pricing/ (unchanged for these types for
+# years, but not re-checked automatically). Other regions and later prices differ: pass
+# --ec2-price/--emr-price, or edit this table. EBS: gp3 $/GB-month, us-east-1.
+PRICES = {
+    "r5.xlarge": (0.252, 0.063), "r5.2xlarge": (0.504, 0.126),
+    "m5.xlarge": (0.192, 0.048), "m5.2xlarge": (0.384, 0.096),
+}
+EBS_GP3_GB_MONTH = 0.08
+HOURS_PER_MONTH = 730
+# Applications an EMR 7.x release offers that this launcher passes through unchanged.
+KNOWN_APPLICATIONS = ("Hadoop", "Spark", "JupyterHub", "JupyterEnterpriseGateway", "Livy", "Hive",
+                      "Zeppelin", "Ganglia", "Tez", "Pig", "Hue", "HCatalog", "Presto", "Trino")
 
 
 class ConfigError(ValueError):
@@ -75,7 +92,8 @@ def _vcpus(instance_type: str) -> int:
 
 
 def spark_sizing(cfg: LaunchConfig) -> Dict[str, str]:
-    """Executor sizing for the core nodes, as spark-defaults properties.
+    """Executor sizing for the core nodes, as spark-defaults properties (--cluster-sizing per-node;
+    with 'emr' and 'maximize' EMR decides them, and the step's spark-submit flags override them).
 
     Our Python-heavy tasks (HTML parsing, MinHash, BPE) run in Python worker processes whose memory
     YARN counts as executor *overhead*, not JVM heap. So: small executors (2 cores), 40% of each
@@ -84,27 +102,27 @@ def spark_sizing(cfg: LaunchConfig) -> Dict[str, str]:
     6g heap + 4g overhead per node. maximizeResourceAllocation would instead make one 4-core executor
     with nearly all memory as heap, starving the Python workers.
     """
-    if cfg.maximize_resource_allocation:
+    if cfg.cluster_sizing != "per-node":
         return {}
     vcpus, yarn_mb = INSTANCE_YARN.get(cfg.core_type, (_vcpus(cfg.core_type), 0))
     if cfg.yarn_memory_mb:
         yarn_mb = cfg.yarn_memory_mb
     if not yarn_mb or not vcpus:
         raise ConfigError("no YARN sizing known for %s: pass --yarn-memory-mb (see EMR's 'Task "
-                          "configuration' table) or --maximize-resource-allocation" % cfg.core_type)
-    if cfg.executor_cores < 1 or cfg.executor_cores > vcpus:
+                          "configuration' table) or another --cluster-sizing" % cfg.core_type)
+    cores = cfg.executor_cores or 2
+    if cores < 1 or cores > vcpus:
         raise ConfigError("--executor-cores must be between 1 and %d for %s" % (vcpus, cfg.core_type))
-    per_node = max(1, vcpus // cfg.executor_cores)
+    per_node = max(1, vcpus // cores)
     container_gb = int(yarn_mb * 0.9 / per_node / 1024)
     if container_gb < 2:
         raise ConfigError("%s has too little YARN memory for %d executors per node" % (cfg.core_type, per_node))
     overhead_gb = max(1, int(round(container_gb * 0.4)))
-    total_cores = cfg.core_count * per_node * cfg.executor_cores
+    total_cores = cfg.core_count * per_node * cores
     return {
-        "spark.executor.cores": str(cfg.executor_cores),
+        "spark.executor.cores": str(cores),
         "spark.executor.memory": "%dg" % (container_gb - overhead_gb),
         "spark.executor.memoryOverhead": "%dg" % overhead_gb,
-        "spark.driver.memory": cfg.driver_memory,
         # ~4 tasks per core: enough to balance skew; AQE coalesces what turns out small.
         "spark.sql.shuffle.partitions": str(max(8, 4 * total_cores)),
         "spark.default.parallelism": str(max(8, 4 * total_cores)),
@@ -114,6 +132,7 @@ def spark_sizing(cfg: LaunchConfig) -> Dict[str, str]:
 def configurations(cfg: LaunchConfig) -> List[Dict]:
     """EMR configuration classifications (the `Configurations` of RunJobFlow)."""
     defaults = {
+        # The job's Python: the virtualenv bootstrap.sh built (not the OS's /usr/bin/python3).
         "spark.pyspark.python": NODE_PYTHON,
         "spark.pyspark.driver.python": NODE_PYTHON,
         # Offline tiktoken for any code that asks tiktoken directly (bootstrap.sh filled the cache).
@@ -132,7 +151,7 @@ def configurations(cfg: LaunchConfig) -> List[Dict]:
         defaults["spark.yarn.appMasterEnv.AWS_DEFAULT_REGION"] = cfg.region
     return [
         {"Classification": "spark",
-         "Properties": {"maximizeResourceAllocation": "true" if cfg.maximize_resource_allocation else "false"}},
+         "Properties": {"maximizeResourceAllocation": "true" if cfg.cluster_sizing == "maximize" else "false"}},
         {"Classification": "spark-defaults", "Properties": dict(sorted(defaults.items()))},
         {"Classification": "spark-env", "Configurations": [
             {"Classification": "export", "Properties": env}]},
@@ -160,16 +179,38 @@ def _tags(cfg: LaunchConfig) -> List[Dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
+def applications(cfg: LaunchConfig) -> List[str]:
+    names = [a.strip() for a in cfg.applications.split(",") if a.strip()]
+    unknown = [a for a in names if a not in KNOWN_APPLICATIONS]
+    if unknown:
+        raise ConfigError("--applications: unknown %s (known: %s)" % (", ".join(unknown),
+                                                                      ", ".join(KNOWN_APPLICATIONS)))
+    if "Spark" not in names:
+        raise ConfigError("--applications must include Spark")
+    return names
+
+
+def check_idle_timeout(seconds: int) -> None:
+    lo, hi = IDLE_TIMEOUT_RANGE
+    if seconds != 0 and not lo <= seconds <= hi:
+        raise ConfigError("--idle-timeout must be 0 (never) or %d..%d seconds (EMR's limits), got %d"
+                          % (lo, hi, seconds))
+
+
 def run_job_flow_request(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
     """The RunJobFlow request. With `steps` and --no-keep-alive it is a transient cluster that
     runs them and terminates (the cheapest way to run one pipeline)."""
     if cfg.core_count < 1:
         raise ConfigError("--core-count must be >= 1")
+    for name in ("root_volume_gb", "primary_ebs_gb", "core_ebs_gb"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError("--%s must be >= 0" % name.replace("_", "-"))
+    check_idle_timeout(cfg.idle_timeout)
     a = artifacts(cfg)
     instances = {
         "InstanceGroups": [
-            _instance_group("Primary", "MASTER", cfg.primary_type, 1, "ON_DEMAND", cfg.ebs_gb),
-            _instance_group("Core", "CORE", cfg.core_type, cfg.core_count, cfg.core_market, cfg.ebs_gb),
+            _instance_group("Primary", "MASTER", cfg.primary_type, 1, "ON_DEMAND", cfg.primary_ebs_gb),
+            _instance_group("Core", "CORE", cfg.core_type, cfg.core_count, cfg.core_market, cfg.core_ebs_gb),
         ],
         "KeepJobFlowAliveWhenNoSteps": bool(cfg.keep_alive),
         "TerminationProtected": False,
@@ -182,7 +223,7 @@ def run_job_flow_request(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
         "Name": cfg.name,
         "ReleaseLabel": cfg.release_label,
         "LogUri": a["logs"],
-        "Applications": [{"Name": "Spark"}],
+        "Applications": [{"Name": name} for name in applications(cfg)],
         "Instances": instances,
         "BootstrapActions": [{
             "Name": "pipeline python deps",
@@ -194,11 +235,42 @@ def run_job_flow_request(cfg: LaunchConfig, steps: Sequence[Dict] = ()) -> Dict:
         "StepConcurrencyLevel": 1,
         "Tags": _tags(cfg),
     }
+    if cfg.root_volume_gb:
+        req["EbsRootVolumeSize"] = int(cfg.root_volume_gb)
     if cfg.keep_alive and cfg.idle_timeout > 0:
         req["AutoTerminationPolicy"] = {"IdleTimeout": int(cfg.idle_timeout)}
     if steps:
         req["Steps"] = list(steps)
     return req
+
+
+def spark_submit_options(cfg: LaunchConfig) -> List[str]:
+    """spark-submit's own options, in the order of the course's command line: with --preset course,
+    `--deploy-mode client --master yarn --conf spark.driver.memory=20g --conf
+    spark.driver.maxResultSize=15g --num-executors 7 --executor-memory 20GB`."""
+    args = ["--deploy-mode", cfg.deploy_mode, "--master", cfg.master]
+    if cfg.driver_memory:
+        args += ["--conf", "spark.driver.memory=" + cfg.driver_memory]
+    if cfg.driver_max_result_size:
+        args += ["--conf", "spark.driver.maxResultSize=" + cfg.driver_max_result_size]
+    if cfg.driver_cores:
+        args += ["--driver-cores", str(cfg.driver_cores)]
+    if cfg.num_executors:
+        args += ["--num-executors", str(cfg.num_executors)]
+    if cfg.executor_memory:
+        args += ["--executor-memory", cfg.executor_memory]
+    if cfg.executor_cores:
+        args += ["--executor-cores", str(cfg.executor_cores)]
+    for conf in cfg.spark_conf:
+        key, eq, _ = conf.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError("--conf wants KEY=VALUE, got %r" % conf)
+        args += ["--conf", conf]
+    if cfg.deploy_mode == "cluster" and not any(c.startswith("spark.yarn.maxAppAttempts=")
+                                                for c in cfg.spark_conf):
+        # YARN would rerun a failed cluster-mode driver from scratch: a second full run, twice the bill.
+        args += ["--conf", "spark.yarn.maxAppAttempts=1"]
+    return args
 
 
 def spark_submit_args(cfg: LaunchConfig) -> List[str]:
@@ -208,11 +280,8 @@ def spark_submit_args(cfg: LaunchConfig) -> List[str]:
         if not value:
             raise ConfigError("--%s is required to submit a job" % name)
     a = artifacts(cfg)
-    args = ["spark-submit", "--deploy-mode", cfg.deploy_mode,
-            # YARN would rerun a failed cluster-mode driver from scratch: a second full run, twice the bill.
-            "--conf", "spark.yarn.maxAppAttempts=1",
-            "--py-files", a["bundle"],
-            "%s/%s.py" % (a["jobs"], cfg.job)]
+    args = ["spark-submit"] + spark_submit_options(cfg) + [
+        "--py-files", a["bundle"], "%s/%s.py" % (a["jobs"], cfg.job)]
     args += ["--input", cfg.input, "--output", cfg.output]
     if cfg.job in JOBS_TAKING_BPE and "--bpe-file" not in cfg.job_args \
             and "--tiktoken-cache" not in cfg.job_args:
@@ -268,14 +337,29 @@ def is_driver_stderr(uri: str) -> bool:
 
 
 def cost_estimate(cfg: LaunchConfig, hours: float = 1.0) -> Optional[Dict]:
-    """$ for `hours` of the whole cluster, from the prices the user passed (none are built in)."""
-    if cfg.ec2_price is None:
-        return None
-    nodes = 1 + cfg.core_count
-    per_hour = nodes * (cfg.ec2_price + (cfg.emr_price or 0.0))
-    return {"nodes": nodes, "ec2_price": cfg.ec2_price, "emr_price": cfg.emr_price or 0.0,
-            "per_hour": round(per_hour, 4), "hours": hours, "total": round(per_hour * hours, 4),
-            "note": "primary and core priced alike; EBS, S3 and data transfer not included"}
+    """$ for `hours` of the whole cluster: EC2 + EMR uplift per node (PRICES, or --ec2-price /
+    --emr-price) and the gp3 EBS volumes. None when no price is known for an instance type."""
+    nodes = {cfg.primary_type: 1}
+    nodes[cfg.core_type] = nodes.get(cfg.core_type, 0) + cfg.core_count
+    per_hour = 0.0
+    parts = []
+    for itype, count in sorted(nodes.items()):
+        known = PRICES.get(itype)
+        ec2 = cfg.ec2_price if cfg.ec2_price is not None else (known[0] if known else None)
+        emr = cfg.emr_price if cfg.emr_price is not None else (known[1] if known else None)
+        if ec2 is None or emr is None:
+            return None
+        per_hour += count * (ec2 + emr)
+        parts.append("%d x %s ($%.3f EC2 + $%.3f EMR)" % (count, itype, ec2, emr))
+    n = 1 + cfg.core_count
+    ebs_gb = n * cfg.root_volume_gb + cfg.primary_ebs_gb + cfg.core_count * cfg.core_ebs_gb
+    ebs = ebs_gb * EBS_GP3_GB_MONTH / HOURS_PER_MONTH
+    total = per_hour + ebs
+    return {"nodes": n, "instances": round(per_hour, 4), "ebs_gb": ebs_gb, "ebs": round(ebs, 4),
+            "per_hour": round(total, 4), "hours": hours, "total": round(total * hours, 4),
+            "line": "~$%.2f/hour: %s + %d GB gp3 EBS ($%.3f)" % (total, " + ".join(parts), ebs_gb, ebs),
+            "prices": "us-east-1 on-demand list prices (emr.spec.PRICES; --ec2-price/--emr-price "
+                      "override); S3 requests and data transfer not included"}
 
 
 # --- reading responses --------------------------------------------------------------------------

@@ -45,3 +45,25 @@ def fake_aws_env(monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def moto_s3_server(monkeypatch):
+    """A moto server on 127.0.0.1 with an empty S3, reached through AWS_ENDPOINT_URL (as boto3,
+    pipeline.storage and subprocesses that inherit the environment do); yields the endpoint URL."""
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = "http://%s:%d" % server.get_host_and_port()
+        # moto keeps its state per process, not per server: start from an empty S3.
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/moto-api/reset", method="POST"))
+        for k, v in dict(FAKE_AWS_ENV, AWS_ENDPOINT_URL=endpoint).items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        yield endpoint
+    finally:
+        server.stop()

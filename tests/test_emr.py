@@ -22,6 +22,9 @@ PY39 = os.path.expanduser("~/.pyenv/versions/3.9.18/bin/python")
 BUCKET = "emr-test-bucket"
 PREFIX = "s3://%s/pipeline" % BUCKET
 R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# How the course runs the job, verbatim; `--preset course` must reproduce it token by token.
+COURSE_SPARK_SUBMIT = ("spark-submit --deploy-mode client --master yarn --conf spark.driver.memory=20g "
+                       "--conf spark.driver.maxResultSize=15g --num-executors 7 --executor-memory 20GB")
 
 
 def _bpe_file():
@@ -177,7 +180,7 @@ def test_create_cluster_requests_what_we_asked_for(aws, capsys):
 
     c = emr.describe_cluster(ClusterId=cid)["Cluster"]
     assert c["ReleaseLabel"] == "emr-7.7.0"
-    assert [a["Name"] for a in c["Applications"]] == ["Spark"]
+    assert [a["Name"] for a in c["Applications"]] == ["Hadoop", "Spark", "JupyterHub"]
     assert c["LogUri"] == "s3://%s/pipeline/logs/" % BUCKET
     assert c["ServiceRole"] == "EMR_DefaultRole"
     assert c["Ec2InstanceAttributes"]["IamInstanceProfile"] == "EMR_EC2_DefaultRole"
@@ -186,11 +189,12 @@ def test_create_cluster_requests_what_we_asked_for(aws, capsys):
     conf = {x["Classification"]: x for x in c["Configurations"]}
     assert conf["spark"]["Properties"] == {"maximizeResourceAllocation": "false"}
     props = conf["spark-defaults"]["Properties"]
-    assert props["spark.executor.cores"] == "2"
-    assert props["spark.executor.memory"] == "6g" and props["spark.executor.memoryOverhead"] == "4g"
-    assert props["spark.pyspark.python"] == "/usr/bin/python3"
+    # The course's cluster leaves executor sizing to EMR and to the step's spark-submit flags.
+    assert not [k for k in props if k.startswith(("spark.executor.cores", "spark.executor.memory"))]
+    # The job's Python is the virtualenv that bootstrap.sh builds, never the OS's python3.
+    assert props["spark.pyspark.python"] == props["spark.pyspark.driver.python"] == "/opt/pipeline/venv/bin/python"
     env = conf["spark-env"]["Configurations"][0]["Properties"]
-    assert env["PYSPARK_PYTHON"] == "/usr/bin/python3"
+    assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == "/opt/pipeline/venv/bin/python"
     # The region came from the environment (AWS_DEFAULT_REGION) and is handed to the nodes' boto3.
     assert env["AWS_DEFAULT_REGION"] == props["spark.executorEnv.AWS_DEFAULT_REGION"] == "us-east-1"
 
@@ -207,13 +211,21 @@ def test_create_cluster_requests_what_we_asked_for(aws, capsys):
     # And what was sent is recorded next to the code.
     record = json.loads(_body(s3, "pipeline/clusters/%s/run_job_flow.json" % cid))
     assert record["ReleaseLabel"] == "emr-7.7.0" and record["Instances"]["InstanceGroups"][1]["InstanceCount"] == 7
+    # The course's volumes and idle shutdown, as sent.
+    assert record["EbsRootVolumeSize"] == 100
+    primary, core = record["Instances"]["InstanceGroups"]
+    assert "EbsConfiguration" not in primary  # EMR's default for the primary
+    assert core["EbsConfiguration"]["EbsBlockDeviceConfigs"] == [
+        {"VolumeSpecification": {"VolumeType": "gp3", "SizeInGB": 200}, "VolumesPerInstance": 1}]
+    assert record["AutoTerminationPolicy"] == {"IdleTimeout": 600}
+    assert record["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
 
 
 def test_create_cluster_configurable_size_and_spot(aws, capsys):
     _, emr = aws
     _run(capsys, "upload", "--s3-prefix", PREFIX, "--bpe-file", _bpe_file())
     cid = _create(capsys, "--core-count", "3", "--core-type", "r5.2xlarge", "--core-market", "SPOT",
-                  "--executor-cores", "4", "--no-keep-alive")
+                  "--executor-cores", "4", "--cluster-sizing", "per-node", "--no-keep-alive")
     groups = {g["InstanceGroupType"]: g for g in emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]}
     assert (groups["CORE"]["InstanceType"], groups["CORE"]["RequestedInstanceCount"],
             groups["CORE"]["Market"]) == ("r5.2xlarge", 3, "SPOT")
@@ -245,8 +257,7 @@ def test_submit_step_runs_exact_spark_submit(aws, capsys):
     assert steps[0]["ActionOnFailure"] == "CONTINUE"
     assert steps[0]["Config"]["Jar"] == "command-runner.jar"
     code = "s3://%s/pipeline/code" % BUCKET
-    assert steps[0]["Config"]["Args"] == [
-        "spark-submit", "--deploy-mode", "cluster", "--conf", "spark.yarn.maxAppAttempts=1",
+    assert steps[0]["Config"]["Args"] == COURSE_SPARK_SUBMIT.split() + [
         "--py-files", code + "/pipeline-bundle.zip", code + "/jobs/run_pipeline.py",
         "--input", "s3://data/warc/", "--output", "s3://data/out/",
         "--bpe-file", code + "/bpe/r50k_base.tiktoken", "--min-chars", "200"]
@@ -262,14 +273,17 @@ def test_submit_client_mode_single_stage_without_bpe(aws, capsys):
     resp = emr.run_job_flow(Name="x", ReleaseLabel="emr-7.7.0", Instances={
         "MasterInstanceType": "r5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
         JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole")
-    rc, _ = _run(capsys, "submit", "--s3-prefix", PREFIX, "--cluster-id", resp["JobFlowId"],
-                 "--job", "dedup", "--deploy-mode", "client", "--input", "s3://d/out/docs",
+    rc, _ = _run(capsys, "submit", "--preset", "tuned", "--s3-prefix", PREFIX, "--cluster-id",
+                 resp["JobFlowId"], "--job", "dedup", "--deploy-mode", "client", "--input", "s3://d/out/docs",
                  "--output", "s3://d/out")
     assert rc == 0
     args = emr.list_steps(ClusterId=resp["JobFlowId"])["Steps"][0]["Config"]["Args"]
-    assert args[:3] == ["spark-submit", "--deploy-mode", "client"]
-    assert args[7:] == ["s3://%s/pipeline/code/jobs/dedup.py" % BUCKET, "--input", "s3://d/out/docs",
-                        "--output", "s3://d/out"]
+    assert args[:5] == ["spark-submit", "--deploy-mode", "client", "--master", "yarn"]
+    assert "spark.yarn.maxAppAttempts=1" not in args  # only a cluster-mode driver would be retried
+    script = args.index("s3://%s/pipeline/code/jobs/dedup.py" % BUCKET)
+    assert args[script - 2] == "--py-files"
+    assert args[script:] == ["s3://%s/pipeline/code/jobs/dedup.py" % BUCKET, "--input", "s3://d/out/docs",
+                             "--output", "s3://d/out"]
 
 
 def test_run_is_a_transient_cluster_with_the_step(aws, capsys):
@@ -379,7 +393,8 @@ def test_dry_run_prints_requests_without_any_aws_call(monkeypatch, capsys, tmp_p
     assert rc == 0
     cfg = LaunchConfig(s3_prefix=PREFIX, region="eu-west-1", dry_run=True, ec2_price=0.25, emr_price=0.06)
     assert out["request"] == json.loads(json.dumps(spec.run_job_flow_request(cfg)))
-    assert out["cost_per_hour"]["per_hour"] == pytest.approx(8 * 0.31)
+    # 8 nodes at the prices given, plus gp3 EBS: 8 x 100 GB root + 7 x 200 GB core at $0.08/GB-month.
+    assert out["cost_per_hour"]["per_hour"] == pytest.approx(8 * 0.31 + 2200 * 0.08 / 730, abs=1e-4)
     rc, out = _run(capsys, "submit", "--s3-prefix", PREFIX, "--cluster-id", "j-ABC", "--input", "s3://a/",
                    "--output", "s3://b/", "--dry-run")
     assert rc == 0 and out["request"]["JobFlowId"] == "j-ABC"
@@ -390,7 +405,7 @@ def test_dry_run_prints_requests_without_any_aws_call(monkeypatch, capsys, tmp_p
     ("r5.xlarge", 2, "6g", "4g"), ("r5.2xlarge", 2, "7g", "5g"), ("m5.xlarge", 2, "3g", "2g"),
     ("r5.xlarge", 4, "13g", "8g")])
 def test_executor_sizing_fits_yarn(core_type, cores, heap, overhead):
-    cfg = LaunchConfig(s3_prefix=PREFIX, core_type=core_type, executor_cores=cores)
+    cfg = LaunchConfig(s3_prefix=PREFIX, core_type=core_type, executor_cores=cores, cluster_sizing="per-node")
     p = spec.spark_sizing(cfg)
     assert (p["spark.executor.cores"], p["spark.executor.memory"], p["spark.executor.memoryOverhead"]) == (
         str(cores), heap, overhead)
@@ -402,10 +417,11 @@ def test_executor_sizing_fits_yarn(core_type, cores, heap, overhead):
 
 def test_sizing_errors_and_maximize():
     with pytest.raises(spec.ConfigError, match="--yarn-memory-mb"):
-        spec.spark_sizing(LaunchConfig(s3_prefix=PREFIX, core_type="x9.xlarge"))
-    assert spec.spark_sizing(LaunchConfig(s3_prefix=PREFIX, core_type="x9.xlarge", yarn_memory_mb=24576))[
-        "spark.executor.memory"] == "6g"
-    conf = spec.configurations(LaunchConfig(s3_prefix=PREFIX, maximize_resource_allocation=True))
+        spec.spark_sizing(LaunchConfig(s3_prefix=PREFIX, core_type="x9.xlarge", preset="tuned"))
+    assert spec.spark_sizing(LaunchConfig(s3_prefix=PREFIX, core_type="x9.xlarge", yarn_memory_mb=24576,
+                                          preset="tuned"))["spark.executor.memory"] == "6g"
+    assert spec.spark_sizing(LaunchConfig(s3_prefix=PREFIX, core_type="x9.xlarge")) == {}  # course: EMR's
+    conf = spec.configurations(LaunchConfig(s3_prefix=PREFIX, preset="tuned", cluster_sizing="maximize"))
     assert conf[0] == {"Classification": "spark", "Properties": {"maximizeResourceAllocation": "true"}}
     assert "spark.executor.memory" not in conf[1]["Properties"]
 
@@ -463,135 +479,274 @@ def test_bootstrap_script_is_valid_bash_and_names_uploaded_artifacts():
     # tiktoken names its cache entry sha1(URL); the script hard-codes that name.
     from pipeline.bpe import R50K_URL
     assert hashlib.sha1(R50K_URL.encode()).hexdigest() in text
-    assert spec.NODE_TIKTOKEN_DIR in text
+    assert 'PIPELINE_TIKTOKEN_DIR:-%s}' % spec.NODE_TIKTOKEN_DIR in text
+    assert 'PIPELINE_VENV:-%s}' % spec.NODE_VENV in text and spec.NODE_PYTHON == spec.NODE_VENV + "/bin/python"
     reqs = [l.split(">")[0].split("<")[0].split("=")[0].strip() for l in open(package.REQUIREMENTS)
             if l.strip() and not l.startswith("#")]
     assert "pyspark" not in reqs and {"pandas", "numpy", "pyarrow", "tiktoken", "warcio", "lxml",
                                       "beautifulsoup4", "xxhash", "boto3"} <= set(reqs)
 
 
-# --- bootstrap.sh, executed for real against a loopback moto S3 -----------------------------------
-# The node-side commands are stand-ins: `aws` is a few lines of boto3 (same S3 calls, talking to the
-# moto server), `sudo` just runs the command, and the python wrapper records `pip` calls instead of
-# installing (no internet here) while running everything else, including the import check, for real.
-
-AWS_STUB = '''#!%(python)s
-import os, sys, boto3
-args = [a for a in sys.argv[1:] if a != "--quiet"]
-recursive = "--recursive" in args
-args = [a for a in args if a != "--recursive"]
-s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-def split(uri):
-    b, _, k = uri[5:].partition("/")
-    return b, k
-if args[:2] == ["s3", "ls"]:
-    b, k = split(args[2])
-    sys.exit(0 if s3.list_objects_v2(Bucket=b, Prefix=k).get("KeyCount", 0) else 1)
-assert args[:2] == ["s3", "cp"], args
-(b, k), dst = split(args[2]), args[3]
-keys = [o["Key"] for o in s3.list_objects_v2(Bucket=b, Prefix=k).get("Contents", [])] if recursive else [k]
-try:
-    for key in keys:
-        target = os.path.join(dst, key[len(k):]) if recursive else dst
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        s3.download_file(b, key, target)
-except Exception as e:
-    print("download failed: %%s" %% e, file=sys.stderr)
-    sys.exit(1)
-'''
-
-PY_STUB = '''#!/bin/bash
-if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
-    [ "$3" = "--version" ] && { echo "pip (stub)"; exit 0; }
-    echo "${*:3}" >> "%(log)s/pip.log"
-    while [ $# -gt 0 ]; do
-        case "$1" in
-            -r) cp "$2" "%(log)s/requirements.txt" ;;
-            -c) cp "$2" "%(log)s/constraints.txt" ;;
-            --find-links) ls "$2" > "%(log)s/wheels.txt" ;;
-        esac
-        shift
-    done
-    exit 0
-fi
-exec %(python)s "$@"
-'''
-
-
-@pytest.fixture
-def node(tmp_path, monkeypatch):
-    """A fake EMR node: stub commands on PATH, a loopback moto S3, the launcher pointed at it."""
-    import sys
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://%s:%d" % server.get_host_and_port()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    stubs = {"aws": AWS_STUB % {"python": sys.executable}, "sudo": '#!/bin/sh\nexec "$@"\n',
-             "python3": PY_STUB % {"python": sys.executable, "log": log}}
-    for name, text in stubs.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    env = dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"]),
-               PIPELINE_PYTHON=str(bin_dir / "python3"),
-               PIPELINE_TIKTOKEN_DIR=str(tmp_path / "opt" / "pipeline" / "tiktoken"))
-    env.pop("TIKTOKEN_CACHE_DIR", None)  # the node must use what bootstrap.sh installed
-    yield env, log, tmp_path
-    server.stop()
-
-
-def _bootstrap(env, code_uri):
-    return subprocess.run(["bash", package.BOOTSTRAP_SH, code_uri], env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_bootstrap_installs_requirements_and_offline_bpe(node, capsys):
-    env, log, tmp = node
-    assert launch.main(["upload", "--s3-prefix", PREFIX, "--bpe-file", _bpe_file()]) == 0
-    res = _bootstrap(env, "s3://%s/pipeline/code/" % BUCKET)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert (log / "pip.log").read_text().split()[:3] == ["install", "--quiet", "-r"]
-    assert (log / "requirements.txt").read_bytes() == open(package.REQUIREMENTS, "rb").read()
-    assert (log / "constraints.txt").read_bytes() == open(package.CONSTRAINTS, "rb").read()
-    assert "-c" in (log / "pip.log").read_text().split()
-    cached = tmp / "opt" / "pipeline" / "tiktoken" / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"
-    assert hashlib.sha256(cached.read_bytes()).hexdigest() == R50K_SHA256
-    assert "GPT-2 BPE ok" in res.stdout and "[bootstrap] done" in res.stdout
-
-
-def test_bootstrap_uses_the_wheelhouse_offline(node, capsys):
-    env, log, tmp = node
-    wheels = tmp / "wheels"
-    wheels.mkdir()
-    (wheels / "xxhash-3.5.0-cp39-cp39-manylinux_2_17_x86_64.whl").write_bytes(b"w")
-    assert launch.main(["upload", "--s3-prefix", PREFIX, "--bpe-file", _bpe_file(),
-                        "--wheelhouse", str(wheels)]) == 0
-    res = _bootstrap(env, "s3://%s/pipeline/code" % BUCKET)
-    assert res.returncode == 0, res.stdout + res.stderr
-    pip_args = (log / "pip.log").read_text().split()
-    assert pip_args[:4] == ["install", "--quiet", "--no-index", "--find-links"]
-    assert (log / "wheels.txt").read_text().split() == ["xxhash-3.5.0-cp39-cp39-manylinux_2_17_x86_64.whl"]
-
-
-def test_bootstrap_fails_the_node_when_nothing_was_uploaded(node):
-    env, log, _ = node
-    res = _bootstrap(env, "s3://%s/not-uploaded/code" % BUCKET)
-    assert res.returncode != 0
-    assert not (log / "pip.log").exists()
-
-
 def test_constraints_pin_every_requirement_within_its_range():
     from packaging.requirements import Requirement
 
+    from packaging.utils import canonicalize_name
+
     reqs = [Requirement(l.strip()) for l in open(package.REQUIREMENTS) if l.strip() and not l.startswith("#")]
     pins = dict(l.strip().split("==") for l in open(package.CONSTRAINTS) if l.strip() and not l.startswith("#"))
+    pins = {canonicalize_name(k): v for k, v in pins.items()}
     for r in reqs:
-        assert r.name in pins, r.name
+        assert canonicalize_name(r.name) in pins, r.name
         assert r.specifier.contains(pins[r.name]), (r, pins[r.name])
+
+
+def test_constraints_are_a_full_freeze_of_what_requirements_resolve_to():
+    """Every package the install resolves to is pinned, not only the direct requirements (the
+    rehearsal compares the file with `pip freeze` of the venv bootstrap.sh built)."""
+    pins = [l.strip() for l in open(package.CONSTRAINTS) if l.strip() and not l.startswith("#")]
+    assert all("==" in p for p in pins), pins
+    names = {p.split("==")[0].lower().replace("_", "-") for p in pins}
+    assert {"resiliparse", "fastwarc"} <= names  # cp39 manylinux wheels exist for the pinned versions
+    # The transitive set of the direct requirements (as resolved for CPython 3.9, manylinux x86_64).
+    for dep in ("botocore", "s3transfer", "jmespath", "urllib3", "python-dateutil", "six", "soupsieve",
+                "pytz", "tzdata", "regex", "requests", "idna", "certifi", "charset-normalizer",
+                "fastwarc", "resiliparse", "brotli", "typing-extensions", "click", "tqdm"):
+        assert dep in names, dep
+
+
+# --- presets, validation against botocore's service model, the spark-submit line ------------------
+
+def _botocore_errors(service, operation, request):
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    shape = botocore.session.get_session().get_service_model(service).operation_model(operation).input_shape
+    report = ParamValidator().validate(request, shape)
+    return report.generate_report() if report.has_errors() else ""
+
+
+@pytest.mark.parametrize("extra", [
+    [], ["--preset", "tuned"], ["--preset", "tuned", "--cluster-sizing", "maximize"],
+    ["--applications", "Hadoop,Spark", "--root-volume-gb", "0", "--primary-ebs-gb", "50",
+     "--core-ebs-gb", "0", "--idle-timeout", "0", "--core-market", "SPOT", "--subnet-id", "subnet-1",
+     "--key-name", "k", "--log-uri", "s3://elsewhere/logs"]])
+def test_every_request_matches_botocores_service_model(extra):
+    cfg = launch.parse(["run", "--s3-prefix", PREFIX, "--input", "s3://i/", "--output", "s3://o/",
+                        "--conf", "spark.sql.adaptive.enabled=true", "--driver-cores", "2"] + extra)[1]
+    requests = [("RunJobFlow", spec.run_job_flow_request(cfg)),
+                ("RunJobFlow", spec.run_job_flow_request(cfg, steps=[spec.step(cfg)])),
+                ("AddJobFlowSteps", spec.add_steps_request(dataclasses.replace(cfg, cluster_id="j-1"))),
+                ("TerminateJobFlows", spec.terminate_request(dataclasses.replace(cfg, cluster_id="j-1")))]
+    for operation, req in requests:
+        assert _botocore_errors("emr", operation, req) == "", (operation, req)
+        assert launch.validate_request("emr", operation, req) is req
+
+
+def test_the_validation_catches_what_aws_would_reject():
+    req = spec.run_job_flow_request(LaunchConfig(s3_prefix=PREFIX))
+    bad = json.loads(json.dumps(req))
+    bad["AutoTerminationPolicy"]["IdleTimeout"] = "600"  # a string, not a long
+    bad["Instances"]["InstanceGroups"][1]["Color"] = "blue"  # no such member
+    errors = _botocore_errors("emr", "RunJobFlow", bad)
+    assert "IdleTimeout" in errors and "Color" in errors
+    with pytest.raises(spec.ConfigError, match="botocore's model"):
+        launch.validate_request("emr", "RunJobFlow", bad)
+
+
+def test_course_preset_is_the_courses_cluster():
+    req = spec.run_job_flow_request(LaunchConfig(s3_prefix=PREFIX))
+    assert req["ReleaseLabel"] == "emr-7.7.0"
+    assert req["Applications"] == [{"Name": "Hadoop"}, {"Name": "Spark"}, {"Name": "JupyterHub"}]
+    primary, core = req["Instances"]["InstanceGroups"]
+    assert (primary["InstanceRole"], primary["InstanceType"], primary["InstanceCount"]) == ("MASTER", "r5.xlarge", 1)
+    assert (core["InstanceRole"], core["InstanceType"], core["InstanceCount"]) == ("CORE", "r5.xlarge", 7)
+    assert req["EbsRootVolumeSize"] == 100
+    assert "EbsConfiguration" not in primary
+    assert core["EbsConfiguration"]["EbsBlockDeviceConfigs"] == [
+        {"VolumeSpecification": {"VolumeType": "gp3", "SizeInGB": 200}, "VolumesPerInstance": 1}]
+    assert req["AutoTerminationPolicy"] == {"IdleTimeout": 600}
+
+
+def test_each_part_of_the_preset_has_its_flag():
+    cfg = launch.parse(["create-cluster", "--s3-prefix", PREFIX, "--applications", "Hadoop,Spark",
+                        "--root-volume-gb", "40", "--primary-ebs-gb", "32", "--core-ebs-gb", "500",
+                        "--core-count", "3", "--core-type", "m5.xlarge", "--primary-type", "m5.2xlarge",
+                        "--idle-timeout", "3600"])[1]
+    req = spec.run_job_flow_request(cfg)
+    assert req["Applications"] == [{"Name": "Hadoop"}, {"Name": "Spark"}]
+    assert req["EbsRootVolumeSize"] == 40
+    primary, core = req["Instances"]["InstanceGroups"]
+    assert primary["InstanceType"] == "m5.2xlarge"
+    assert primary["EbsConfiguration"]["EbsBlockDeviceConfigs"][0]["VolumeSpecification"]["SizeInGB"] == 32
+    assert (core["InstanceType"], core["InstanceCount"]) == ("m5.xlarge", 3)
+    assert core["EbsConfiguration"]["EbsBlockDeviceConfigs"][0]["VolumeSpecification"]["SizeInGB"] == 500
+    assert req["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    # Unset parts still come from the preset, and the saved config shows the values used.
+    assert cfg.preset == "course" and cfg.deploy_mode == "client" and cfg.executor_memory == "20GB"
+    # 0 = no root volume size (EMR's default) and no auto-termination.
+    req = spec.run_job_flow_request(dataclasses.replace(cfg, root_volume_gb=0, idle_timeout=0))
+    assert "EbsRootVolumeSize" not in req and "AutoTerminationPolicy" not in req
+
+
+@pytest.mark.parametrize("seconds,ok", [(0, True), (59, False), (60, True), (600, True),
+                                        (604800, True), (604801, False), (-5, False)])
+def test_idle_timeout_range(seconds, ok, capsys):
+    rc = launch.main(["create-cluster", "--s3-prefix", PREFIX, "--region", "us-east-1", "--dry-run",
+                      "--idle-timeout", str(seconds)])
+    err = capsys.readouterr().err
+    assert (rc == 0) == ok, err
+    if not ok:
+        assert "--idle-timeout must be 0 (never) or 60..604800 seconds" in err
+
+
+@pytest.mark.parametrize("apps,message", [("Hadoop,Hive", "must include Spark"),
+                                          ("Spark,Sparkle", "unknown Sparkle")])
+def test_applications_are_checked(apps, message, capsys):
+    assert launch.main(["create-cluster", "--s3-prefix", PREFIX, "--region", "us-east-1", "--dry-run",
+                        "--applications", apps]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_course_step_is_the_courses_spark_submit_line_token_by_token():
+    args = spec.spark_submit_args(LaunchConfig(s3_prefix=PREFIX, input="s3://i/", output="s3://o/"))
+    course = COURSE_SPARK_SUBMIT.split()
+    assert len(args) > len(course)
+    for k, token in enumerate(course):
+        assert args[k] == token, (k, args[k], token)
+    code = "s3://%s/pipeline/code" % BUCKET
+    assert args[len(course):] == ["--py-files", code + "/pipeline-bundle.zip", code + "/jobs/run_pipeline.py",
+                                  "--input", "s3://i/", "--output", "s3://o/",
+                                  "--bpe-file", code + "/bpe/r50k_base.tiktoken"]
+
+
+def test_spark_submit_options_from_flags():
+    cfg = launch.parse(["submit", "--s3-prefix", PREFIX, "--cluster-id", "j-1", "--input", "s3://i/",
+                        "--output", "s3://o/", "--deploy-mode", "cluster", "--driver-memory", "8g",
+                        "--driver-max-result-size", "", "--driver-cores", "2", "--num-executors", "14",
+                        "--executor-memory", "9g", "--executor-cores", "2", "--conf", "spark.a=1",
+                        "--conf", "spark.b=x=y", "--", "--min-chars", "100"])[1]
+    args = spec.spark_submit_args(cfg)
+    script = args.index("s3://%s/pipeline/code/jobs/run_pipeline.py" % BUCKET)
+    assert args[:script] == [
+        "spark-submit", "--deploy-mode", "cluster", "--master", "yarn", "--conf", "spark.driver.memory=8g",
+        "--driver-cores", "2", "--num-executors", "14", "--executor-memory", "9g", "--executor-cores", "2",
+        "--conf", "spark.a=1", "--conf", "spark.b=x=y", "--conf", "spark.yarn.maxAppAttempts=1",
+        "--py-files", "s3://%s/pipeline/code/pipeline-bundle.zip" % BUCKET]
+    assert args[-2:] == ["--min-chars", "100"]
+    with pytest.raises(spec.ConfigError, match="--conf wants KEY=VALUE"):
+        spec.spark_submit_args(dataclasses.replace(cfg, spark_conf=("novalue",)))
+
+
+def test_submit_prints_the_step_before_adding_it(aws, capsys, monkeypatch):
+    _, emr = aws
+    cid = emr.run_job_flow(Name="x", ReleaseLabel="emr-7.7.0", Instances={
+        "MasterInstanceType": "r5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+        JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole")["JobFlowId"]
+    printed_before_the_call = []
+
+    def client(cfg, service):  # the launcher's own client, watched at the moment it calls AWS
+        c = real_client(cfg, service)
+        c.meta.events.register("before-call.emr.AddJobFlowSteps",
+                               lambda **_: printed_before_the_call.append(capsys.readouterr().err))
+        return c
+
+    real_client = launch._client
+    monkeypatch.setattr(launch, "_client", client)
+    assert launch.main(["submit", "--s3-prefix", PREFIX, "--cluster-id", cid,
+                        "--input", "s3://i/", "--output", "s3://o/"]) == 0
+    (err,) = printed_before_the_call
+    line = [l for l in err.splitlines() if l.startswith("step: ")][0]
+    assert line[len("step: "):].startswith(COURSE_SPARK_SUBMIT + " --py-files ")
+    assert line.split()[1:] == emr.list_steps(ClusterId=cid)["Steps"][0]["Config"]["Args"]
+
+
+def test_dry_run_prints_the_cost_line(capsys):
+    assert launch.main(["create-cluster", "--s3-prefix", PREFIX, "--region", "us-east-1", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    ec2, emr_uplift = spec.PRICES["r5.xlarge"]
+    assert out["cost_per_hour"]["instances"] == pytest.approx(8 * (ec2 + emr_uplift))
+    assert "cost: ~$%.2f/hour: 8 x r5.xlarge" % out["cost_per_hour"]["per_hour"] in captured.err
+    assert launch.main(["create-cluster", "--s3-prefix", PREFIX, "--region", "us-east-1", "--dry-run",
+                        "--core-type", "x9.xlarge"]) == 0
+    assert "no price known" in capsys.readouterr().err
+
+
+def test_bundle_carries_every_package_data_file(tmp_path):
+    for pkg in package.PACKAGES:
+        shutil.copytree(os.path.join(REPO, pkg), str(tmp_path / pkg), ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "pipeline" / "data").mkdir(exist_ok=True)
+    (tmp_path / "pipeline" / "data" / "r50k_base.tiktoken").write_bytes(b"ranks")
+    (tmp_path / "pipeline" / "gpt" / "table.json").write_text("{}")
+    with zipfile.ZipFile(io.BytesIO(package.build_bundle_bytes(str(tmp_path)))) as zf:
+        names = set(zf.namelist())
+        assert zf.read("pipeline/data/r50k_base.tiktoken") == b"ranks"
+    assert "pipeline/gpt/table.json" in names
+    assert package.packaged_bpe_files(str(tmp_path)) == [str(tmp_path / "pipeline" / "data" / "r50k_base.tiktoken")]
+
+
+def _bootstrap_snippet(tag):
+    """The Python that bootstrap.sh runs from a `<<'TAG'` heredoc, verbatim."""
+    lines = open(package.BOOTSTRAP_SH).read().splitlines()
+    start = [i for i, l in enumerate(lines) if l.endswith("<<'%s'" % tag)][0]
+    end = lines.index(tag, start + 1)
+    return "\n".join(lines[start + 1:end]) + "\n"
+
+
+def _tiktoken_files(root):
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".tiktoken")]
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_bootstrap_takes_the_bpe_ranks_from_the_bundle_when_it_carries_them(tmp_path, carried):
+    """bootstrap.sh's own snippet on a bundle with (or without) the ranks as package data: found by
+    content (sha256), so the package data file may have any name; without it the script falls back
+    to the uploaded code/bpe/ file."""
+    import sys
+
+    src = tmp_path / "src"
+    for pkg in package.PACKAGES:
+        shutil.copytree(os.path.join(REPO, pkg), str(src / pkg), ignore=shutil.ignore_patterns("__pycache__"))
+    for p in _tiktoken_files(str(src)):
+        os.remove(p)
+    (src / "pipeline" / "decoy.tiktoken").write_bytes(b"not the ranks")
+    if carried:
+        (src / "pipeline" / "data").mkdir(exist_ok=True)
+        shutil.copyfile(_bpe_file(), str(src / "pipeline" / "data" / "gpt2_ranks.tiktoken"))
+    bundle = tmp_path / "bundle.zip"
+    package.build_bundle(str(bundle), root=str(src))
+    out = tmp_path / "r50k_base.tiktoken"
+    res = subprocess.run([sys.executable, "-", str(bundle), str(out), R50K_SHA256],
+                         input=_bootstrap_snippet("PYBPE"), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    if carried:
+        assert "from the bundle (pipeline/data/gpt2_ranks.tiktoken)" in res.stdout
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == R50K_SHA256
+    else:
+        assert not out.exists() and res.stdout == ""
+
+
+def test_every_s3_request_of_upload_and_create_matches_botocores_model(aws, capsys):
+    """The S3 (and EMR) calls the tooling makes through boto3, each checked with ParamValidator
+    against its operation's input shape at the moment it is made."""
+    from botocore.validate import ParamValidator
+
+    seen, errors = [], []
+
+    def check(params, model, **_):
+        seen.append(model.name)
+        report = ParamValidator().validate(params, model.input_shape)
+        if report.has_errors():
+            errors.append((model.name, report.generate_report()))
+
+    session = boto3._get_default_session()
+    session.events.register("before-parameter-build.s3", check)
+    session.events.register("before-parameter-build.emr", check)
+    try:
+        assert _run(capsys, "upload", "--s3-prefix", PREFIX, "--bpe-file", _bpe_file())[0] == 0
+        assert _run(capsys, "create-cluster", "--s3-prefix", PREFIX)[0] == 0
+    finally:
+        session.events.unregister("before-parameter-build.s3", check)
+        session.events.unregister("before-parameter-build.emr", check)
+    assert errors == []
+    assert {"PutObject", "ListObjectsV2", "RunJobFlow"} <= set(seen), seen

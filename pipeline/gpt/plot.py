@@ -1,6 +1,7 @@
 """`pipeline plot LOGDIR... -o loss.png`: train/val loss and HellaSwag accuracy of one or more runs.
 
-Reads each run's `main.log` (llm.c format, see logs.py). Left panel: train loss (thin) and val loss
+Reads each run's `main.log` (llm.c format, see logs.py), from a local directory or an S3 prefix
+(`pipeline plot s3://bucket/g5-run1/log124M`, as `--sync-to` and `upload-logs` leave them). Left panel: train loss (thin) and val loss
 (bold, same colour) per run, each run's minimum val loss marked and labelled. Right panel (only when
 some run logged `eval:` lines): HellaSwag accuracy. Optional horizontal reference lines, e.g. the
 GPT-2 124M checkpoint's val loss (`--loss-ref 3.28`) and HellaSwag accuracy (`--eval-ref 0.294`).
@@ -9,10 +10,38 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from typing import List, Optional
 
+from pipeline import storage
 from pipeline.gpt.logs import parse_log
+
+
+def _log_uri(path: str) -> str:
+    return path if path.endswith(".log") else storage.join(path, "main.log")
+
+
+def fetch_s3_logs(log_dirs: List[str], scratch: str) -> List[str]:
+    """Local copies of the main.log of every s3:// entry (local entries are returned unchanged);
+    raises storage.InputError naming the missing ones."""
+    out, missing = [], []
+    for k, d in enumerate(log_dirs):
+        if not storage.is_s3(d):
+            out.append(d)
+            continue
+        local = os.path.join(scratch, str(k), os.path.basename(d.rstrip("/")) or "run", "main.log")
+        os.makedirs(os.path.dirname(local))
+        try:
+            with storage.open_read(_log_uri(d)) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except storage.InputError:
+            missing.append(d)
+        out.append(os.path.dirname(local))
+    if missing:
+        raise storage.InputError("no main.log in %s" % ", ".join(missing))
+    return out
 
 
 def plot(log_dirs: List[str], out: str, labels: Optional[List[str]] = None,
@@ -79,13 +108,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--eval-ref", type=float, help="draw a reference HellaSwag accuracy line")
     p.add_argument("--ymax", type=float, help="clip the loss axis (early losses are ~11)")
     a = p.parse_args(argv)
-    missing = [d for d in a.logdirs if not os.path.exists(d if not os.path.isdir(d)
-                                                            else os.path.join(d, "main.log"))]
+    missing = [d for d in a.logdirs if not storage.is_s3(d) and not os.path.exists(
+        d if not os.path.isdir(d) else os.path.join(d, "main.log"))]
     if missing:
         print("pipeline plot: no main.log in %s" % ", ".join(missing), file=sys.stderr)
         return 2
-    out = plot(a.logdirs, a.output, a.labels.split(",") if a.labels else None, a.loss_ref,
-               a.eval_ref, a.ymax)
+    scratch = tempfile.mkdtemp(prefix="pipeline-plot-")
+    try:
+        try:
+            local = fetch_s3_logs(a.logdirs, scratch)
+        except storage.InputError as e:
+            print("pipeline plot: %s" % e, file=sys.stderr)
+            return 2
+        # Runs are named after the directory (or S3 folder) they came from unless --labels says.
+        labels = a.labels.split(",") if a.labels else [
+            os.path.basename(os.path.normpath(d.rstrip("/"))) or d for d in a.logdirs]
+        out = plot(local, a.output, labels, a.loss_ref, a.eval_ref, a.ymax)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     print("wrote %s" % out)
     return 0
 

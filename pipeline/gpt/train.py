@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-n", dest="n", type=int, help="checkpoint every N steps (0 = never)")
     g.add_argument("-nk", dest="nk", type=int, help="keep only the last N checkpoints (0 = all)")
     g.add_argument("-y", dest="y", type=int, help="1 = resume from the latest checkpoint in -o")
+    g.add_argument("--sync-to", help="s3://bucket/prefix: upload main.log and each checkpoint there "
+                   "while training (pipeline/gpt/sync.py)")
     g = p.add_argument_group("batch and schedule")
     g.add_argument("-b", dest="b", type=int, help="micro-batch size per GPU (default 4)")
     g.add_argument("-t", dest="t", type=int, help="sequence length (default 1024)")
@@ -820,6 +822,12 @@ def estimate_run(args, run: Run, step_fn, optimizer, schedule, loader, accum, st
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
+        if args.sync_to and int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the logs
+            from pipeline.gpt.sync import RunSync
+            if not args.o:
+                raise ValueError("--sync-to needs -o (the directory to upload)")
+            with RunSync(args.o, args.sync_to):
+                return train(args)
         return train(args)
     except (ckpt.CheckpointError, FileNotFoundError, ValueError) as e:
         print("pipeline train: error: %s" % e, file=sys.stderr)

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from ingest_inputs import WarcBuilder  # noqa: E402
-from pipeline.ingest.core import IngestOptions  # noqa: E402
+from pipeline.ingest.records import IngestOptions  # noqa: E402
 from pipeline.ingest.extract import get_extractor  # noqa: E402
 from pipeline.ingest.warc import iter_warc  # noqa: E402
 

@@ -4,7 +4,7 @@ Everything a real EMR would receive is decided in this module, so tests and `--d
 requests the cluster gets. The S3 layout under `--s3-prefix`:
 
     <prefix>/code/pipeline-bundle.zip      pipeline/ + jobs/ (spark-submit --py-files)
-    <prefix>/code/jobs/<job>.py            entry scripts (spark-submit's main file)
+    <prefix>/code/jobs/*.py                entry scripts (spark-submit's main file)
     <prefix>/code/bootstrap.sh             bootstrap action, run on every node
     <prefix>/code/requirements-emr.txt     what bootstrap.sh pip-installs
     <prefix>/code/constraints-emr.txt      ...at these exact versions
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Sequence
 
-from emr.config import LaunchConfig
+from emr.config import JOB_SCRIPTS, LaunchConfig
 
 # Where bootstrap.sh puts the BPE ranks on every node, as a tiktoken cache directory.
 NODE_TIKTOKEN_DIR = "/opt/pipeline/tiktoken"
@@ -212,7 +212,7 @@ def spark_submit_args(cfg: LaunchConfig) -> List[str]:
             # YARN would rerun a failed cluster-mode driver from scratch: a second full run, twice the bill.
             "--conf", "spark.yarn.maxAppAttempts=1",
             "--py-files", a["bundle"],
-            "%s/%s.py" % (a["jobs"], cfg.job)]
+            "%s/%s" % (a["jobs"], JOB_SCRIPTS[cfg.job])]
     args += ["--input", cfg.input, "--output", cfg.output]
     if cfg.job in JOBS_TAKING_BPE and "--bpe-file" not in cfg.job_args \
             and "--tiktoken-cache" not in cfg.job_args:

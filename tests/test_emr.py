@@ -270,7 +270,7 @@ def test_submit_client_mode_single_stage_without_bpe(aws, capsys):
     assert rc == 0
     args = emr.list_steps(ClusterId=resp["JobFlowId"])["Steps"][0]["Config"]["Args"]
     assert args[:3] == ["spark-submit", "--deploy-mode", "client"]
-    assert args[7:] == ["s3://%s/pipeline/code/jobs/dedup.py" % BUCKET, "--input", "s3://d/out/docs",
+    assert args[7:] == ["s3://%s/pipeline/code/jobs/dedup_job.py" % BUCKET, "--input", "s3://d/out/docs",
                         "--output", "s3://d/out"]
 
 

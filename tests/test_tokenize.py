@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-from jobs.tokenize import TokenizeConfig, run
 from pipeline import cli
-from pipeline import tokenize as tk
 from pipeline import bpe
 from pipeline.bpe import EOT_TOKEN
+from pipeline.tokenize import encode as tk
+from pipeline.tokenize.config import TokenizeConfig
+from pipeline.tokenize.spark_plan import run
 
 SHARED_CACHE = os.environ.get("TIKTOKEN_CACHE_DIR")
 R50K_CACHE_NAME = hashlib.sha1(bpe.R50K_URL.encode()).hexdigest()

@@ -10,7 +10,7 @@ or s3://, from a tiktoken cache directory, or from tiktoken's own cache/download
 shipped to executors, which build the encoder from them once per Python worker. Executors therefore need neither internet access
 nor a cache directory: this is what makes the stage work on air-gapped clusters.
 
-Nothing here imports Spark; `jobs/tokenize.py` wires it up.
+Nothing here imports Spark; `pipeline.tokenize.spark_plan` runs it in `mapInArrow`.
 """
 from __future__ import annotations
 

@@ -18,12 +18,11 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pipeline import bpe  # noqa: E402
-from pipeline.tokenize import encode as tk  # noqa: E402
-from pipeline.bpe import EOT_TOKEN  # noqa: E402
-from pipeline.sample import generate_documents  # noqa: E402
+from pipeline import bpe
+from pipeline.bpe import EOT_TOKEN
+from pipeline.sample import generate_documents
+from pipeline.tokenize import encode as tk
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tokenize.json")
 

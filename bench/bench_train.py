@@ -29,7 +29,6 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402

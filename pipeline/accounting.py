@@ -80,16 +80,20 @@ def _add_counts(stages: List[Mapping], key: str) -> Dict[str, int]:
 
 
 def build_summary(stages: List[Mapping], extra: Mapping = None) -> Dict:
-    """Chain stage stats (in order) into the run summary and check the record identity."""
+    """Chain stage stats (in order) into the run summary and check the record identity. `kept` is what
+    the last stage run holds (the documents in the shards after a full run); every stage must read
+    exactly the records the stage before it wrote."""
     for s in stages:
         check_stage(s)
-    by_name = {s["stage"]: s for s in stages}
+    for prev, s in zip(stages, stages[1:]):  # each stage reads exactly what the one before wrote
+        if int(s["records_in"]) != int(prev["records_out"]):
+            raise AccountingError("stage %s read %d records, but %s wrote %d" % (
+                s["stage"], s["records_in"], prev["stage"], prev["records_out"]))
     not_documents = _add_counts(stages, "not_documents")
     dropped = _add_counts(stages, "dropped")
     records_in = int(stages[0]["records_in"])
-    dedup = by_name.get("dedup")
-    duplicates_removed = int(dedup.get("duplicates_removed", 0)) if dedup else 0
-    kept = int(dedup["records_out"]) if dedup else int(stages[0]["records_out"])
+    duplicates_removed = sum(int(s.get("duplicates_removed", 0)) for s in stages)
+    kept = int(stages[-1]["records_out"])  # what the last stage run holds: documents kept by every stage
     summary = {
         "records_in": records_in,
         "not_documents": not_documents,

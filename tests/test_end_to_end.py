@@ -208,6 +208,7 @@ def test_separate_launch_gives_same_rows_and_identical_shards(runs, sample):
     env = dict(os.environ, PIPELINE_SPARK_MASTER="local[2]", PIPELINE_SHUFFLE_PARTITIONS="4")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[Stage " not in proc.stderr  # stderr is no terminal here: no progress bar
     assert "check: " in proc.stdout and "OK" in proc.stdout
     for rel in ["docs", "ingest/dropped", "dedup/kept", "dedup/report", "tokens"]:
         a = sorted(glob.glob(os.path.join(runs["dir1"], rel, "*.parquet")))

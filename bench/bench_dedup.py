@@ -8,7 +8,7 @@ For each size it times, on the same documents (the `pipeline sample` corpus, gen
                every doc (threshold as ours; datasketch picks its own bands x rows); one process
   core         pipeline.dedup.local.dedup_local: our signatures + LSH + verification + components,
                one process, no Spark
-  spark        jobs/dedup.run: the whole stage on Spark (read parquet .. write kept + report)
+  spark        pipeline.dedup.spark_plan.run: the whole stage on Spark (read parquet .. write kept + report)
 
 Times are wall seconds and CPU seconds. For Spark the CPU seconds are those of the JVM and every
 Python worker (the /proc process tree under the JVM), so "docs per CPU-second" compares work per core
@@ -26,7 +26,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def _proc_cpu(pid: int) -> float:
@@ -102,7 +101,7 @@ def bench_core(ids, texts, threshold: float, num_perm: int):
 
 
 def bench_spark(spark, cores: int, sample_dir: str, out_dir: str, threshold: float, num_perm: int):
-    from jobs.dedup import run
+    from pipeline.dedup.spark_plan import run
     from pipeline.dedup.config import DedupConfig
     from pipeline.evaluate import score
 

@@ -22,13 +22,12 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
 
-from ingest_inputs import WarcBuilder  # noqa: E402
-from pipeline.ingest.core import IngestOptions  # noqa: E402
-from pipeline.ingest.extract import get_extractor  # noqa: E402
-from pipeline.ingest.warc import iter_warc  # noqa: E402
+from pipeline.ingest.extract import get_extractor
+from pipeline.ingest.records import IngestOptions
+from pipeline.ingest.warc import iter_warc
 
 WORDS = ("the of and to in is was for on that with as by at from his her an were which this be are "
          "river mountain history science music market paper data model garden ocean window city "
@@ -80,10 +79,13 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     pages = [make_page(rng) for _ in range(args.pages)]
     html_mb = sum(len(p.encode("utf-8")) for p in pages) / 1e6
-    w = WarcBuilder(gzip=True)
+    buf = io.BytesIO()
+    writer = WARCWriter(buf, gzip=True)
     for i, p in enumerate(pages):
-        w.response("http://bench.example/%d" % i, p.encode("utf-8"))
-    warc_bytes = w.bytes()
+        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+        writer.write_record(writer.create_warc_record("http://bench.example/%d" % i, "response",
+                                                      payload=io.BytesIO(p.encode("utf-8")), http_headers=http))
+    warc_bytes = buf.getvalue()
 
     rows = []
     for name in args.extractors:

@@ -17,7 +17,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def main() -> int:
@@ -31,7 +30,7 @@ def main() -> int:
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-    from jobs import run_pipeline
+    from pipeline import stages
     from pipeline import evaluate
     from pipeline.sample import write_sample
     from pipeline.spark import get_spark
@@ -47,10 +46,10 @@ def main() -> int:
             print("generated %d docs in %.1fs" % (n, time.time() - t0), flush=True)
         out = os.path.join(args.data, "out-%d" % n)
         shutil.rmtree(out, ignore_errors=True)
-        ns = run_pipeline.build_parser().parse_args(
+        ns = stages.build_parser().parse_args(
             ["--input", os.path.join(sample_dir, "warc"), "--output", out, "--extractor", args.extractor])
         t0 = time.time()
-        summary = run_pipeline.run(spark, ns)
+        summary = stages.run_stages(spark, ns)
         wall = time.time() - t0
         import pyarrow.parquet as pq
         scores = evaluate.score(pq.read_table(os.path.join(out, "dedup", "report")).to_pandas(),

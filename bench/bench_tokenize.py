@@ -1,5 +1,5 @@
 """Tokenize core throughput (no Spark): tiktoken per-document `encode_ordinary` vs
-`encode_ordinary_batch` (1, 2, 4 threads), and `pipeline.tokenize.tokenize_arrow_batches`, the body of
+`encode_ordinary_batch` (1, 2, 4 threads), and `pipeline.tokenize.encode.tokenize_arrow_batches`, the body of
 the Spark task (Arrow record batch of texts in -> record batch of token lists out), which uses the plain
 loop with one thread and the batch API with more.
 
@@ -18,12 +18,11 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pipeline import bpe  # noqa: E402
-from pipeline import tokenize as tk  # noqa: E402
-from pipeline.bpe import EOT_TOKEN  # noqa: E402
-from pipeline.sample import generate_documents  # noqa: E402
+from pipeline import bpe
+from pipeline.bpe import EOT_TOKEN
+from pipeline.sample import generate_documents
+from pipeline.tokenize import encode as tk
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tokenize.json")
 
@@ -38,14 +37,17 @@ def best_seconds(fn, repeat: int) -> float:
 
 
 def spark_jobs(ns) -> list:
-    """Wall time of `jobs/tokenize.py` and `jobs/shards.py` on generated docs in Spark local[2]."""
+    """Wall time of the tokenize and shards stages (their Spark plans) on generated docs in Spark local[2]."""
     import shutil
     import tempfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs import shards, tokenize
+    from pipeline.shards import spark_plan as shards
+    from pipeline.shards.config import ShardsConfig
+    from pipeline.tokenize import spark_plan as tokenize
+    from pipeline.tokenize.config import TokenizeConfig
     from pipeline.spark import get_spark
 
     work = tempfile.mkdtemp(prefix="bench-tokenize-")
@@ -57,11 +59,11 @@ def spark_jobs(ns) -> list:
         spark = get_spark("bench-tokenize", master="local[2]")
         rows = []
         for stage, job, cfg in [
-                ("tokenize", tokenize, tokenize.TokenizeConfig(input=os.path.join(work, "kept"), output=work,
-                                                               tiktoken_cache=ns.tiktoken_cache,
-                                                               bpe_file=ns.bpe_file, tokenize_partitions=4)),
-                ("shards", shards, shards.ShardsConfig(input=os.path.join(work, "tokens"), output=work,
-                                                       shard_tokens=1_000_000))]:
+                ("tokenize", tokenize, TokenizeConfig(input=os.path.join(work, "kept"), output=work,
+                                                      tiktoken_cache=ns.tiktoken_cache,
+                                                      bpe_file=ns.bpe_file, tokenize_partitions=4)),
+                ("shards", shards, ShardsConfig(input=os.path.join(work, "tokens"), output=work,
+                                                shard_tokens=1_000_000))]:
             t0 = time.perf_counter()
             stats = job.run(spark, cfg)
             secs = time.perf_counter() - t0

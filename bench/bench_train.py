@@ -5,7 +5,7 @@
     PYTHONPATH=. python bench/bench_train.py --suite speed --fused-check \
         --configs "flash+compile,flash+compile+unfused,course step,course step+unfused"
 
-Speed: the trainer's own step (`pipeline.gpt.train.train_step`: llm.c data loader from a synthetic
+Speed: the trainer's own step (`pipeline.gpt.step.train_step`: llm.c data loader from a synthetic
 shard, pinned host->device copy, bf16 autocast, fused AdamW, grad clip, one host sync per step) for
 each config; tokens/s from the median step after warm-up (compilation happens in the first steps).
 MFU = tokens/s x (6N + 6LCT) FLOP/token (llm.c's formula: 803.5 MFLOP/token at T=1024) / 989 TFLOP/s,
@@ -29,12 +29,11 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402
 from pipeline.gpt.model import compile_model  # noqa: E402
-from pipeline.shards import write_shard  # noqa: E402
+from pipeline.shards.llmc import write_shard  # noqa: E402
 
 H100_BF16_PEAK = 989e12
 

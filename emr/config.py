@@ -13,7 +13,6 @@ from typing import Optional, Tuple
 from pipeline.config import JobConfig, flag
 
 RELEASE_LABEL = "emr-7.7.0"  # Spark 3.5.3, Python 3.9 (Amazon Linux 2023)
-JOBS = ("run_pipeline", "ingest", "dedup", "tokenize", "shards")
 IDLE_TIMEOUT_RANGE = (60, 604800)  # what EMR's AutoTerminationPolicy accepts, in seconds
 
 # Each preset fills the fields left unset (None) on the command line; any flag overrides its part.
@@ -41,6 +40,10 @@ def _preset_flag(*names, **argparse_kwargs):
     """A flag whose default comes from --preset (the field stays None until __post_init__)."""
     argparse_kwargs["help"] += " (default: from --preset)"
     return flag(*names, default=None, **argparse_kwargs)
+# --job -> its spark-submit entry script in jobs/
+JOB_SCRIPTS = {"run_pipeline": "run_pipeline.py", "ingest": "ingest_job.py", "dedup": "dedup_job.py",
+               "tokenize": "tokenize_job.py", "shards": "shards_job.py"}
+JOBS = tuple(JOB_SCRIPTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +129,7 @@ class LaunchConfig(JobConfig):
     # the job
     cluster_id: str = field(default="", metadata=flag("--cluster-id", help="j-XXXXXXXX from create-cluster"))
     job: str = field(default="run_pipeline", metadata=flag(
-        "--job", choices=JOBS, help="which jobs/<job>.py to spark-submit"))
+        "--job", choices=JOBS, help="which job to spark-submit (its entry script in jobs/)"))
     input: str = field(default="", metadata=flag("--input", help="job --input (s3://bucket/warc/)"))
     output: str = field(default="", metadata=flag("--output", help="job --output (s3://bucket/out/)"))
     action_on_failure: str = field(default="CONTINUE", metadata=flag(

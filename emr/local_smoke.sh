@@ -39,7 +39,8 @@ env -u PYTHONPATH -u TIKTOKEN_CACHE_DIR \
 "$VENV/bin/python" - <<'PY'
 import json
 s = json.load(open("out/summary.json"))
-assert s["records_in"] == s["kept"] + s["duplicates_removed"] + sum(s["dropped"].values())
+assert s["records_in"] == sum(s["not_documents"].values()) + s["kept"] + s["duplicates_removed"] \
+    + sum(s["dropped"].values())
 print("local EMR rehearsal OK: %d records in, %d kept, %d duplicates removed" % (
     s["records_in"], s["kept"], s["duplicates_removed"]))
 PY

@@ -4,7 +4,7 @@ Everything a real EMR would receive is decided in this module, so tests and `--d
 requests the cluster gets. The S3 layout under `--s3-prefix`:
 
     <prefix>/code/pipeline-bundle.zip      pipeline/ + jobs/ (spark-submit --py-files)
-    <prefix>/code/jobs/<job>.py            entry scripts (spark-submit's main file)
+    <prefix>/code/jobs/*.py                entry scripts (spark-submit's main file)
     <prefix>/code/bootstrap.sh             bootstrap action, run on every node
     <prefix>/code/requirements-emr.txt     what bootstrap.sh pip-installs
     <prefix>/code/constraints-emr.txt      ...at these exact versions
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Sequence
 
-from emr.config import IDLE_TIMEOUT_RANGE, LaunchConfig
+from emr.config import IDLE_TIMEOUT_RANGE, JOB_SCRIPTS, LaunchConfig
 
 # What bootstrap.sh makes on every node: a virtualenv for the job's Python (made from the node's
 # /usr/bin/python3, Python 3.9 on emr-7.x), and the BPE ranks as a tiktoken cache directory.
@@ -281,7 +281,7 @@ def spark_submit_args(cfg: LaunchConfig) -> List[str]:
             raise ConfigError("--%s is required to submit a job" % name)
     a = artifacts(cfg)
     args = ["spark-submit"] + spark_submit_options(cfg) + [
-        "--py-files", a["bundle"], "%s/%s.py" % (a["jobs"], cfg.job)]
+        "--py-files", a["bundle"], "%s/%s" % (a["jobs"], JOB_SCRIPTS[cfg.job])]
     args += ["--input", cfg.input, "--output", cfg.output]
     if cfg.job in JOBS_TAKING_BPE and "--bpe-file" not in cfg.job_args \
             and "--tiktoken-cache" not in cfg.job_args:

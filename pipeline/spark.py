@@ -4,6 +4,11 @@ Under `spark-submit` on EMR the master, executors and memory come from the clust
 settings the jobs rely on (UTC, snappy parquet, no broadcast surprises). Run from a plain `python`
 process (tests, `pipeline run` on a laptop) we start `local[*]` and point the Python workers at the
 running interpreter: otherwise Spark launches whatever `python3` is on PATH, without our packages.
+
+Progress: in local mode Spark's console progress bar (`[Stage 3:====>   (5 + 2) / 8]`, on stderr,
+erased when each job ends) is on when stderr is a terminal, so long stages visibly move, and off
+otherwise, so test logs and redirected output stay clean. On a cluster it stays as the cluster sets
+it (off by default): a step's log file is no terminal.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ def _under_spark_submit() -> bool:
 
 
 def get_spark(app_name: str = "pipeline", master: Optional[str] = None,
-              extra_conf: Optional[Dict[str, str]] = None):
+              extra_conf: Optional[Dict[str, str]] = None, progress: Optional[bool] = None):
+    """The active SparkSession, or a new one. `progress`: show Spark's console progress bar in local
+    mode (None: when stderr is a terminal)."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -34,12 +41,14 @@ def get_spark(app_name: str = "pipeline", master: Optional[str] = None,
     if master is not None:
         builder = builder.master(master)
     if master is not None and master.startswith("local"):
+        if progress is None:
+            progress = sys.stderr.isatty()
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         builder = (builder
                    .config("spark.driver.memory", os.environ.get("PIPELINE_DRIVER_MEMORY", "4g"))
                    .config("spark.ui.enabled", "false")
-                   .config("spark.ui.showConsoleProgress", "false")
+                   .config("spark.ui.showConsoleProgress", "true" if progress else "false")
                    # A laptop has few cores: 200 shuffle partitions of a few KB each only add overhead.
                    .config("spark.sql.shuffle.partitions", os.environ.get("PIPELINE_SHUFFLE_PARTITIONS", "8")))
     conf = {

@@ -15,7 +15,7 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 def spark():
     from pipeline.spark import get_spark
 
-    session = get_spark("tests", master="local[2]",
+    session = get_spark("tests", master="local[2]", progress=False,  # no progress bar in test output
                         extra_conf={"spark.sql.shuffle.partitions": "4",
                                     "spark.default.parallelism": "4"})
     yield session

@@ -12,6 +12,7 @@ from pipeline.gpt import adamw  # noqa: E402
 from pipeline.gpt import cublaslt  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
+from pipeline.gpt.step import clip_and_update  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or adamw.triton is None,
@@ -178,7 +179,7 @@ def test_triton_step_matches_pytorch_fused_adamw(scale):
             p.grad, q.grad = g.clone(), g.clone()
         assert ours._triton_ready()
         norm = ours.clip_and_step(1.0)
-        want = tr.clip_and_update(list(twin.parameters()), ref)
+        want = clip_and_update(list(twin.parameters()), ref)
         assert abs(float(norm) - float(want)) <= 1e-5 * float(want)
     # Triton's fp32 sqrt and division are not PyTorch's correctly rounded ones: within 1e-4 of
     # the 4 updates' size (lr each), far below bf16 training's own noise
@@ -209,7 +210,7 @@ def test_triton_step_writes_mirrors_and_reads_bf16_gradients():
                 p.grad = torch.randn(p.shape, generator=gen, device="cuda") * 0.3
                 twins[p].grad = p.grad + twins[p].grad
         norm = ours.clip_and_step(1.0)
-        want = tr.clip_and_update(list(twin.parameters()), ref)
+        want = clip_and_update(list(twin.parameters()), ref)
         assert abs(float(norm) - float(want)) <= 1e-5 * float(want)
         ours.zero_grad()
     for p, q in twins.items():
@@ -258,7 +259,7 @@ def test_trainer_step_with_and_without_mirrors(tmp_path):
     """The trainer's graphed step on a CUDA GPU, mirrors on against off: the same losses."""
     import numpy as np
     from pipeline.gpt.data import DataLoader
-    from pipeline.shards import write_shard
+    from pipeline.shards.llmc import write_shard
     write_shard(str(tmp_path / "m_000001.bin"), np.random.default_rng(2).integers(0, 50257, size=20000))
     shards = str(tmp_path / "m_*.bin")
     losses = {}

@@ -8,11 +8,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import dedup as job
+from jobs import dedup_job
 from pipeline.accounting import check_stage
-from pipeline.dedup.components import connected_components
 from pipeline.dedup.config import DedupConfig
 from pipeline.dedup.local import dedup_local
+from pipeline.dedup.spark_components import connected_components
+from pipeline.dedup.spark_plan import run
 
 import near_dup_reference as reference
 
@@ -97,7 +98,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(spark, corpus):
     docs, root = corpus
-    assert job.main(["--input", str(root / "docs"), "--output", str(root / "out")]) == 0
+    assert dedup_job.main(["--input", str(root / "docs"), "--output", str(root / "out")]) == 0
     report = pd.read_parquet(str(root / "out" / "dedup" / "report"))
     kept = pd.read_parquet(str(root / "out" / "dedup" / "kept"))
     return report, kept
@@ -156,7 +157,7 @@ def test_stats_and_determinism(spark, corpus, result):
     docs, root = corpus
     report, _ = result
     cfg = DedupConfig(input=str(root / "docs"), output=str(root / "again"))
-    stats = job.run(spark, cfg)
+    stats = run(spark, cfg)
     check_stage(stats)
     assert stats["records_in"] == len(docs)
     assert stats["records_out"] == int(report["kept"].sum())
@@ -222,7 +223,7 @@ def test_normalize_presets_on_code_pages(spark, tmp_path):
     got = {}
     for preset in ("word", "alnum"):
         out = tmp_path / preset
-        assert job.main(["--input", str(tmp_path / "docs"), "--output", str(out), "--normalize", preset]) == 0
+        assert dedup_job.main(["--input", str(tmp_path / "docs"), "--output", str(out), "--normalize", preset]) == 0
         report = pd.read_parquet(str(out / "dedup" / "report"))
         got[preset] = dict(zip(report["id"], report["cluster_id"]))
         assert got[preset] == exact_clusters(docs, normalize=preset), preset
@@ -278,3 +279,86 @@ def test_single_task_components_match_distributed(spark):
     assert got["v999"] == got["v998"] == "v998" and "a" not in got   # self-loops are not edges
     # over the bound, the distributed path runs
     assert connected_components(df, single_task_max_edges=len(edges) - 1)[1] == rounds
+
+
+# --- which member of a cluster is kept (--keep) ------------------------------------------------------
+
+# (source, pos) per document for --keep first; unlisted documents get a random place in "f2"/"f3".
+# a1 and a2 share the earliest place (tie -> smaller id a1); a missing source sorts after every
+# source, a missing pos after every pos of the same source.
+ORDER = {"a0": ("f1", 2), "a1": ("f0", 5), "a2": ("f0", 5), "a3": ("f0", 9),
+         "b0": ("f1", 40), "b1": ("f1", 4),
+         "d0": ("f1", 10), "d1": ("f1", 3), "d2": (None, 0),
+         "s0": (None, None), "s1": ("f0", 1),
+         "p0": ("f0", 7), "q0": ("f0", None)}
+
+
+def expected_kept(docs, clusters, rule, order):
+    """The kept id of every cluster, straight from the rule's definition (README, Deduplication)."""
+    members = {}
+    for i, c in clusters.items():
+        members.setdefault(c, []).append(i)
+    kept = set()
+    for ids in members.values():
+        if rule == "longest":
+            kept.add(sorted(ids, key=lambda i: (-len(docs[i] or ""), i))[0])
+        elif rule == "smallest-id":
+            kept.add(sorted(ids)[0])
+        else:  # by source file (missing last), then position in it (missing last), then id
+            kept.add(sorted(ids, key=lambda i: (order[i][0] is None, order[i][0] or "",
+                                                order[i][1] is None, order[i][1] or 0, i))[0])
+    return kept
+
+
+@pytest.fixture(scope="module")
+def ordered_corpus(corpus):
+    """The same documents with ingest's `source` and `pos` columns (nullable)."""
+    import pyarrow as pa
+
+    docs, root = corpus
+    rng = random.Random(5)
+    order = {i: ORDER.get(i, ("f%d" % rng.randrange(2, 4), rng.randrange(10 ** 6))) for i in docs}
+    ids = sorted(docs)
+    rng.shuffle(ids)
+    path = root / "ordered"
+    os.makedirs(str(path))
+    for k, part in enumerate((ids[:15], ids[15:])):
+        pq.write_table(pa.table({"id": part, "text": [docs[i] for i in part],
+                                 "source": pa.array([order[i][0] for i in part], pa.string()),
+                                 "pos": pa.array([order[i][1] for i in part], pa.int64())}),
+                       str(path / ("part-%d.parquet" % k)))
+    return docs, order, path
+
+
+@pytest.mark.parametrize("rule", ["first", "smallest-id"])
+def test_keep_rules(spark, ordered_corpus, result, rule):
+    docs, order, path = ordered_corpus
+    out = path.parent / ("keep-" + rule)
+    assert dedup_job.main(["--input", str(path), "--output", str(out), "--keep", rule]) == 0
+    report = pd.read_parquet(str(out / "dedup" / "report"))
+    kept = pd.read_parquet(str(out / "dedup" / "kept"))
+    clusters = exact_clusters(docs)
+    assert dict(zip(report["id"], report["cluster_id"])) == clusters     # the rule never moves clusters
+    want = expected_kept(docs, clusters, rule, order)
+    assert set(report.loc[report["kept"], "id"]) == want == set(kept["id"])
+    assert want != expected_kept(docs, clusters, "longest", order)        # the rules really differ here
+    in_clusters = {"a0", "a1", "a2", "a3", "b0", "b1", "d0", "d1", "d2", "p0", "q0", "s0", "s1"}
+    assert want == {"first": {"a1", "b1", "d1", "s1", "p0"},
+                    "smallest-id": {"a0", "b0", "d0", "s0", "p0"}}[rule] | (set(docs) - in_clusters)
+    cfg = json.load(open(str(out / "dedup" / "kept" / "_config.json")))
+    assert cfg["config"]["keep"] == rule
+    # the default run above (no --keep) kept the longest
+    default, _ = result
+    assert set(default.loc[default["kept"], "id"]) == expected_kept(docs, clusters, "longest", order)
+    # the single-process core applies the same rule
+    ref, _ = dedup_local(list(docs), list(docs.values()), keep=rule,
+                         sources=[order[i][0] for i in docs], positions=[order[i][1] for i in docs])
+    assert {r["id"] for r in ref if r["kept"]} == want
+
+
+def test_keep_first_needs_the_input_order(spark, corpus):
+    _, root = corpus
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['pos'\].*--keep first"):
+        run(spark, DedupConfig(input=str(root / "docs"), output=str(root / "nopos"), keep="first"))
+    with pytest.raises(ValueError, match="keep rule"):
+        DedupConfig(input="x", output="y", keep="last")

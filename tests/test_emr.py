@@ -280,9 +280,9 @@ def test_submit_client_mode_single_stage_without_bpe(aws, capsys):
     args = emr.list_steps(ClusterId=resp["JobFlowId"])["Steps"][0]["Config"]["Args"]
     assert args[:5] == ["spark-submit", "--deploy-mode", "client", "--master", "yarn"]
     assert "spark.yarn.maxAppAttempts=1" not in args  # only a cluster-mode driver would be retried
-    script = args.index("s3://%s/pipeline/code/jobs/dedup.py" % BUCKET)
+    script = args.index("s3://%s/pipeline/code/jobs/dedup_job.py" % BUCKET)
     assert args[script - 2] == "--py-files"
-    assert args[script:] == ["s3://%s/pipeline/code/jobs/dedup.py" % BUCKET, "--input", "s3://d/out/docs",
+    assert args[script:] == ["s3://%s/pipeline/code/jobs/dedup_job.py" % BUCKET, "--input", "s3://d/out/docs",
                              "--output", "s3://d/out"]
 
 

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-from jobs import run_pipeline
-from pipeline import evaluate, shards
+from pipeline import evaluate, stages
 from pipeline.bpe import EOT_TOKEN, get_encoding
 from pipeline.sample import write_sample
+from pipeline.shards import llmc
 
 N_DOCS = 160
 SHARD_TOKENS = 20000  # small, so the sample spans several train shards and documents straddle them
@@ -24,7 +24,7 @@ SHARD_TOKENS = 20000  # small, so the sample spans several train shards and docu
 def _run(spark, inputs, out, *extra):
     argv = ["--input"] + list(inputs) + ["--output", out, "--shard-tokens", str(SHARD_TOKENS),
                                           "--val-fraction", "0.05"] + list(extra)
-    return run_pipeline.run(spark, run_pipeline.build_parser().parse_args(argv))
+    return stages.run_stages(spark, stages.build_parser().parse_args(argv))
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,11 @@ def _read(path, columns=None):
     return pq.read_table(path, columns=columns)
 
 
-def _count_warc_records(warc_dir):
+def _count_warc_records(warc_dir, only_non_response=False):
     n = 0
     for path in sorted(glob.glob(os.path.join(warc_dir, "*.warc.gz"))):
         with open(path, "rb") as f:
-            n += sum(1 for _ in ArchiveIterator(f))
+            n += sum(1 for r in ArchiveIterator(f) if not only_non_response or r.rec_type != "response")
     return n
 
 
@@ -60,7 +60,7 @@ def test_output_schemas(runs):
     d = runs["dir1"]
     expect = {
         "docs": {"id": pa.string(), "url": pa.string(), "text": pa.string(), "source": pa.string(),
-                 "warc_date": pa.string()},
+                 "warc_date": pa.string(), "pos": pa.int64()},
         "ingest/dropped": {"source": pa.string(), "record_id": pa.string(), "reason": pa.string(),
                            "detail": pa.string()},
         "dedup/kept": {"id": pa.string(), "url": pa.string(), "text": pa.string()},
@@ -86,8 +86,13 @@ def test_accounting_adds_up(runs, sample):
     assert on_disk["records_in"] == s["records_in"]
     # every WARC record of the input is accounted for, requests and warcinfo included
     assert s["records_in"] == _count_warc_records(os.path.join(sample, "warc"))
-    assert s["records_in"] == s["kept"] + s["duplicates_removed"] + sum(s["dropped"].values())
-    assert s["dropped"]["not_response"] > 0
+    assert s["records_in"] == sum(s["not_documents"].values()) + s["kept"] + s["duplicates_removed"] + \
+        sum(s["dropped"].values())
+    # requests, metadata and warcinfo are counted apart from dropped documents, and are exactly the
+    # input's non-response records
+    assert s["not_documents"] == {"not_response": _count_warc_records(os.path.join(sample, "warc"), True)}
+    assert s["not_documents"]["not_response"] > 0 and "not_response" not in s["dropped"]
+    assert s["documents_in"] == s["records_in"] - s["not_documents"]["not_response"]
     docs = _read(os.path.join(runs["dir1"], "docs")).num_rows
     dropped = _read(os.path.join(runs["dir1"], "ingest/dropped")).num_rows
     assert docs + dropped == s["records_in"]
@@ -131,9 +136,9 @@ def test_shards_are_llmc_format_and_round_trip(runs):
             header = np.frombuffer(f.read(1024), dtype="<i4")
         assert (header[0], header[1]) == (20240520, 1) and not header[3:].any()
         assert os.path.getsize(p) == 1024 + 2 * int(header[2])
-        stream.append(np.asarray(shards.load_tokens(p)))
+        stream.append(np.asarray(llmc.load_tokens(p)))
     for p in train[:-1]:
-        assert shards.read_header(p) == SHARD_TOKENS
+        assert llmc.read_header(p) == SHARD_TOKENS
     tokens = np.concatenate(stream)
     # documents in id order, each introduced by <|endoftext|>
     kept = _read(os.path.join(d, "dedup/kept"), ["id", "text"]).to_pandas().sort_values("id")
@@ -168,20 +173,20 @@ def test_rerun_is_byte_identical(runs):
 def test_parquet_input_gives_the_same_clusters(spark, sample, runs):
     out = str(runs["base"] / "parquet")
     summary = _run(spark, [os.path.join(sample, "parquet")], out, "--stages", "ingest,dedup")
-    assert summary["records_in"] == N_DOCS and not summary["dropped"]
+    assert summary["records_in"] == N_DOCS and not summary["dropped"] and not summary["not_documents"]
     report = _read(os.path.join(out, "dedup/report")).to_pandas()
     truth = _read(os.path.join(sample, "truth.parquet")).to_pandas()
     assert evaluate.score(report, truth)["pairs"]["f1"] >= 0.95
 
 
 def test_job_files_run_as_scripts(tmp_path):
-    # spark-submit runs jobs/*.py as plain files: jobs/ lands first on sys.path, where jobs/tokenize.py
-    # would shadow the standard library; every entry script must still import and parse its flags.
+    # spark-submit runs jobs/*.py as plain files, with jobs/ first on sys.path: every entry script
+    # must import and parse its flags from there.
     import subprocess
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for name in ["run_pipeline", "ingest", "dedup", "tokenize", "shards"]:
+    for name in ["run_pipeline", "ingest_job", "dedup_job", "tokenize_job", "shards_job"]:
         proc = subprocess.run([sys.executable, os.path.join(repo, "jobs", name + ".py"), "--help"],
                               cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, (name, proc.stderr[-2000:])
@@ -203,6 +208,7 @@ def test_separate_launch_gives_same_rows_and_identical_shards(runs, sample):
     env = dict(os.environ, PIPELINE_SPARK_MASTER="local[2]", PIPELINE_SHUFFLE_PARTITIONS="4")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[Stage " not in proc.stderr  # stderr is no terminal here: no progress bar
     assert "check: " in proc.stdout and "OK" in proc.stdout
     for rel in ["docs", "ingest/dropped", "dedup/kept", "dedup/report", "tokens"]:
         a = sorted(glob.glob(os.path.join(runs["dir1"], rel, "*.parquet")))

@@ -8,14 +8,15 @@ import pytest
 
 from ingest_inputs import WarcBuilder, html_page, page_bytes, write_jsonl
 from pipeline.ingest import charset, core, tabular
+from pipeline.ingest.records import IngestOptions
 from pipeline.ingest.extract import EXTRACTORS, get_extractor
 from pipeline.ingest.warc import iter_warc
 
-OPTS = core.IngestOptions()
+OPTS = IngestOptions()
 
 
 def warc_records(data: bytes, **opts):
-    return list(iter_warc(io.BytesIO(data), "mem.warc.gz", core.IngestOptions(**opts)))
+    return list(iter_warc(io.BytesIO(data), "mem.warc.gz", IngestOptions(**opts)))
 
 
 # --- charsets -------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def test_garbage_after_valid_records_is_one_bad_tail():
 # --- JSON lines -----------------------------------------------------------------------------------
 
 def jsonl_records(path, **opts):
-    return list(core.process_file(path, "jsonl", core.IngestOptions(**opts)))
+    return list(core.process_file(path, "jsonl", IngestOptions(**opts)))
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -342,7 +343,7 @@ def test_warc_streamed_from_s3(monkeypatch):
         s3.put_object(Bucket="crawl", Key="cc/part-0.warc.gz", Body=b.bytes())
         plan, _ = core.plan_inputs(["s3://crawl/cc/"])
         assert plan["warc"] == ["s3://crawl/cc/part-0.warc.gz"]
-        recs = list(core.process_file(plan["warc"][0], "warc", core.IngestOptions(max_record_bytes=1 << 20)))
+        recs = list(core.process_file(plan["warc"][0], "warc", IngestOptions(max_record_bytes=1 << 20)))
     assert {r.id: r.reason for r in recs} == expect
     assert all(r.source == "s3://crawl/cc/part-0.warc.gz" for r in recs)
 
@@ -351,7 +352,7 @@ def test_warc_gzipped_as_a_whole_is_read_through(tmp_path):
     b, expect = mixed_warc(gz=False)
     path = tmp_path / "whole.warc.gz"
     path.write_bytes(gzip.compress(b.bytes()))
-    recs = list(core.process_file(str(path), "warc", core.IngestOptions(max_record_bytes=1 << 20)))
+    recs = list(core.process_file(str(path), "warc", IngestOptions(max_record_bytes=1 << 20)))
     assert [r.id for r in recs] == b.ids and {r.id: r.reason for r in recs} == expect
 
 

@@ -7,8 +7,9 @@ import os
 import pytest
 
 from ingest_inputs import WarcBuilder, page_bytes, write_jsonl, write_parquet
-from jobs import ingest as job
-from pipeline.accounting import DROP_REASONS
+from jobs import ingest_job
+from pipeline.accounting import DROP_REASONS, NOT_DOCUMENT_REASONS
+from pipeline.ingest import spark_plan
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.tabular import MissingColumnError, content_id
 
@@ -65,7 +66,7 @@ def ingested(spark, tmp_path_factory):
     inp.mkdir()
     n = build_inputs(str(inp))
     cfg = IngestConfig(input=(str(inp),), output=str(root / "out"))
-    stats = job.run(spark, cfg)
+    stats = spark_plan.run(spark, cfg)
     return {"root": root, "inp": str(inp), "n": n, "cfg": cfg, "stats": stats,
             "docs": str(root / "out" / "docs"), "dropped": str(root / "out" / "ingest" / "dropped")}
 
@@ -73,10 +74,11 @@ def ingested(spark, tmp_path_factory):
 def test_every_record_is_accounted_for(ingested):
     s = ingested["stats"]
     assert s["records_in"] == ingested["n"]
-    assert s["records_in"] == s["records_out"] + sum(s["dropped"].values())
-    assert set(s["dropped"]) <= set(DROP_REASONS)
+    assert s["records_in"] == s["records_out"] + sum(s["not_documents"].values()) + sum(s["dropped"].values())
+    assert set(s["dropped"]) <= set(DROP_REASONS) and set(s["not_documents"]) <= set(NOT_DOCUMENT_REASONS)
     assert s["dropped"] == {"bad_record": 4, "decode_error": 1, "duplicate_id": 1, "empty_text": 2,
-                            "http_status": 1, "not_html": 1, "not_response": 1, "unreadable_file": 1}
+                            "http_status": 1, "not_html": 1, "unreadable_file": 1}
+    assert s["not_documents"] == {"not_response": 1}  # the warcinfo record
     assert s["records_out"] == 12 + 1 + 5 + 3 + 2 + 2
     assert s["files"] == 6 and s["skipped_files"] == [os.path.join(ingested["inp"], "README.txt")]
 
@@ -85,12 +87,13 @@ def test_outputs_agree_with_stats_and_schema(spark, ingested):
     docs = spark.read.parquet(ingested["docs"])
     dropped = spark.read.parquet(ingested["dropped"])
     assert [(f.name, f.dataType.simpleString()) for f in docs.schema] == [
-        ("id", "string"), ("url", "string"), ("text", "string"), ("source", "string"), ("warc_date", "string")]
+        ("id", "string"), ("url", "string"), ("text", "string"), ("source", "string"), ("warc_date", "string"),
+        ("pos", "bigint")]
     assert [(f.name, f.dataType.simpleString()) for f in dropped.schema] == [
         ("source", "string"), ("record_id", "string"), ("reason", "string"), ("detail", "string")]
     assert docs.count() == ingested["stats"]["records_out"]
     by_reason = {r.reason: r["count"] for r in dropped.groupBy("reason").count().collect()}
-    assert by_reason == ingested["stats"]["dropped"]
+    assert by_reason == dict(ingested["stats"]["dropped"], **ingested["stats"]["not_documents"])
     rows = docs.collect()
     assert len({r.id for r in rows}) == len(rows)
     assert all(r.text and r.text == r.text.strip() for r in rows)
@@ -118,6 +121,24 @@ def test_duplicate_ids_keep_the_first_by_source_order(spark, ingested):
     assert "a.warc.gz" in dup[0].detail
 
 
+def test_docs_carry_their_input_position(spark, tmp_path):
+    """`source` + `pos` of every document: the WARC record's byte offset, the JSON line number (from 1,
+    counting blank lines), the parquet row index -- the input order dedup's --keep first relies on."""
+    w = WarcBuilder(gzip=True)
+    w.warcinfo()
+    for i in range(4):
+        w.response("http://p.example/%d" % i, page_bytes(300 + i))
+    w.write(str(tmp_path / "p.warc.gz"))
+    write_jsonl(str(tmp_path / "q.jsonl"), [{"id": "q1", "text": "first"}, b"", {"id": "q3", "text": "third"}])
+    write_parquet(str(tmp_path / "r.parquet"), {"id": ["r0", "r1", "r2"], "text": ["zero", None, "two"]})
+    spark_plan.run(spark, IngestConfig(input=(str(tmp_path / "*.*"),), output=str(tmp_path / "out")))
+    got = {r.id: (os.path.basename(r.source), r.pos)
+           for r in spark.read.parquet(str(tmp_path / "out" / "docs")).collect()}
+    expected = {rid: ("p.warc.gz", off) for rid, off in zip(w.ids[1:], w.offsets[1:])}
+    expected.update({"q1": ("q.jsonl", 1), "q3": ("q.jsonl", 3), "r0": ("r.parquet", 0), "r2": ("r.parquet", 2)})
+    assert got == expected
+
+
 def test_tabular_ids_and_fields(spark, ingested):
     docs = {r.text: r for r in spark.read.parquet(ingested["docs"]).collect()}
     assert docs["a json document"].id == "j1"
@@ -138,7 +159,7 @@ def _file_digests(d):
 
 def test_rerun_gives_identical_files(spark, ingested):
     out2 = str(ingested["root"] / "out2")
-    stats = job.run(spark, IngestConfig(input=(ingested["inp"],), output=out2))
+    stats = spark_plan.run(spark, IngestConfig(input=(ingested["inp"],), output=out2))
     assert {k: v for k, v in stats.items() if k not in ("seconds", "output")} == \
         {k: v for k, v in ingested["stats"].items() if k not in ("seconds", "output")}
     assert _file_digests(ingested["docs"]) == _file_digests(os.path.join(out2, "docs"))
@@ -148,11 +169,11 @@ def test_rerun_gives_identical_files(spark, ingested):
 def test_missing_text_column_is_a_clear_error(spark, tmp_path):
     pq = write_parquet(str(tmp_path / "x.parquet"), {"content": ["a"], "url": ["u"]})
     with pytest.raises(MissingColumnError, match=r"'text' not found in .*x\.parquet.*content, url"):
-        job.run(spark, IngestConfig(input=(pq,), output=str(tmp_path / "o1")))
+        spark_plan.run(spark, IngestConfig(input=(pq,), output=str(tmp_path / "o1")))
     good = write_jsonl(str(tmp_path / "good.jsonl"), [{"text": "fine"}])
     bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"body": "x", "lang": "en"}] * 3)
     with pytest.raises(MissingColumnError, match=r"(?s)bad\.jsonl.*body, lang") as e:
-        job.run(spark, IngestConfig(input=(good, bad), output=str(tmp_path / "o2")))
+        spark_plan.run(spark, IngestConfig(input=(good, bad), output=str(tmp_path / "o2")))
     assert "good.jsonl" not in str(e.value)
     assert not os.path.exists(str(tmp_path / "o2" / "docs"))
 
@@ -160,8 +181,8 @@ def test_missing_text_column_is_a_clear_error(spark, tmp_path):
 def test_all_inputs_unreadable_fails_naming_them(spark, tmp_path):
     for name in ("x.warc.gz", "y.warc"):
         (tmp_path / name).write_bytes(os.urandom(2000))
-    with pytest.raises(job.IngestError, match=r"(?s)every input file is unreadable.*x\.warc\.gz.*y\.warc"):
-        job.run(spark, IngestConfig(input=(str(tmp_path / "*.warc*"),), output=str(tmp_path / "out")))
+    with pytest.raises(spark_plan.IngestError, match=r"(?s)every input file is unreadable.*x\.warc\.gz.*y\.warc"):
+        spark_plan.run(spark, IngestConfig(input=(str(tmp_path / "*.warc*"),), output=str(tmp_path / "out")))
 
 
 def test_cli_main_with_resiliparse_and_non_string_text_column(spark, tmp_path, capsys):
@@ -171,8 +192,8 @@ def test_cli_main_with_resiliparse_and_non_string_text_column(spark, tmp_path, c
     w.write(str(tmp_path / "e.warc.gz"))
     write_parquet(str(tmp_path / "n.parquet"), {"text": [1, 2]})
     out = str(tmp_path / "out")
-    assert job.main(["--input", str(tmp_path / "e.warc.gz"), str(tmp_path / "n.parquet"), "--output", out,
-                     "--extractor", "resiliparse", "--num-partitions", "2"]) == 0
+    assert ingest_job.main(["--input", str(tmp_path / "e.warc.gz"), str(tmp_path / "n.parquet"), "--output", out,
+                            "--extractor", "resiliparse", "--num-partitions", "2"]) == 0
     printed = capsys.readouterr().out
     assert "5 records in, 3 documents out" in printed and "bad_record" in printed
     saved = json.load(open(os.path.join(out, "docs", "_config.json")))
@@ -180,7 +201,7 @@ def test_cli_main_with_resiliparse_and_non_string_text_column(spark, tmp_path, c
     assert os.path.exists(os.path.join(out, "ingest", "dropped", "_config.json"))
     texts = [r.text for r in spark.read.parquet(os.path.join(out, "docs")).collect()]
     assert len(texts) == 3 and all(t.startswith("Page ") for t in texts)
-    assert job.main(["--input", str(tmp_path / "nothing-here*.warc"), "--output", out]) == 2
+    assert ingest_job.main(["--input", str(tmp_path / "nothing-here*.warc"), "--output", out]) == 2
     assert "no input files match" in capsys.readouterr().err
 
 
@@ -190,16 +211,15 @@ def test_corrupt_parquet_is_a_clear_error(spark, tmp_path):
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"PAR1" + os.urandom(500))
     with pytest.raises(InputError, match=r"cannot read parquet input \(.*broken\.parquet\)"):
-        job.run(spark, IngestConfig(input=(str(bad),), output=str(tmp_path / "out")))
+        spark_plan.run(spark, IngestConfig(input=(str(bad),), output=str(tmp_path / "out")))
 
 
 def test_job_file_runs_as_a_script(tmp_path):
-    # spark-submit runs jobs/ingest.py as a file, with jobs/ first on sys.path (where jobs/tokenize.py
-    # would shadow the standard library's tokenize).
+    # spark-submit runs jobs/ingest_job.py as a file, with jobs/ first on sys.path.
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "ingest.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "ingest_job.py")
     res = subprocess.run([sys.executable, script, "--help"], cwd=str(tmp_path), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "--max-record-bytes" in res.stdout
@@ -208,8 +228,9 @@ def test_job_file_runs_as_a_script(tmp_path):
 def test_each_input_is_read_and_extracted_once(spark, ingested):
     # Duplicate marking must not split the records into branches that each rerun the extraction.
     from pipeline.ingest import core
+    from pipeline.ingest.records import IngestOptions
 
     plan, _ = core.plan_inputs([ingested["inp"]])
-    records = job.mark_duplicate_ids(job.read_records(spark, plan, core.IngestOptions()))
+    records = spark_plan.mark_duplicate_ids(spark_plan.read_records(spark, plan, IngestOptions()))
     physical = records._jdf.queryExecution().executedPlan().toString()
     assert physical.count("Scan ExistingRDD") == 1 and physical.count("FileScan parquet") == 1

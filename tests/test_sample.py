@@ -102,7 +102,7 @@ def test_ingest_extractors_yield_document_text(sample_dir):
 
 def test_ingest_reads_the_warc_files(sample_dir):
     """pipeline.ingest's WARC reader keeps exactly the HTML documents, with the parquet's ids and text."""
-    from pipeline.ingest.core import IngestOptions
+    from pipeline.ingest.records import IngestOptions
     from pipeline.ingest.warc import iter_warc
 
     out, res = sample_dir

@@ -11,11 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.shards import ShardsConfig, run
-from pipeline import cli, shards
+from pipeline import cli, storage
 from pipeline.bpe import EOT_TOKEN, get_encoding
-from pipeline.shard_plan import (PlanError, ShardPlan, arrow_pieces, block_stats, val_end_from_docs,
-                                 val_target, with_starts)
+from pipeline.shards import check, llmc
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.plan import (PlanError, ShardPlan, arrow_pieces, block_stats, val_end_from_docs,
+                                  val_target, with_starts)
+from pipeline.shards.spark_plan import run
 
 WORDS = ("the crawl data model token shard straddle Köln naïve 日本語 🙂 <|endoftext|> "
          "München ευχαριστώ 12345 , . ! ?").split()
@@ -48,7 +50,7 @@ def _write_tokens(path, docs, n_files):
 def _read_all(out_dir):
     files = sorted(glob.glob(os.path.join(out_dir, "shards", "*.bin")),
                    key=lambda p: int(p[-10:-4]))  # 000000 = val, then train in order
-    return files, [np.asarray(shards.load_tokens(f, mmap=False)) for f in files]
+    return files, [np.asarray(llmc.load_tokens(f, mmap=False)) for f in files]
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +179,9 @@ def test_s3_output_no_val_and_stale_shards_removed(spark, corpus, s3_server, tmp
     for key in keys[1:]:
         local = tmp_path / key.rsplit("/", 1)[1]
         s3_server.download_file("shard-bucket", key, str(local))
-        toks.append(np.asarray(shards.load_tokens(str(local), mmap=False)))
+        toks.append(np.asarray(llmc.load_tokens(str(local), mmap=False)))
     assert np.array_equal(np.concatenate(toks), np.concatenate([corpus["docs"][i] for i in sorted(corpus["docs"])]))
-    assert shards.main(["s3://shard-bucket/out/shards/"]) == 0
+    assert check.main(["s3://shard-bucket/out/shards/"]) == 0
 
 
 def test_rejects_shards_over_2gib(spark, corpus):
@@ -208,7 +210,7 @@ def test_plan_pieces_straddle_and_val():
 
 def test_plan_errors():
     with pytest.raises(PlanError, match="2 GiB"):
-        ShardPlan("x", total=10, val_end=0, shard_tokens=shards.MAX_TOKENS_PER_SHARD + 1)
+        ShardPlan("x", total=10, val_end=0, shard_tokens=llmc.MAX_TOKENS_PER_SHARD + 1)
     with pytest.raises(PlanError, match="nothing to train"):
         ShardPlan("x", total=10, val_end=10, shard_tokens=5)
     with pytest.raises(PlanError):
@@ -249,20 +251,20 @@ def test_write_shard_pieces_any_order(tmp_path):
     toks = np.arange(1000, dtype="<u2")
     cuts = [0, 10, 300, 301, 1000]
     pieces = [(a, a in (0, 300), toks[a:b].tobytes()) for a, b in zip(cuts, cuts[1:])]
-    e1 = shards.write_shard_pieces(str(tmp_path / "a.bin"), 1000, pieces)
-    e2 = shards.write_shard_pieces(str(tmp_path / "b.bin"), 1000, reversed(pieces))
-    assert np.array_equal(shards.load_tokens(str(tmp_path / "a.bin")), toks)
+    e1 = llmc.write_shard_pieces(str(tmp_path / "a.bin"), 1000, pieces)
+    e2 = llmc.write_shard_pieces(str(tmp_path / "b.bin"), 1000, reversed(pieces))
+    assert np.array_equal(llmc.load_tokens(str(tmp_path / "a.bin")), toks)
     assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
     assert e1["n_docs"] == 2 and e1["sha256"] == e2["sha256"]
-    with pytest.raises(shards.ShardError, match="gap or overlap"):
-        shards.write_shard_pieces(str(tmp_path / "c.bin"), 1000, pieces[:1] + pieces[2:])
+    with pytest.raises(llmc.ShardError, match="gap or overlap"):
+        llmc.write_shard_pieces(str(tmp_path / "c.bin"), 1000, pieces[:1] + pieces[2:])
     assert sorted(os.listdir(str(tmp_path))) == ["a.bin", "b.bin"]
 
 
 def test_check_shards_detects_problems(tmp_path, capsys):
     good = tmp_path / "good.bin"
-    shards.write_shard(str(good), np.array([EOT_TOKEN, 1, 2, EOT_TOKEN, 3], dtype=np.uint16))
-    assert shards.main([str(good)]) == 0
+    llmc.write_shard(str(good), np.array([EOT_TOKEN, 1, 2, EOT_TOKEN, 3], dtype=np.uint16))
+    assert check.main([str(good)]) == 0
     out = capsys.readouterr().out
     assert "good.bin" in out and "5" in out and " 2 " in out.split("good.bin")[1]
 
@@ -277,7 +279,7 @@ def test_check_shards_detects_problems(tmp_path, capsys):
     (tmp_path / "short.bin").write_bytes(raw[:100])
     for name, message in [("trunc.bin", "header promises 5 tokens"), ("magic.bin", "bad magic"),
                           ("vocab.bin", "outside the GPT-2 vocabulary"), ("short.bin", "too short")]:
-        assert shards.main([str(good), str(tmp_path / name)]) == 1, name
+        assert check.main([str(good), str(tmp_path / name)]) == 1, name
         err = capsys.readouterr().err
         assert name in err and message in err, err
     assert cli.main(["check-shards", str(tmp_path / "nothing*.bin")]) == 1
@@ -286,14 +288,14 @@ def test_check_shards_detects_problems(tmp_path, capsys):
 
 def test_check_shards_compares_with_manifest(tmp_path, capsys):
     a = tmp_path / "d_train_000001.bin"
-    shards.write_shard(str(a), np.array([EOT_TOKEN, 5, 6], dtype=np.uint16))
+    llmc.write_shard(str(a), np.array([EOT_TOKEN, 5, 6], dtype=np.uint16))
     entry = {"name": a.name, "split": "train", "n_tokens": 3, "n_docs": 1,
              "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
     (tmp_path / "_manifest.json").write_text(json.dumps({"shards": [entry]}))
-    assert shards.main([str(tmp_path)]) == 0
+    assert check.main([str(tmp_path)]) == 0
     assert "ok (manifest)" in capsys.readouterr().out
-    shards.write_shard(str(a), np.array([EOT_TOKEN, 5, 7], dtype=np.uint16))  # valid, but not what was written
-    assert shards.main([str(tmp_path)]) == 1
+    llmc.write_shard(str(a), np.array([EOT_TOKEN, 5, 7], dtype=np.uint16))  # valid, but not what was written
+    assert check.main([str(tmp_path)]) == 1
     assert "differ from _manifest.json" in capsys.readouterr().err
 
 
@@ -310,10 +312,10 @@ def test_s3_shard_write_and_check(tmp_path, monkeypatch, capsys):
     with moto.mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="shard-bucket")
         toks = np.array([EOT_TOKEN, 1, 2, 3, EOT_TOKEN, 4], dtype="<u2")
-        entry = shards.write_shard_pieces("s3://shard-bucket/out/shards/s_train_000001.bin", 6,
+        entry = llmc.write_shard_pieces("s3://shard-bucket/out/shards/s_train_000001.bin", 6,
                                           [(4, True, toks[4:].tobytes()), (0, True, toks[:4].tobytes())])
         assert entry["n_docs"] == 2 and os.listdir(str(tmp_path)) == []  # temp file cleaned up
-        shards.storage.write_text("s3://shard-bucket/out/shards/_manifest.json", json.dumps({"shards": [entry]}))
-        assert shards.check_shard("s3://shard-bucket/out/shards/s_train_000001.bin")["n_eot"] == 2
-        assert shards.main(["s3://shard-bucket/out/shards/"]) == 0
+        storage.write_text("s3://shard-bucket/out/shards/_manifest.json", json.dumps({"shards": [entry]}))
+        assert llmc.check_shard("s3://shard-bucket/out/shards/s_train_000001.bin")["n_eot"] == 2
+        assert check.main(["s3://shard-bucket/out/shards/"]) == 0
         assert "ok (manifest)" in capsys.readouterr().out

@@ -269,12 +269,12 @@ def _warc_files():
 
 
 def test_ingest_job_over_s3_matches_reading_the_same_bytes_locally(s3_server, spark, tmp_path):
-    """jobs/ingest.py with s3:// input: the driver lists the bucket and Spark's Python workers stream
+    """The ingest stage with s3:// input: the driver lists the bucket and Spark's Python workers stream
     the WARC files through storage.open_read. (Output stays local: Spark's own s3a:// writer needs
     hadoop-aws jars, which local mode here does not have; on EMR, EMRFS writes s3:// natively.)"""
-    ingest_job = pytest.importorskip("jobs.ingest")
-    from pipeline.ingest import core
+    from pipeline.ingest import core, spark_plan
     from pipeline.ingest.config import IngestConfig
+    from pipeline.ingest.records import IngestOptions
 
     files = _warc_files()
     expected = {}  # the same bytes read from local files by the plain-Python reader, no Spark, no S3
@@ -283,20 +283,20 @@ def test_ingest_job_over_s3_matches_reading_the_same_bytes_locally(s3_server, sp
         local = tmp_path / key
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(data)
-        for r in core.process_file(str(local), "warc", core.IngestOptions()):
+        for r in core.process_file(str(local), "warc", IngestOptions()):
             expected[(key, r.pos)] = r
 
     out = str(tmp_path / "out")
-    stats = ingest_job.run(spark, IngestConfig(input=("s3://%s/crawl/" % BUCKET,), output=out))
+    stats = spark_plan.run(spark, IngestConfig(input=("s3://%s/crawl/" % BUCKET,), output=out))
     docs = spark.read.parquet(out + "/docs").collect()
     dropped = spark.read.parquet(out + "/ingest/dropped").collect()
 
     kept = [r for r in expected.values() if r.reason is None]
     assert stats["files"] == 3 and stats["records_in"] == len(expected)
     assert stats["records_out"] == len(docs) == len(kept) >= 10
-    assert {"bad_record", "http_status", "not_response"} <= set(stats["dropped"])
+    assert {"bad_record", "http_status"} <= set(stats["dropped"]) and set(stats["not_documents"]) == {"not_response"}
     src = lambda key: "s3://%s/%s" % (BUCKET, key)  # noqa: E731
-    assert sorted((d.id, d.url, d.text, d.warc_date, d.source) for d in docs) == sorted(
-        (r.id, r.url, r.text, r.warc_date, src(k)) for (k, _), r in expected.items() if r.reason is None)
+    assert sorted((d.id, d.url, d.text, d.warc_date, d.source, d.pos) for d in docs) == sorted(
+        (r.id, r.url, r.text, r.warc_date, src(k), r.pos) for (k, _), r in expected.items() if r.reason is None)
     assert sorted((d.source, d.record_id or "", d.reason) for d in dropped) == sorted(
         (src(k), r.id or "", r.reason) for (k, _), r in expected.items() if r.reason is not None)

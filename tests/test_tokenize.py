@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-from jobs.tokenize import TokenizeConfig, run
 from pipeline import cli
-from pipeline import tokenize as tk
 from pipeline import bpe
 from pipeline.bpe import EOT_TOKEN
+from pipeline.tokenize import encode as tk
+from pipeline.tokenize.config import TokenizeConfig
+from pipeline.tokenize.spark_plan import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiktoken's own cache of r50k_base, beside the checkout (see ../shared/README.md)

@@ -12,7 +12,7 @@ from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import MT19937, DataLoader, random_permutation  # noqa: E402
 from pipeline.gpt.logs import parse_log  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
-from pipeline.shards import write_shard  # noqa: E402
+from pipeline.shards.llmc import write_shard  # noqa: E402
 
 TINY = ["-e", "d2", "-1c", "32", "-1h", "2", "-b", "4", "-t", "32", "--device", "cpu", "--quiet"]
 

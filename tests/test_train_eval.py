@@ -108,7 +108,7 @@ def test_estimate_cli_runs_twenty_steps(tmp_path):
     import json
 
     from pipeline.gpt import train as tr
-    from pipeline.shards import write_shard
+    from pipeline.shards.llmc import write_shard
 
     write_shard(str(tmp_path / "e_train_000001.bin"), np.arange(3000) % 500)
     out = str(tmp_path / "est")

@@ -16,7 +16,8 @@ from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402
 from pipeline.gpt.logs import parse_log  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
-from pipeline.shards import write_shard  # noqa: E402
+from pipeline.gpt.step import clip_and_update  # noqa: E402
+from pipeline.shards.llmc import write_shard  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -184,7 +185,7 @@ def test_fused_adamw_clip_equals_clip_grad_norm(grad_scale, optimizer):
     else:
         fused = torch.optim.AdamW(pa, lr=1e-2, fused=True)
         plain = torch.optim.AdamW(pb, lr=1e-2, foreach=False)
-    norm = tr.clip_and_update(pa, fused)
+    norm = clip_and_update(pa, fused)
     want = torch.nn.utils.clip_grad_norm_(pb, 1.0)
     plain.step()
     assert torch.allclose(norm, want)

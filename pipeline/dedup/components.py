@@ -1,149 +1,60 @@
-"""Connected components of an undirected graph given as a Spark DataFrame of edges, without GraphFrames.
+"""Connected components by union-find, in plain Python: the near-duplicate clusters of one machine's
+worth of edges. Every component's label is its smallest node, which for document ids is exactly the
+report's cluster_id.
 
-Algorithm: alternating large-star / small-star (Kiveris et al., "Connected Components in MapReduce and
-Beyond", SoCC 2014), which needs O(log^2 n) rounds in the worst case and a handful in practice, versus
-O(diameter) rounds for plain min-label propagation (a chain of 1000 near-duplicates would need 1000).
-Node ids are strings compared lexicographically, so each component converges to a star around its
-smallest id -- which is exactly the cluster id we want.
-
-  large-star: every node u links its *larger* neighbours to m(u) = min(u, neighbours of u)
-  small-star: every node u links its *smaller* neighbours, and itself, to m'(u) = min(u, smaller ones)
-
-Both keep the components intact and strictly shrink distances to the minimum. It has converged when
-the graph is a union of stars: every non-root node has exactly one edge, to a root. Each round's
-edges are checkpointed (reliable checkpoint when a checkpoint dir is set, else localCheckpoint)
-so the lineage -- and the query plan -- does not grow with the number of rounds.
-
-Nothing is collected to the driver: the only driver-side values are counts.
-
-Small edge sets (`single_task_max_edges`, a fixed bound, not a fraction of the data) skip the rounds:
-verified near-duplicate edges are usually few (49k for 100k web documents), and each distributed round
-costs several Spark jobs of scheduling for almost no data. They are shuffled into ONE task, which runs
-union-find in Python and emits the same labels; the driver still never sees an edge.
+Used by the single-process core (`pipeline.dedup.local`) and, through `union_find_batches`, by the
+Spark job's single-task path for small edge sets (`pipeline.dedup.spark_components`).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Hashable, Iterator, KeysView
+
+import pyarrow as pa
+
+LABEL_BATCH_ROWS = 65536
 
 
-def _cut_lineage(df, reliable: bool):
-    return df.checkpoint(eager=True) if reliable else df.localCheckpoint(eager=True)
+class UnionFind:
+    """Disjoint sets over ordered nodes, created on first union; a set's root is its smallest node,
+    so no relabelling pass is needed. A node never united with another is its own root."""
 
+    def __init__(self):
+        self.parent: Dict[Hashable, Hashable] = {}
 
-def _large_star(edges):
-    from pyspark.sql import Window, functions as F
-
-    sym = edges.select("src", "dst").union(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
-    # m(u) with a window instead of groupBy + join: one shuffle. Duplicates are left to small-star.
-    m = F.least(F.col("src"), F.min("dst").over(Window.partitionBy("src")))
-    return (sym.select("src", "dst", m.alias("m"))
-            .where(F.col("dst") > F.col("src"))
-            .select(F.col("dst").alias("src"), F.col("m").alias("dst")))
-
-
-def _small_star(edges):
-    from pyspark.sql import Window, functions as F
-
-    # orient every edge as (hi, lo); the neighbours of hi smaller than hi are its lo's
-    oriented = edges.select(F.greatest("src", "dst").alias("hi"), F.least("src", "dst").alias("lo"))
-    joined = oriented.select("hi", "lo", F.min("lo").over(Window.partitionBy("hi")).alias("m"))
-    out = (joined.where(F.col("lo") != F.col("m")).select(F.col("lo").alias("src"), F.col("m").alias("dst"))
-           .union(joined.select(F.col("hi").alias("src"), F.col("m").alias("dst"))))
-    return out.distinct()
-
-
-def _is_star_forest(edges) -> bool:
-    """True when every node that is the larger end of an edge has exactly one edge, to a node that is
-    never the larger end of any edge (a root): then each component is one star around its minimum."""
-    from pyspark.sql import functions as F
-
-    ends = (edges.select(F.greatest("src", "dst").alias("v"), F.lit(1).alias("as_hi"), F.lit(0).alias("as_lo"))
-            .union(edges.select(F.least("src", "dst").alias("v"), F.lit(0).alias("as_hi"), F.lit(1).alias("as_lo"))))
-    per_node = ends.groupBy("v").agg(F.sum("as_hi").alias("hi"), F.max("as_lo").alias("lo"))
-    bad = per_node.where((F.col("hi") > 1) | ((F.col("hi") > 0) & (F.col("lo") > 0)))
-    return bad.limit(1).count() == 0
-
-
-LABEL_SCHEMA = "id string, cluster_id string"
-
-
-def union_find_batches(batches) -> Iterator:
-    """mapInArrow over ALL (src, dst) edges in one partition -> (id, cluster_id = smallest id of its
-    component) for every node seen. Roots are always the smaller id, so no relabelling pass is needed."""
-    import pyarrow as pa
-
-    parent: Dict[str, str] = {}
-
-    def find(x: str) -> str:
+    def find(self, x):
+        parent = self.parent
         root = x
-        while parent[root] != root:
+        while parent.get(root, root) != root:
             root = parent[root]
-        while parent[x] != root:  # path compression
+        while parent.get(x, x) != root:  # path compression
             parent[x], x = root, parent[x]
         return root
 
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if rb < ra:
+                ra, rb = rb, ra
+            self.parent[rb] = ra
+            self.parent.setdefault(ra, ra)
+
+    def nodes(self) -> KeysView:
+        """Every node that was united with another."""
+        return self.parent.keys()
+
+
+def union_find_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """ALL (src, dst) edges as Arrow batches -> (id, cluster_id = smallest id of its component) for
+    every node of an edge, sorted by id. A self-loop alone does not make a node (as in the
+    distributed large-star/small-star path)."""
+    uf = UnionFind()
     for batch in batches:
         for a, b in zip(batch.column("src").to_pylist(), batch.column("dst").to_pylist()):
-            if a == b:  # as the distributed path: a self-loop alone does not make a node
-                continue
-            parent.setdefault(a, a)
-            parent.setdefault(b, b)
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                if rb < ra:
-                    ra, rb = rb, ra
-                parent[rb] = ra
-    ids = sorted(parent)
-    roots = [find(x) for x in ids]
-    step = 65536
-    for i in range(0, len(ids), step):
-        yield pa.RecordBatch.from_arrays([pa.array(ids[i:i + step], pa.string()),
-                                          pa.array(roots[i:i + step], pa.string())], names=["id", "cluster_id"])
-
-
-def single_task_components(edges):
-    """The bounded fast path: every edge into one partition, union-find there."""
-    return edges.select("src", "dst").repartition(1).mapInArrow(union_find_batches, LABEL_SCHEMA)
-
-
-def connected_components(edges, max_iterations: int = 100, checkpoint_dir: Optional[str] = None,
-                         clean: bool = False, edge_count: Optional[int] = None,
-                         single_task_max_edges: int = 0) -> Tuple[object, int]:
-    """edges: DataFrame (src string, dst string), undirected, any order, duplicates allowed -- or, with
-    clean=True, already distinct with src < dst and checkpointed (saves a shuffle and a job).
-
-    Returns (labels, rounds): labels is a DataFrame (id, cluster_id) with one row for every node that
-    appears in an edge, cluster_id = the smallest id of its component; rounds = large/small-star rounds
-    (0 when the single-task path ran: edge_count, if known, or a count, <= single_task_max_edges).
-    """
-    from pyspark.sql import functions as F
-
-    if single_task_max_edges > 0:
-        if edge_count is None:
-            edge_count = edges.count()
-        if edge_count <= single_task_max_edges:
-            return single_task_components(edges), 0
-
-    spark = edges.sparkSession
-    reliable = bool(checkpoint_dir)
-    if reliable:
-        spark.sparkContext.setCheckpointDir(checkpoint_dir)
-    if clean:
-        cur = edges
-    else:
-        cur = _cut_lineage(edges.where(F.col("src") != F.col("dst"))
-                           .select(F.least("src", "dst").alias("src"), F.greatest("src", "dst").alias("dst"))
-                           .distinct(), reliable)
-    rounds = 0
-    while not _is_star_forest(cur):
-        if rounds >= max_iterations:
-            raise RuntimeError("connected components did not converge in %d rounds" % max_iterations)
-        nxt = _cut_lineage(_small_star(_large_star(cur)), reliable)
-        if cur is not edges:
-            cur.unpersist()
-        cur = nxt
-        rounds += 1
-    # A star forest: every edge is (leaf, root) with root < leaf; roots label themselves.
-    leaves = cur.select(F.greatest("src", "dst").alias("id"), F.least("src", "dst").alias("cluster_id"))
-    roots = cur.select(F.least("src", "dst").alias("id")).distinct().withColumn("cluster_id", F.col("id"))
-    return leaves.union(roots), rounds
+            if a != b:
+                uf.union(a, b)
+    ids = sorted(uf.nodes())
+    roots = [uf.find(x) for x in ids]
+    for i in range(0, len(ids), LABEL_BATCH_ROWS):
+        yield pa.RecordBatch.from_arrays([pa.array(ids[i:i + LABEL_BATCH_ROWS], pa.string()),
+                                          pa.array(roots[i:i + LABEL_BATCH_ROWS], pa.string())],
+                                         names=["id", "cluster_id"])

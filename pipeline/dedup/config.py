@@ -1,9 +1,10 @@
-"""DedupConfig: the flags of `pipeline dedup` / `spark-submit jobs/dedup.py`."""
+"""DedupConfig: the flags of `pipeline dedup` / `spark-submit jobs/dedup_job.py`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from pipeline.config import JobConfig, flag
+from pipeline.dedup.keep import DEFAULT_KEEP, KEEP_RULES, check_rule
 from pipeline.dedup.lsh import DEFAULT_FN_WEIGHT, DEFAULT_FP_WEIGHT
 from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, NORMALIZATIONS
 
@@ -30,6 +31,10 @@ class DedupConfig(JobConfig):
         "--fn-weight", type=float, help="weight of false-negative area when choosing bands x rows"))
     window: int = field(default=4, metadata=flag(
         "--window", type=int, help="chain edges per bucket member (to the next N by shingle count)"))
+    keep: str = field(default=DEFAULT_KEEP, metadata=flag(
+        "--keep", choices=KEEP_RULES,
+        help="which document of a cluster is kept: longest text, first in input order (source file, "
+             "position; needs ingest's source and pos columns) or smallest id; ties -> smallest id"))
     seed: int = field(default=1, metadata=flag("--seed", type=int, help="MinHash permutation seed"))
     partitions: int = field(default=0, metadata=flag(
         "--partitions", type=int, help="output files per dir; 0 = as many as input partitions"))
@@ -42,3 +47,6 @@ class DedupConfig(JobConfig):
         "--single-task-max-edges", type=int,
         help="verified edges up to this many: connected components by union-find in one task instead of "
              "distributed large/small-star rounds (fewer Spark jobs); 0 = always distributed"))
+
+    def __post_init__(self):
+        check_rule(self.keep)

@@ -1,5 +1,5 @@
 """The whole dedup stage in one process, without Spark: the same signatures, buckets, candidate-edge
-rule, verification, components and keep rule as jobs/dedup.py.
+rule, verification, components and keep rules as the Spark plan (pipeline/dedup/spark_plan.py).
 
 Used as the single-process reference in tests (the Spark job must give the same report) and in
 bench/bench_dedup.py ("pure-Python core"). Buckets live in dicts here, so it is for corpora that fit
@@ -12,36 +12,27 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.dedup.keep import keep_key
+from pipeline.dedup.components import UnionFind
+from pipeline.dedup.keep import DEFAULT_KEEP, check_rule, keep_key
 from pipeline.dedup.lsh import resolve_bands_rows
 from pipeline.dedup.minhash import MinHasher, band_keys
 from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, jaccard
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:  # path compression
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: float = 0.8,
                 ngram: int = DEFAULT_NGRAM, num_perm: int = 128, bands: int = 0, rows: int = 0,
                 seed: int = 1, window: int = 4, batch_size: int = 1000,
-                normalize: str = DEFAULT_NORMALIZE) -> Tuple[List[Dict], Dict]:
-    """Returns (report rows {id, cluster_id, cluster_size, kept} in input order, stats)."""
+                normalize: str = DEFAULT_NORMALIZE, keep: str = DEFAULT_KEEP,
+                sources: Optional[Sequence[Optional[str]]] = None,
+                positions: Optional[Sequence[Optional[int]]] = None) -> Tuple[List[Dict], Dict]:
+    """Returns (report rows {id, cluster_id, cluster_size, kept} in input order, stats).
+
+    `keep` is a rule of pipeline.dedup.keep; `first` reads each document's (source, pos) from
+    `sources` and `positions` (parallel to `ids`)."""
     t0 = time.time()
+    check_rule(keep)
+    if keep == "first" and (sources is None or positions is None):
+        raise ValueError("keep='first' needs sources and positions")
     bands, rows = resolve_bands_rows(threshold, num_perm, bands, rows)
     hasher = MinHasher(num_perm, seed, ngram, normalize)
     shingles: List[np.ndarray] = []
@@ -55,7 +46,7 @@ def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: f
                 for band, key in enumerate(keys[i]):
                     buckets.setdefault((band, key), []).append(start + i)
 
-    # Same edge rule as lsh.candidate_edges: bucket min id + next `window` members by (size, id).
+    # Same edge rule as spark_plan.candidate_edges (see lsh.py): bucket min id + next `window` members by (size, id).
     edges = set()
     for members in buckets.values():
         if len(members) < 2:
@@ -67,7 +58,7 @@ def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: f
                 if other != d:
                     edges.add((min(d, other), max(d, other)))
 
-    uf = _UnionFind(len(ids))
+    uf = UnionFind()
     order = sorted(range(len(ids)), key=lambda d: ids[d])
     rank = {d: r for r, d in enumerate(order)}  # union by id order -> root = smallest id
     verified = 0
@@ -80,7 +71,9 @@ def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: f
         clusters.setdefault(uf.find(rank[d]), []).append(d)
     report: List[Dict] = [{}] * len(ids)
     for root, members in clusters.items():
-        kept = min(members, key=lambda d: keep_key(len(texts[d] or ""), ids[d]))
+        kept = min(members, key=lambda d: keep_key(
+            keep, ids[d], len(texts[d] or ""), sources[d] if sources is not None else None,
+            positions[d] if positions is not None else None))
         for d in members:
             report[d] = {"id": ids[d], "cluster_id": ids[order[root]], "cluster_size": len(members),
                          "kept": d == kept}
@@ -88,5 +81,6 @@ def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: f
     stats = {"stage": "dedup", "seconds": round(time.time() - t0, 3), "records_in": len(ids),
              "records_out": n_kept, "duplicates_removed": len(ids) - n_kept, "dropped": {},
              "clusters": sum(1 for m in clusters.values() if len(m) > 1),
-             "candidate_pairs": len(edges), "verified_pairs": verified, "bands": bands, "rows": rows}
+             "candidate_pairs": len(edges), "verified_pairs": verified, "bands": bands, "rows": rows,
+             "keep": keep}
     return report, stats

@@ -17,7 +17,9 @@ are ordered by (shingle count, id) inside a window partition and each member emi
   * its next `window` neighbours in that order (a chain: near-duplicates have similar shingle counts
     -- Jaccard >= t implies a size ratio >= t -- so a true pair stays close in this order even when
     the bucket's minimum belongs to some other cluster).
-That is at most (1 + window) edges per member per band, whatever the bucket size.
+That is at most (1 + window) edges per member per band, whatever the bucket size. The rule is
+implemented twice, on Spark (`pipeline.dedup.spark_plan.candidate_edges`) and in one process
+(`pipeline.dedup.local`); the tests hold the two to the same report.
 """
 from __future__ import annotations
 
@@ -79,23 +81,3 @@ def resolve_bands_rows(threshold: float, num_perm: int, bands: int = 0, rows: in
         return max(1, num_perm // rows), rows
     return choose_bands_rows(threshold, num_perm, fp_weight, fn_weight)
 
-
-def candidate_edges(buckets, window: int = 4):
-    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work.
-
-    `n` is the document's shingle count. Only members of buckets with >= 2 documents produce edges.
-    """
-    from pyspark.sql import Window, functions as F
-
-    # "key" before "band": the window's sort compares the first column's 8-byte prefix first, and the
-    # random 64-bit key settles almost every comparison there (band has only ~18 values). Same buckets.
-    ordered = Window.partitionBy("key", "band").orderBy("n", "id")
-    # one window spec (one sort) for both: the min over the whole ordered partition, and the leads
-    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    partners = [F.min("id").over(whole)] + [F.lead("id", k).over(ordered) for k in range(1, window + 1)]
-    edges = (buckets
-             .select("id", F.array(*partners).alias("others"))
-             .select("id", F.explode("others").alias("other"))
-             .where(F.col("other").isNotNull() & (F.col("other") != F.col("id")))
-             .select(F.least("id", "other").alias("src"), F.greatest("id", "other").alias("dst")))
-    return edges.distinct()

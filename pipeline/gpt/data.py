@@ -1,6 +1,6 @@
 """llm.c's distributed data loader (`llmc/dataloader.h`), batch for batch.
 
-Shards matching a glob (sorted, like glob(3)) are validated up front with `pipeline.shards`. Each
+Shards matching a glob (sorted, like glob(3)) are validated up front with `pipeline.shards.llmc`. Each
 shard is cut into windows of `world * B * T` tokens; rank r reads `B*T + 1` tokens at offset
 `r * B * T` inside a window (inputs = first B*T, targets = the same shifted by one). A shard holds
 `(ntok - 1) // (world * B * T)` windows.
@@ -18,7 +18,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from pipeline.shards import ShardError, load_tokens, read_header
+from pipeline.shards.llmc import ShardError, load_tokens, read_header
 
 
 class MT19937:

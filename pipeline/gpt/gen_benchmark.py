@@ -11,6 +11,7 @@ Output: a printed table, and `inference_<device>.{json,csv,png}` in --bench-out.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -22,7 +23,7 @@ from typing import Callable, Dict, List
 import torch
 
 from pipeline.gpt.engine import Engine, reference_generate
-from pipeline.gpt.generate import GenerateConfig, load, resolve_device
+from pipeline.gpt.model_loading import load, resolve_device
 
 HELLO = [31373]  # tiktoken r50k_base encoding of "hello" (checked in tests/test_generate.py)
 
@@ -78,12 +79,13 @@ def _common_prefix(a: List[int], b: List[int]) -> int:
     return n
 
 
-def run(cfg: GenerateConfig) -> int:
+def run(cfg) -> int:
+    """The benchmark for a GenerateConfig (pipeline/gpt/generate.py) with --benchmark."""
     device = resolve_device(cfg.device)
     if cfg.model or cfg.init:
         base, desc = load(cfg)
     else:
-        base, desc = load(GenerateConfig(init="d12", seed=cfg.seed))
+        base, desc = load(dataclasses.replace(cfg, model=None, init="d12"))
     base = base.eval()
     block = base.config.block_size
     batch_n = min(128, block // 2)  # new tokens per sequence of the batched measurement

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from pipeline.config import JobConfig, flag
+from pipeline.gpt.model_loading import load, resolve_device, resolve_dtype
 
 EOT_TOKEN = 50256
 
@@ -77,41 +78,6 @@ class GenerateConfig(JobConfig):
         "--bench-prompt-len", type=int, help="prompt length of the time-to-first-token measurement"))
     bench_hf: bool = field(default=True, metadata=flag(
         "--bench-hf", help="include HuggingFace transformers generate() (needs transformers)"))
-
-
-# ----------------------------------------------------------------------------------------------
-# model loading (shared with the benchmark)
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def load(cfg: GenerateConfig):
-    """The fp32 model on the CPU, from `-e` or `--init`, and a one-line description of it."""
-    import torch
-
-    from pipeline.gpt.model import GPT, GPTConfig
-
-    if cfg.model:
-        from pipeline.gpt.checkpoint import load_model
-
-        return load_model(cfg.model, device="cpu"), cfg.model
-    if cfg.init:
-        torch.manual_seed(0 if cfg.seed is None else cfg.seed)
-        return GPT(GPTConfig.from_descriptor(cfg.init)), "random %s (untrained)" % cfg.init
-    raise SystemExit("pipeline generate: give a checkpoint with -e model.bin (or --init d12 for random weights)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from pipeline.gpt.train import clip_and_update, micro_step, train_step
+from pipeline.gpt.step import clip_and_update, micro_step, train_step
 
 
 class GraphedTrainStep:

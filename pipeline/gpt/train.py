@@ -34,6 +34,7 @@ from pipeline.gpt.data import DataLoader
 from pipeline.gpt.logs import Logger, write_run_parameters
 from pipeline.gpt.model import DEPTH_SHAPES, GPT, GPTConfig, compile_model
 from pipeline.gpt.schedule import SCHEDULERS, LRScheduler
+from pipeline.gpt.step import train_step
 
 # train_gpt2cu's defaults (one deliberate difference: -r 0, see the -r help).
 DEFAULTS = dict(i=None, j=None, ih=None, e="d12", o=None, n=0, nk=0, y=0, b=4, t=1024, d=-1, x=-1,
@@ -360,57 +361,6 @@ class BatchSource:
 
 def batch_source(loader: DataLoader, run: Run, overfit: bool = False) -> BatchSource:
     return BatchSource(loader, run, overfit)
-
-
-def micro_step(model, x: torch.Tensor, y: torch.Tensor, accum: int, run: Run) -> torch.Tensor:
-    """Forward and backward of one micro-batch with the loss scaled by 1/accum, so gradients add
-    up to those of the step's mean loss; returns the scaled loss, detached."""
-    with run.autocast():
-        _, loss = model(x, y, return_logits=False)
-    loss = loss / accum
-    loss.backward()
-    return loss.detach()
-
-
-def clip_and_update(params, optimizer) -> torch.Tensor:
-    """llm.c's global-norm clip at 1.0, then the AdamW update; returns the norm before clipping.
-
-    The trainer's own optimizer does both in its `clip_and_step` (`pipeline.gpt.adamw`). Otherwise
-    (ZeRO), with fused AdamW the clip factor goes into the update kernel, through the `grad_scale` input
-    it has for AMP (every gradient is divided by it), instead of a separate pass that rescales all
-    gradients in memory: max(norm + 1e-6, 1) is exactly the divisor clip_grad_norm_'s factor
-    1 / (norm + 1e-6), clamped at 1, multiplies by."""
-    if isinstance(optimizer, AdamW):
-        return optimizer.clip_and_step(1.0)
-    if isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused"):
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
-        optimizer.grad_scale = torch.clamp(norm + 1e-6, min=1.0)
-        try:
-            optimizer.step()
-        finally:
-            optimizer.grad_scale = None
-        return norm
-    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    return norm
-
-
-def train_step(model, raw: GPT, optimizer, batches, accum: int, run: Run, lr: float):
-    """One optimizer step over `accum` micro-batches; returns (mean loss, grad norm) as device
-    tensors so the caller decides when to synchronise with the GPU."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    loss_sum = torch.zeros((), device=run.device)
-    for micro in range(accum):
-        x, y = next(batches)
-        # DDP all-reduces gradients only on the last micro-step
-        ctx = model.no_sync() if (run.ddp and micro < accum - 1) else contextlib.nullcontext()
-        with ctx:
-            loss_sum += micro_step(model, x, y, accum, run)
-    norm = clip_and_update(list(raw.parameters()), optimizer)
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum, norm
 
 
 def choose_bf16_mirrors(args, run: Run, raw: GPT, optimizer, accum: int) -> int:

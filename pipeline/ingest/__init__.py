@@ -2,11 +2,14 @@
 
 The plain-Python core works on streams and needs no Spark:
 
+- `records`  the record tuple every reader yields, and the options executors need
 - `charset`  bytes -> str for HTML bodies (BOM, HTTP header, `<meta>`, then sane fallbacks)
 - `extract`  HTML str -> plain text, through a small registry of extractors (bs4, resiliparse)
 - `warc`     a WARC stream -> records (WARC-Record-ID, URL, date, text) or drop rows
-- `tabular`  JSON-lines streams -> records; parquet column mapping (the one Spark-side helper)
-- `core`     the record tuple every reader yields, input planning, and `process_file`
+- `tabular`  JSON-lines streams -> records
+- `core`     input planning, and `process_file` (all records of one streamed file)
+- `config`   IngestConfig, the flags of `pipeline ingest`
 
-`jobs/ingest.py` wires these to Spark.
+On Spark: `spark_parquet` maps parquet input onto the record columns, and `spark_plan` runs the stage
+(DIR/docs + DIR/ingest/dropped).
 """

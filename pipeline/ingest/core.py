@@ -1,23 +1,15 @@
-"""The record every reader yields, input planning, and per-file processing (no Spark needed).
-
-Each input record becomes exactly one `Record`: a kept document (`reason` None) or a drop row
-(`reason` from pipeline.accounting.DROP_REASONS, `detail` saying why). `pos` orders records within
-their source file (byte offset in a WARC, line number in JSON lines, row index in parquet), which is
-how "the first of several records with the same id" is defined.
+"""Input planning and per-file processing: which files are read how, and all records of one
+streamed file (no Spark needed). The record type is in `pipeline.ingest.records`.
 """
 from __future__ import annotations
 
 import io
 import os
-from collections import namedtuple
-from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from pipeline import storage
-
-Record = namedtuple("Record", ["source", "pos", "id", "url", "text", "warc_date", "reason", "detail"])
-RECORD_DDL = ("source string, pos long, id string, url string, text string, warc_date string, "
-              "reason string, detail string")
+from pipeline.ingest import tabular, warc
+from pipeline.ingest.records import IngestOptions, Record, dropped
 
 SUFFIXES = {
     "warc": (".warc", ".warc.gz"),
@@ -25,42 +17,6 @@ SUFFIXES = {
     "jsonl": (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz"),
 }
 STREAMED_FORMATS = ("warc", "jsonl")  # read by our own Python code, one task per file
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    """What executors need from the config (small and picklable)."""
-    extractor: str = "bs4"
-    min_chars: int = 1
-    max_record_bytes: int = 5 * 1024 * 1024
-    text_col: str = "text"
-    id_col: str = "id"
-    url_col: str = "url"
-
-    @classmethod
-    def from_config(cls, cfg) -> "IngestOptions":
-        return cls(extractor=cfg.extractor, min_chars=cfg.min_chars,
-                   max_record_bytes=cfg.max_record_bytes, text_col=cfg.text_col, id_col=cfg.id_col,
-                   url_col=cfg.url_col)
-
-
-def kept(source: str, pos: int, id: str, url: Optional[str], text: str,
-         warc_date: Optional[str] = None) -> Record:
-    return Record(source, pos, id, url, text, warc_date, None, None)
-
-
-def dropped(source: str, pos: int, reason: str, detail: str, id: Optional[str] = None,
-            url: Optional[str] = None, warc_date: Optional[str] = None) -> Record:
-    return Record(source, pos, id, url, None, warc_date, reason, detail)
-
-
-def text_problem(text: str, opts: IngestOptions) -> Optional[Tuple[str, str]]:
-    """(reason, detail) if extracted/given text is unusable, else None."""
-    if not text or not text.strip():
-        return "empty_text", "no text"
-    if len(text) < opts.min_chars:
-        return "too_short", "%d chars < --min-chars %d" % (len(text), opts.min_chars)
-    return None
 
 
 def detect_format(path: str) -> Optional[str]:
@@ -99,9 +55,6 @@ def _buffered(stream) -> io.BufferedReader:
 def process_file(path: str, fmt: str, opts: IngestOptions) -> Iterator[Record]:
     """All records of one WARC or JSON-lines file. Never raises for bad input: a file that cannot
     be opened or parsed at all yields one `unreadable_file` record naming the problem."""
-    # Imported here so that `core` stays importable without warcio for parquet-only use.
-    from pipeline.ingest import tabular, warc
-
     try:
         stream = storage.open_read(path)
     except Exception as e:  # missing, permission denied, S3 errors
@@ -117,12 +70,3 @@ def process_file(path: str, fmt: str, opts: IngestOptions) -> Iterator[Record]:
     finally:
         stream.close()
 
-
-def source_name(path: str) -> str:
-    """The `source` value for a path as Spark reports it (`file:/x/y.parquet` -> `/x/y.parquet`)."""
-    if path.startswith("file:"):
-        path = path[len("file:"):]
-        if path.startswith("//"):
-            path = path[2:]
-        return os.path.normpath(path)
-    return path

@@ -18,7 +18,7 @@ import gzip
 from typing import IO, Callable, Iterator, Optional, Tuple
 
 from pipeline.ingest import charset
-from pipeline.ingest.core import IngestOptions, Record, dropped, kept, text_problem
+from pipeline.ingest.records import IngestOptions, Record, dropped, kept, text_problem
 from pipeline.ingest.extract import get_extractor
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")

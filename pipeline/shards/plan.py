@@ -13,7 +13,7 @@ shard is a fair sample, and neighbouring documents in a shard are unrelated (not
 Given each document's global start offset, `pieces()` says which shard(s) receive which slice of it and
 where; shard writers then place slices by position, so the result does not depend on the order in which
 Spark delivers them. The per-partition bodies the Spark job runs (`block_stats`, `with_starts`,
-`arrow_pieces`) are plain Python here; jobs/shards.py wires them together.
+`arrow_pieces`) are plain Python here; pipeline/shards/spark_plan.py wires them together.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import pyarrow as pa
 
 from pipeline.bpe import EOT_TOKEN, GPT2_VOCAB_SIZE
-from pipeline.shards import MAX_TOKENS_PER_SHARD
+from pipeline.shards.llmc import MAX_TOKENS_PER_SHARD
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # llm.c's fineweb.py shard size
 # 1% of tokens: on FineWeb-10B (llm.c's GPT-2 124M run) that is one 100M-token shard, like fineweb.py.

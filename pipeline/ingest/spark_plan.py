@@ -1,54 +1,55 @@
-"""Spark job: WARC / parquet / JSON lines -> DIR/docs (id, url, text, source, warc_date) and
-DIR/ingest/dropped (source, record_id, reason, detail): every input record ends up in exactly one.
+"""The ingest stage on Spark: WARC / parquet / JSON lines -> DIR/docs + DIR/ingest/dropped.
 
-    pipeline ingest --input s3://bucket/crawl/*.warc.gz --output s3://bucket/run1
-    spark-submit jobs/ingest.py --input data/ --output out/
-
-WARC and JSON-lines files are streamed by plain Python (pipeline.ingest), one task per file, so a
-file is never loaded whole and a broken file costs a counted drop row rather than the job. Parquet is
-read by Spark. The per-record result is cached once and both outputs and the counts come from it.
+WARC and JSON-lines files are streamed by the plain-Python core (`pipeline.ingest.core`), one task
+per file, so a file is never loaded whole and a broken file costs a counted drop row rather than the
+job. Parquet is mapped by Spark (`pipeline.ingest.spark_parquet`). The per-record result is cached
+once; both outputs and the counts come from it, and every input record ends up in exactly one of
+DIR/docs (id, url, text, source, warc_date, pos) and DIR/ingest/dropped (source, record_id, reason,
+detail).
 """
 from __future__ import annotations
 
-import os
+import math
 import sys
+import time
+from typing import Dict, List
 
-if __package__ in (None, ""):  # run as a file by spark-submit
-    # Python put jobs/ first on sys.path, where jobs/tokenize.py would shadow the standard library's
-    # tokenize module; replace it with the repository root so that `pipeline` imports instead.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
+from pyspark import StorageLevel
+from pyspark.sql import Window
+from pyspark.sql import functions as F
 
-import math  # noqa: E402
-import time  # noqa: E402
-from typing import Dict, List  # noqa: E402
-
-from pipeline import accounting, storage  # noqa: E402
-from pipeline.config import save_config  # noqa: E402
-from pipeline.ingest import core, tabular  # noqa: E402
-from pipeline.ingest.config import IngestConfig  # noqa: E402
-from pipeline.ingest.extract import ExtractorUnavailable, get_extractor  # noqa: E402
+from pipeline import accounting, storage
+from pipeline.ingest import core, tabular
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.extract import get_extractor
+from pipeline.ingest.records import RECORD_DDL, IngestOptions
+from pipeline.ingest.spark_parquet import parquet_records
 
 TEXT_BYTES_PER_PARTITION = 128 << 20  # ~50 MB snappy parquet files
 DROPPED_ROWS_PER_PARTITION = 2000000
 MAX_ERRORS_LISTED = 50
+DOCS_COLUMNS = ("id", "url", "text", "source", "warc_date", "pos")
 
 
 class IngestError(RuntimeError):
     """The input as a whole cannot be ingested (all files unreadable, no files, missing text column)."""
 
 
-def read_records(spark, plan: Dict[str, List[str]], opts: core.IngestOptions):
+def output_dirs(cfg: IngestConfig) -> Dict[str, str]:
+    return {"docs": storage.join(cfg.output, "docs"),
+            "dropped": storage.join(cfg.output, "ingest", "dropped")}
+
+
+def read_records(spark, plan: Dict[str, List[str]], opts: IngestOptions):
     frames = []
     streamed = [(path, fmt) for fmt in core.STREAMED_FORMATS for path in plan[fmt]]
     if streamed:
         # One partition per file: executors open and stream the files themselves.
         rdd = spark.sparkContext.parallelize(streamed, len(streamed)).flatMap(
             lambda pf: core.process_file(pf[0], pf[1], opts))
-        frames.append(spark.createDataFrame(rdd, core.RECORD_DDL))
+        frames.append(spark.createDataFrame(rdd, RECORD_DDL))
     if plan["parquet"]:
-        frames.append(tabular.parquet_records(spark, plan["parquet"], opts))
+        frames.append(parquet_records(spark, plan["parquet"], opts))
     records = frames[0]
     for f in frames[1:]:
         records = records.unionByName(f)
@@ -62,9 +63,6 @@ def mark_duplicate_ids(records):
     One window over all records (not a union of kept and dropped branches, which would run the
     extraction twice): kept records are grouped by id, every drop row is a group of its own.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     ok = F.col("reason").isNull()
     group = F.when(ok, F.col("id")).otherwise(F.concat_ws("#", "source", F.col("pos").cast("string")))
     w = Window.partitionBy(ok, group).orderBy("source", "pos")
@@ -79,8 +77,6 @@ def mark_duplicate_ids(records):
 
 def _missing_text_column(records, jsonl_files: List[str], text_col: str) -> None:
     """Raise if some JSON-lines file has no record with the text field at all (wrong --text-col)."""
-    from pyspark.sql import functions as F
-
     if not jsonl_files:
         return
     missing = F.col("detail").startswith(tabular.MISSING_FIELD)
@@ -97,18 +93,16 @@ def _missing_text_column(records, jsonl_files: List[str], text_col: str) -> None
 
 
 def run(spark, cfg: IngestConfig) -> dict:
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
     t0 = time.time()
     get_extractor(cfg.extractor)  # fail now, not in every task, if its library is missing
-    opts = core.IngestOptions.from_config(cfg)
+    opts = IngestOptions.from_config(cfg)
     plan, skipped = core.plan_inputs(cfg.input, cfg.format)
     for path in skipped:
         print("ingest: skipping %s (unknown extension; use --format)" % path, file=sys.stderr)
     n_files = sum(len(v) for v in plan.values())
     if n_files == 0:
         raise IngestError("no WARC/parquet/JSON-lines files among the inputs %s" % ", ".join(cfg.input))
+    dirs = output_dirs(cfg)
 
     records = mark_duplicate_ids(read_records(spark, plan, opts)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -127,66 +121,40 @@ def run(spark, cfg: IngestConfig) -> dict:
         for e in errors:
             print("ingest: %s" % e, file=sys.stderr)
 
-        docs_dir = storage.join(cfg.output, "docs")
-        dropped_dir = storage.join(cfg.output, "ingest", "dropped")
         n_parts = cfg.num_partitions or max(1, math.ceil(text_bytes / TEXT_BYTES_PER_PARTITION))
         # Hash-partition by id (Spark's Murmur3, stable across runs) and sort: identical files on rerun.
         (records.filter(F.col("reason").isNull())
-         .select("id", "url", "text", "source", "warc_date")
+         .select(*DOCS_COLUMNS)
          .repartition(n_parts, "id").sortWithinPartitions("id")
-         .write.mode("overwrite").parquet(storage.to_spark_path(docs_dir)))
+         .write.mode("overwrite").parquet(storage.to_spark_path(dirs["docs"])))
         n_dropped = records_in - expected_out
         (records.filter(F.col("reason").isNotNull())
          .repartition(max(1, math.ceil(n_dropped / DROPPED_ROWS_PER_PARTITION)), "source")
          .sortWithinPartitions("source", "pos", "reason", "id")
          .select("source", F.col("id").alias("record_id"), "reason", "detail")
-         .write.mode("overwrite").parquet(storage.to_spark_path(dropped_dir)))
+         .write.mode("overwrite").parquet(storage.to_spark_path(dirs["dropped"])))
     finally:
         records.unpersist()
 
     # Counts come back from what was written, so the identity below checks the outputs themselves.
-    records_out = spark.read.parquet(storage.to_spark_path(docs_dir)).count()
-    dropped = {r.reason: int(r["count"]) for r in
-               spark.read.parquet(storage.to_spark_path(dropped_dir)).groupBy("reason").count().collect()}
+    records_out = spark.read.parquet(storage.to_spark_path(dirs["docs"])).count()
+    rows_by_reason = {r.reason: int(r["count"]) for r in
+                      spark.read.parquet(storage.to_spark_path(dirs["dropped"])).groupBy("reason").count().collect()}
+    not_documents, dropped = accounting.split_reasons(rows_by_reason)
     stats = {
         "stage": "ingest",
         "seconds": round(time.time() - t0, 3),
         "records_in": records_in,
         "records_out": records_out,
-        "dropped": dict(sorted(dropped.items())),
+        "not_documents": not_documents,
+        "dropped": dropped,
         "errors": errors,
         "files": n_files,
         "files_by_format": {f: len(v) for f, v in plan.items() if v},
         "skipped_files": skipped,
         "text_bytes": text_bytes,
         "output_partitions": n_parts,
-        "output": docs_dir,
+        "output": dirs["docs"],
     }
     accounting.check_stage(stats)
     return stats
-
-
-def main(argv=None) -> int:
-    from pipeline.spark import get_spark
-
-    cfg = IngestConfig.from_argv(argv, prog="pipeline ingest")
-    try:
-        stats = run(get_spark("ingest"), cfg)
-    except (storage.InputError, tabular.MissingColumnError, IngestError, ExtractorUnavailable) as e:
-        print("ingest: error: %s" % e, file=sys.stderr)
-        return 2
-    save_config(cfg, stats["output"])
-    save_config(cfg, storage.join(cfg.output, "ingest", "dropped"))
-    print("ingest: %d records in, %d documents out -> %s (%.1f s)" % (
-        stats["records_in"], stats["records_out"], stats["output"], stats["seconds"]))
-    for reason, n in stats["dropped"].items():
-        print("  dropped %-15s %d" % (reason, n))
-    if stats["errors"]:
-        print("  %s%d unreadable files / bad records listed on stderr; every drop is a row in %s" % (
-            "the first " if len(stats["errors"]) >= MAX_ERRORS_LISTED else "", len(stats["errors"]),
-            storage.join(cfg.output, "ingest", "dropped")))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,44 +1,77 @@
-"""Dedup job: DIR/docs -> DIR/dedup/kept (surviving documents) + DIR/dedup/report (one row per doc).
+"""The dedup stage on Spark: DIR/docs -> DIR/dedup/kept (surviving documents) + DIR/dedup/report
+(one row per document).
 
   signatures  mapInArrow: text -> shingle hashes, MinHash signature, LSH band keys   (persisted)
   candidates  explode bands; per bucket: edge to the bucket min + chain to the next `window` by size
   verify      join both ends' shingle hashes, keep pairs with exact Jaccard >= threshold
   components  large-star/small-star on the verified edges -> cluster_id = smallest id
-  keep        per cluster the longest text (ties -> smallest id); everything else is removed
+  keep        per cluster one document by the `--keep` rule (pipeline/dedup/keep.py); the rest are removed
 
-    spark-submit jobs/dedup.py --input DIR/docs --output DIR
-    pipeline dedup --input DIR/docs --output DIR
+The per-row work is plain Python over Arrow batches (`pipeline.dedup.batches`); the same algorithm
+runs without Spark in `pipeline.dedup.local`.
 """
 from __future__ import annotations
 
-import os
-import sys
+import time
+from functools import partial
+from typing import Dict, Sequence
 
-if __package__ in (None, ""):  # run as a file by spark-submit
-    # Python put jobs/ first on sys.path, where jobs/tokenize.py would shadow the standard library's
-    # `tokenize` (dataclasses -> inspect imports it); use the repository root instead.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
+from pyspark import StorageLevel
+from pyspark.sql import Window
+from pyspark.sql import functions as F
 
-import time  # noqa: E402
-from typing import Dict, Optional, Sequence  # noqa: E402
-
-from pipeline import storage  # noqa: E402
-from pipeline.config import save_config  # noqa: E402
-from pipeline.dedup.batches import SIGNATURE_SCHEMA, VERIFY_SCHEMA, signature_batches, verify_batches  # noqa: E402
-from pipeline.dedup.components import connected_components  # noqa: E402
-from pipeline.dedup.config import DedupConfig  # noqa: E402
-from pipeline.dedup.keep import keep_key_column  # noqa: E402
-from pipeline.dedup.lsh import candidate_edges, resolve_bands_rows  # noqa: E402
-from pipeline.spark import get_spark  # noqa: E402
-
-REQUIRED_COLUMNS = ("id", "text")
+from pipeline import storage
+from pipeline.dedup.batches import SIGNATURE_SCHEMA, VERIFY_SCHEMA, signature_batches, verify_batches
+from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.keep import COLUMNS_NEEDED
+from pipeline.dedup.lsh import resolve_bands_rows
+from pipeline.dedup.spark_components import connected_components
 
 
 def output_dirs(cfg: DedupConfig) -> Dict[str, str]:
     return {"kept": storage.join(cfg.output, "dedup", "kept"),
             "report": storage.join(cfg.output, "dedup", "report")}
+
+
+def check_columns(columns: Sequence[str], cfg: DedupConfig) -> None:
+    missing = [c for c in ("id", "text") + COLUMNS_NEEDED[cfg.keep] if c not in columns]
+    if missing:
+        why = " (--keep %s reads the input order that `pipeline ingest` writes)" % cfg.keep \
+            if cfg.keep == "first" else ""
+        raise ValueError("%s: missing column(s) %s%s (have %s)" % (cfg.input, missing, why, list(columns)))
+
+
+def keep_key_column(rule: str):
+    """pipeline.dedup.keep.keep_key as a Spark struct: min(struct) over a cluster picks the kept
+    member. Struct fields compare in order, nulls first, strings by UTF-8 bytes (= code points)."""
+    if rule == "longest":
+        return F.struct((-F.col("length")).alias("neg_length"), F.col("id").alias("id"))
+    if rule == "first":
+        return F.struct(F.col("source").isNull().alias("no_source"), F.col("source").alias("source"),
+                        F.col("pos").isNull().alias("no_pos"), F.col("pos").alias("pos"),
+                        F.col("id").alias("id"))
+    if rule == "smallest-id":
+        return F.struct(F.col("id").alias("id"))
+    raise ValueError("unknown keep rule %r" % rule)
+
+
+def candidate_edges(buckets, window: int = 4):
+    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work.
+
+    `n` is the document's shingle count. Only members of buckets with >= 2 documents produce edges.
+    """
+    # "key" before "band": the window's sort compares the first column's 8-byte prefix first, and the
+    # random 64-bit key settles almost every comparison there (band has only ~18 values). Same buckets.
+    ordered = Window.partitionBy("key", "band").orderBy("n", "id")
+    # one window spec (one sort) for both: the min over the whole ordered partition, and the leads
+    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    partners = [F.min("id").over(whole)] + [F.lead("id", k).over(ordered) for k in range(1, window + 1)]
+    edges = (buckets
+             .select("id", F.array(*partners).alias("others"))
+             .select("id", F.explode("others").alias("other"))
+             .where(F.col("other").isNotNull() & (F.col("other") != F.col("id")))
+             .select(F.least("id", "other").alias("src"), F.greatest("id", "other").alias("dst")))
+    return edges.distinct()
 
 
 def _write_sorted(df, path: str, partitions: int) -> None:
@@ -48,18 +81,11 @@ def _write_sorted(df, path: str, partitions: int) -> None:
 
 
 def run(spark, cfg: DedupConfig) -> Dict:
-    from functools import partial
-
-    from pyspark import StorageLevel
-    from pyspark.sql import Window, functions as F
-
     t0 = time.time()
     bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows,
                                      cfg.fp_weight, cfg.fn_weight)
     docs = spark.read.parquet(storage.to_spark_path(cfg.input))
-    missing = [c for c in REQUIRED_COLUMNS if c not in docs.columns]
-    if missing:
-        raise ValueError("%s: missing column(s) %s (have %s)" % (cfg.input, missing, docs.columns))
+    check_columns(docs.columns, cfg)
     partitions = cfg.partitions or max(1, docs.rdd.getNumPartitions())
     if cfg.checkpoint_dir:
         spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
@@ -99,10 +125,13 @@ def run(spark, cfg: DedupConfig) -> Dict:
     # Every document gets its row here (singletons: cluster of itself), hash-partitioned and sorted by
     # id as written, and cached: the kept/ write and the summary reuse it without recomputing clusters.
     cluster = Window.partitionBy("cluster_id")
-    report = (sig.select("id", "length").join(labels, "id", "left")
+    members = sig.select("id", "length")
+    if cfg.keep == "first":  # the input order comes from ingest's columns, not from the signatures
+        members = members.join(docs.select("id", "source", F.col("pos").cast("long").alias("pos")), "id")
+    report = (members.join(labels, "id", "left")
               .withColumn("cluster_id", F.coalesce("cluster_id", "id"))
               .select("id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
-                      (F.min(keep_key_column()).over(cluster)["id"] == F.col("id")).alias("kept"))
+                      (F.min(keep_key_column(cfg.keep)).over(cluster)["id"] == F.col("id")).alias("kept"))
               .repartition(partitions, "id").sortWithinPartitions("id")
               .persist(StorageLevel.MEMORY_AND_DISK))
     dirs = output_dirs(cfg)
@@ -136,28 +165,10 @@ def run(spark, cfg: DedupConfig) -> Dict:
         "verified_pairs": int(verified_pairs),
         "cc_rounds": int(cc_rounds),
         "docs_without_shingles": int(empty_docs),
+        "keep": cfg.keep,
         "threshold": cfg.threshold,
         "num_perm": cfg.num_perm,
         "bands": bands,
         "rows": rows,
         "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
     }
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = DedupConfig.from_argv(argv, prog="pipeline dedup")
-    bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows,
-                                     cfg.fp_weight, cfg.fn_weight)
-    print("dedup: threshold %.3f, %d permutations -> %d bands x %d rows" % (cfg.threshold, cfg.num_perm, bands, rows))
-    spark = get_spark("dedup")
-    stats = run(spark, cfg)
-    for d in output_dirs(cfg).values():
-        save_config(cfg, d)
-    print("dedup: %(records_in)d docs -> %(records_out)d kept, %(duplicates_removed)d duplicates removed "
-          "in %(clusters)d clusters (largest %(largest_cluster)d); %(candidate_pairs)d candidate pairs, "
-          "%(verified_pairs)d verified, %(cc_rounds)d component rounds, %(seconds).1fs" % stats)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

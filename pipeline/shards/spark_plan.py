@@ -1,9 +1,7 @@
-"""Shards: DIR/tokens -> DIR/shards/{name}_val_000000.bin, {name}_train_000001.bin, ... (llm.c format)
+"""The shards stage on Spark: DIR/tokens -> DIR/shards/{name}_val_000000.bin, {name}_train_000001.bin,
+... (llm.c format) + _manifest.json.
 
-    pipeline shards --input out/tokens --output out [--name crawl] [--shard-tokens 100000000] [--val-fraction 0.01]
-    spark-submit jobs/shards.py --input s3://b/out/tokens --output s3://b/out
-
-Layout and order: see pipeline/shard_plan.py. How it runs without collecting tokens to the driver:
+Layout and order: see pipeline/shards/plan.py. How it runs without collecting tokens to the driver:
  1. sort (id, n_tokens) only, by id, into range partitions; collect one (docs, tokens) pair per
     partition and prefix-sum them on the driver into each partition's global token offset;
  2. give every document its global start offset and join it back to its tokens;
@@ -14,48 +12,22 @@ The output bytes depend only on the input rows, never on partitioning or task or
 """
 from __future__ import annotations
 
-import os
-import sys
+import json
+import time
+from typing import Dict
 
-if __package__ in (None, ""):  # run as a file by spark-submit
-    # Python put jobs/ first on sys.path, where this very file would shadow the standard library's
-    # `tokenize` module (dataclasses -> inspect imports it); use the repository root instead.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
+from pipeline import storage
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.llmc import MANIFEST, write_shard_pieces
+from pipeline.shards.plan import (ShardPlan, arrow_pieces, block_stats, check_shard_tokens, locate, with_starts,
+                                  val_end_from_docs, val_target)
 
-import json  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Optional  # noqa: E402
-
-from pipeline import storage  # noqa: E402
-from pipeline.config import JobConfig, flag, save_config  # noqa: E402
-from pipeline.shard_plan import (DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION, PlanError, ShardPlan,  # noqa: E402
-                                 arrow_pieces, block_stats, check_shard_tokens, locate, with_starts,
-                                 val_end_from_docs, val_target)
-from pipeline.shards import MANIFEST, write_shard_pieces  # noqa: E402
-from pipeline.spark import get_spark  # noqa: E402
-
-PIECES_SCHEMA = "shard int, pos long, first boolean, data binary"  # see shard_plan.arrow_pieces
+PIECES_SCHEMA = "shard int, pos long, first boolean, data binary"  # see plan.arrow_pieces
 DOCS_PER_SORT_PARTITION = 2_000_000  # (id, n_tokens) pairs: ~150 MB of Python objects to sort
 
 
-@dataclass(frozen=True)
-class ShardsConfig(JobConfig):
-    """llm.c .bin token shards (val shard first, then fixed-size train shards) -> DIR/shards"""
-    input: str = field(metadata=flag("--input", required=True, help="tokens parquet (DIR/tokens)"))
-    output: str = field(metadata=flag("--output", required=True, help="run directory; writes DIR/shards"))
-    name: str = field(default="crawl", metadata=flag("--name", help="shard file prefix: NAME_train_000001.bin"))
-    shard_tokens: int = field(default=DEFAULT_SHARD_TOKENS, metadata=flag(
-        "--shard-tokens", type=int, help="tokens per train shard (the last is shorter; max 1073741311 = 2 GiB)"))
-    val_fraction: float = field(default=DEFAULT_VAL_FRACTION, metadata=flag(
-        "--val-fraction", type=float, help="val shard size as a fraction of all tokens, whole documents"))
-    val_tokens: Optional[int] = field(default=None, metadata=flag(
-        "--val-tokens", type=int, help="val shard size in tokens (overrides --val-fraction; 0 = no val shard)"))
-
-
-Config = ShardsConfig
+def output_dirs(cfg: ShardsConfig) -> Dict[str, str]:
+    return {"shards": storage.join(cfg.output, "shards")}
 
 
 def _write_shards(plan: ShardPlan, out_dir: str):
@@ -78,7 +50,7 @@ def run(spark, cfg: ShardsConfig) -> dict:
     check_shard_tokens(cfg.shard_tokens)  # fail on bad sizes before any Spark work
     val_target(0, cfg.val_fraction, cfg.val_tokens)
     sc = spark.sparkContext
-    out_dir = storage.join(cfg.output, "shards")
+    out_dir = output_dirs(cfg)["shards"]
     tokens = spark.read.parquet(storage.to_spark_path(cfg.input))
 
     # 1. id order and per-partition totals. sortByKey fixes its range bounds once, in this RDD object,
@@ -131,22 +103,3 @@ def run(spark, cfg: ShardsConfig) -> dict:
     return {"stage": "shards", "records_in": n_docs, "records_out": docs_out, "dropped": {},
             "tokens": total, "shards": len(entries), "val_tokens": val_end,
             "seconds": round(time.time() - t0, 3)}
-
-
-def main(argv=None) -> int:
-    cfg = ShardsConfig.from_argv(argv, prog="pipeline shards")
-    spark = get_spark("pipeline-shards")
-    try:
-        stats = run(spark, cfg)
-    except PlanError as e:  # a layout problem the user can fix with flags: no traceback
-        print("pipeline shards: error: %s" % e, file=sys.stderr)
-        return 2
-    save_config(cfg, storage.join(cfg.output, "shards"))
-    print("shards: %d docs, %d tokens (val %d) -> %d shard(s) in %s (%.1fs)" % (
-        stats["records_out"], stats["tokens"], stats["val_tokens"], stats["shards"],
-        storage.join(cfg.output, "shards"), stats["seconds"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

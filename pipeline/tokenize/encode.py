@@ -10,7 +10,7 @@ package, or `--bpe-file` / a tiktoken cache directory when given) and their byte
 executors, which build the encoder from them once per Python worker. Nothing is downloaded, so the stage
 works the same on a laptop without internet and on a cluster in a private subnet.
 
-Nothing here imports Spark; `jobs/tokenize.py` wires it up.
+Nothing here imports Spark; `pipeline.tokenize.spark_plan` runs it in `mapInArrow`.
 """
 from __future__ import annotations
 

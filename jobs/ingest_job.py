@@ -1,0 +1,48 @@
+"""Ingest: WARC / parquet / JSON lines -> DIR/docs (one row per document) + DIR/ingest/dropped (one row
+per record that is not a document, with its reason).
+
+    pipeline ingest --input s3://bucket/crawl/*.warc.gz --output s3://bucket/run1
+    spark-submit jobs/ingest_job.py --input data/ --output out/
+
+The stage itself is pipeline/ingest/spark_plan.py; this file only wires it to a SparkSession.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from pipeline import storage
+from pipeline.accounting import NOT_DOCUMENT_REASONS
+from pipeline.config import save_config
+from pipeline.ingest import spark_plan
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.extract import ExtractorUnavailable
+from pipeline.ingest.tabular import MissingColumnError
+from pipeline.spark import get_spark
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = IngestConfig.from_argv(argv, prog="pipeline ingest")
+    try:
+        stats = spark_plan.run(get_spark("ingest"), cfg)
+    except (storage.InputError, MissingColumnError, spark_plan.IngestError, ExtractorUnavailable) as e:
+        print("ingest: error: %s" % e, file=sys.stderr)
+        return 2
+    dirs = spark_plan.output_dirs(cfg)
+    for d in dirs.values():
+        save_config(cfg, d)
+    print("ingest: %d records in, %d documents out -> %s (%.1f s)" % (
+        stats["records_in"], stats["records_out"], dirs["docs"], stats["seconds"]))
+    for reason, n in stats["not_documents"].items():
+        print("  not a document  %-15s %d  (%s)" % (reason, n, NOT_DOCUMENT_REASONS[reason]))
+    for reason, n in stats["dropped"].items():
+        print("  dropped         %-15s %d" % (reason, n))
+    if stats["errors"]:
+        print("  %s%d unreadable files / bad records listed on stderr; every drop is a row in %s" % (
+            "the first " if len(stats["errors"]) >= spark_plan.MAX_ERRORS_LISTED else "",
+            len(stats["errors"]), dirs["dropped"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

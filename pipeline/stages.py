@@ -1,0 +1,94 @@
+"""The pipeline's stages in order, and running several of them in one Spark application
+(`pipeline run`, `spark-submit jobs/run_pipeline.py`).
+
+Each stage's Spark plan module exposes `run(spark, cfg) -> stats` (see pipeline/accounting.py) and
+`output_dirs(cfg) -> {name: dir}`, the directories that get the stage's `_config.json`. Each stage
+reads the previous stage's output directory, exactly as when the stages are run one by one.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import namedtuple
+from typing import List, Sequence
+
+from pipeline import accounting, storage
+from pipeline.config import save_config
+from pipeline.dedup import spark_plan as dedup_plan
+from pipeline.dedup.config import DedupConfig
+from pipeline.ingest import spark_plan as ingest_plan
+from pipeline.ingest.config import IngestConfig
+from pipeline.shards import spark_plan as shards_plan
+from pipeline.shards.config import ShardsConfig
+from pipeline.tokenize import spark_plan as tokenize_plan
+from pipeline.tokenize.config import TokenizeConfig
+
+# source: where the stage's --input comes from, relative to --output (None = the run's --input)
+Stage = namedtuple("Stage", ["name", "config_class", "plan", "source"])
+STAGES = (
+    Stage("ingest", IngestConfig, ingest_plan, None),
+    Stage("dedup", DedupConfig, dedup_plan, "docs"),
+    Stage("tokenize", TokenizeConfig, tokenize_plan, "dedup/kept"),
+    Stage("shards", ShardsConfig, shards_plan, "tokens"),
+)
+
+DESCRIPTION = """All stages in one Spark application: ingest -> dedup -> tokenize -> shards -> summary.
+
+    pipeline run --input data/sample-1k/warc --output out/1k            # local[*]
+    spark-submit jobs/run_pipeline.py --input s3://b/warc/ --output s3://b/out/   # EMR
+
+Every stage's own flags are accepted here too (listed below by stage); each stage reads the previous
+stage's output directory, exactly as when the stages are run one by one.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline run", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="WARC/parquet/jsonl files, directories or globs (local or s3://)")
+    parser.add_argument("--output", required=True, help="output directory (local or s3://)")
+    parser.add_argument("--stages", default=",".join(s.name for s in STAGES),
+                        help="comma-separated subset of stages to run, in order (default: all)")
+    for stage in STAGES:
+        group = parser.add_argument_group("%s options" % stage.name)
+        stage.config_class.add_arguments(group, skip=("input", "output"))
+    return parser
+
+
+def stage_configs(ns: argparse.Namespace) -> List[tuple]:
+    """(stage, its frozen config) for every stage `--stages` names, in pipeline order."""
+    wanted = [s.strip() for s in ns.stages.split(",") if s.strip()]
+    unknown = set(wanted) - {s.name for s in STAGES}
+    if unknown:
+        raise SystemExit("unknown stage(s): %s" % ", ".join(sorted(unknown)))
+    out = []
+    for stage in STAGES:
+        if stage.name in wanted:
+            inp = tuple(ns.input) if stage.source is None else storage.join(ns.output, stage.source)
+            out.append((stage, stage.config_class.from_args(ns, input=inp, output=ns.output)))
+    return out
+
+
+def run_stages(spark, ns: argparse.Namespace) -> dict:
+    """Run the chosen stages one after the other; write and return the checked run summary."""
+    all_stats = []
+    for stage, cfg in stage_configs(ns):
+        t0 = time.time()
+        print("[%s] reading %s" % (stage.name, _describe(cfg.input)), flush=True)
+        stats = dict(stage.plan.run(spark, cfg))
+        for d in stage.plan.output_dirs(cfg).values():
+            save_config(cfg, d)
+        stats.setdefault("stage", stage.name)
+        stats.setdefault("seconds", round(time.time() - t0, 3))
+        all_stats.append(stats)
+        print("[%s] %d -> %d records in %.1fs" % (stage.name, stats["records_in"], stats["records_out"],
+                                                   stats["seconds"]), flush=True)
+    summary = accounting.build_summary(all_stats, extra={"input": list(ns.input), "output": ns.output})
+    accounting.write_summary(summary, ns.output)
+    return summary
+
+
+def _describe(paths) -> str:
+    paths: Sequence[str] = [paths] if isinstance(paths, str) else list(paths)
+    return paths[0] + (" and %d more" % (len(paths) - 1) if len(paths) > 1 else "")

@@ -675,14 +675,14 @@ def test_dry_run_prints_the_cost_line(capsys):
 def test_bundle_carries_every_package_data_file(tmp_path):
     for pkg in package.PACKAGES:
         shutil.copytree(os.path.join(REPO, pkg), str(tmp_path / pkg), ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "pipeline" / "data").mkdir(exist_ok=True)
-    (tmp_path / "pipeline" / "data" / "r50k_base.tiktoken").write_bytes(b"ranks")
     (tmp_path / "pipeline" / "gpt" / "table.json").write_text("{}")
+    shipped = os.path.join(REPO, "pipeline", "resources", "r50k_base.tiktoken")
     with zipfile.ZipFile(io.BytesIO(package.build_bundle_bytes(str(tmp_path)))) as zf:
         names = set(zf.namelist())
-        assert zf.read("pipeline/data/r50k_base.tiktoken") == b"ranks"
+        with open(shipped, "rb") as f:
+            assert zf.read("pipeline/resources/r50k_base.tiktoken") == f.read()
     assert "pipeline/gpt/table.json" in names
-    assert package.packaged_bpe_files(str(tmp_path)) == [str(tmp_path / "pipeline" / "data" / "r50k_base.tiktoken")]
+    assert package.packaged_bpe_files(str(tmp_path)) == [str(tmp_path / "pipeline" / "resources" / "r50k_base.tiktoken")]
 
 
 def _bootstrap_snippet(tag):

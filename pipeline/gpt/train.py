@@ -599,6 +599,30 @@ def choose_cudnn_attention(args, run: "Run", raw: GPT) -> bool:
     return enable_cudnn_attention(raw, run, args.b, args.t)
 
 
+# Fast-path set-up (torch.compile, CUDA-graph capture, cuBLASLt algorithm timing, cuDNN plan
+# building) costs every process tens of seconds. A run with less training work than this
+# (6 x parameters x tokens FLOPs, about 25 s of an H100 at the rate small models reach) cannot pay
+# that back, so their defaults turn off for it; explicit flags win. Measured: bench/bench_startup.py.
+SHORT_RUN_FLOPS = 1e16
+FAST_SETUP_FLAGS = ("compile", "cuda_graphs", "cublaslt", "cudnn_attention")
+
+
+def skip_fast_setup(args: argparse.Namespace, run: Run, params_x_tokens: int) -> bool:
+    """Turn off the fast paths' defaults for a short CUDA run (see SHORT_RUN_FLOPS)."""
+    if not run.cuda or 6 * params_x_tokens >= SHORT_RUN_FLOPS:
+        return False
+    skipped = [name for name in FAST_SETUP_FLAGS if getattr(args, name) is None]
+    for name in skipped:
+        setattr(args, name, 0)
+    if args.compile == 0:
+        run.compile = False
+    if skipped:
+        run.print("short run (%.1e FLOPs < %.0e): skipping the set-up of %s (pass them as 1 to force)"
+                  % (6 * params_x_tokens, SHORT_RUN_FLOPS,
+                     ", ".join("--" + n.replace("_", "-") for n in skipped)))
+    return bool(skipped)
+
+
 def train(args: argparse.Namespace) -> int:
     run = Run(args)
     if args.y and not args.o:
@@ -636,6 +660,8 @@ def train(args: argparse.Namespace) -> int:
         run.print("resuming from %s at step %d" % (state_path, step))
 
     raw = model
+    run_steps = (steps if args.estimate or args.es < 0 else min(args.es, steps)) - step
+    skip_fast_setup(args, run, raw.config.num_params() * total_batch * max(0, run_steps))
     # Default: on for Hopper-class GPUs (compute capability >= 9, where it was measured; llm.c also
     # enables its GELU epilogues only there), off with -r 1: torch.compile's recompute keeps the
     # outputs of opaque ops (the MLP's 4C-wide activations) instead of recomputing them, which

@@ -69,8 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
-    config, resume, price_only, budget = cfg.parse(argv)
-    config = cfg.with_budget(config, budget)
+    config, resume, price_only = cfg.parse(argv)
     if not resume and os.path.exists(os.path.join(config.out, "study.db")):
         print("pipeline tune: %s already holds a study; --resume it or choose another --out" % config.out,
               file=sys.stderr)

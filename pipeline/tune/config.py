@@ -194,19 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: Sequence[str]) -> Tuple[TuneConfig, bool, bool, Optional[float]]:
-    """argv -> (config, resume, price_only, budget override for a resume)."""
+def parse(argv: Sequence[str]) -> Tuple[TuneConfig, bool, bool]:
+    """argv -> (config, resume, price_only). A resume reads the saved config; only --budget-usd and
+    --gpus may change (more money, other GPUs), since the plan must stay the same."""
     parser = build_parser()
     args, trainer = parser.parse_known_args(list(argv))
     if args.resume:
         if not os.path.exists(os.path.join(args.out, CONFIG_FILE)):
             parser.error("--resume: no %s in %s" % (CONFIG_FILE, args.out))
-        return load(args.out), True, args.price_only, args.budget_usd
+        if trainer:
+            parser.error("--resume continues the saved plan: leave out the trainer flags %s" % " ".join(trainer))
+        config = load(args.out)
+        if args.budget_usd is not None:
+            config = replace(config, budget_usd=args.budget_usd)
+        if args.gpus:
+            config = replace(config, gpus=tuple(g.strip() for g in args.gpus.split(",") if g.strip()))
+        return config, True, args.price_only
     try:
         config = from_args(args, trainer)
     except ValueError as e:
         parser.error(str(e))
-    return config, False, args.price_only, None
+    return config, False, args.price_only
 
 
 def from_args(args: argparse.Namespace, trainer: List[str]) -> TuneConfig:
@@ -249,7 +257,3 @@ def from_args(args: argparse.Namespace, trainer: List[str]) -> TuneConfig:
         bootstrap=args.bootstrap, trainer_args=tuple(passthrough), final_micro_batch=args.final_batch,
         final_init=args.final_init, final_start_step=args.final_start_step,
         final_log_dir=args.final_log_dir)
-
-
-def with_budget(config: TuneConfig, budget: Optional[float]) -> TuneConfig:
-    return config if budget is None else replace(config, budget_usd=budget)

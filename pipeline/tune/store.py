@@ -19,8 +19,9 @@ import optuna
 from pipeline.tune.plan import TrialSpec
 
 STUDY_NAME = "tune"
-# statuses that end a trial for good (a resumed run never reruns them)
-FINAL = ("done", "diverged", "pruned", "failed")
+# statuses that end a trial for good: a resumed run never reruns them. A `failed` trial (out of GPU
+# memory, a crash) and an `interrupted` one run again on resume.
+FINAL = ("done", "diverged", "pruned")
 LR_DISTRIBUTION = optuna.distributions.FloatDistribution(1e-12, 1e3, log=True)
 
 

@@ -232,6 +232,8 @@ def from_args(args: argparse.Namespace, trainer: List[str]) -> TuneConfig:
             passthrough += [name] if value is None else [name, value]
     if not any(n in ("-i", "-id") for n, _ in flags):
         raise ValueError("-i (train shard glob) is required: it goes to every trial")
+    if not any(n in ("-j", "-iv") for n, _ in flags):
+        raise ValueError("-j (val shard glob) is required: trials are ranked by their val loss")
     shape = DEFAULT_LADDER[0]
     if any(k in read for k in ("-1d", "-1c", "-1h")):
         if not all(k in read for k in ("-1d", "-1c", "-1h")):

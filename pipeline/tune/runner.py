@@ -30,6 +30,20 @@ POLL_SECONDS = 0.2
 SPEND_WRITE_SECONDS = 5.0
 
 
+_CHECKPOINT = re.compile(r"^(?:model_(\d{8})\.bin|state_(\d{8})_\d{5}\.bin|DONE_(\d{8}))$")
+
+
+def remove_checkpoints(directory: str, keep_step: Optional[int] = None) -> None:
+    """Delete a trial dir's checkpoint files (llm.c's model_/state_/DONE_ names) except keep_step's:
+    a Hyperband arm needs only its latest round's checkpoint, and a dropped arm none."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        m = _CHECKPOINT.match(name)
+        if m and int(next(g for g in m.groups() if g)) != keep_step:
+            os.remove(os.path.join(directory, name))
+
+
 class LogFollower:
     """Reads the new complete lines of a main.log (llm.c's `s:N trl:/tel:/eval:` lines)."""
 
@@ -237,6 +251,9 @@ class Runner:
             hellaswag=evals[-1][1] if evals else float("nan"), seconds=round(seconds, 3),
             dollars=round(seconds * self.usd_per_second / len(self.slots), 6),
             rung=r.spec.rung or "", val_curve=[[s, v] for s, v in val])
+        if r.spec.stop_step is not None:     # a round: only its own checkpoint is needed from now on
+            remove_checkpoints(r.spec.directory(self.config.out),
+                               r.spec.stop_step if status == "done" else r.spec.start_step)
         store.finish(self.study, r.trial, record)
         self.echo("trial %s: %s%s (final val %.4f, %.1f s)" % (
             r.spec.trial_id, status, " - " + r.stop_detail if r.stop_detail else "", record.final_val,

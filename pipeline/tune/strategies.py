@@ -8,6 +8,7 @@ ones back from the study without running them.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,6 +18,7 @@ import optuna
 from pipeline.tune import fit
 from pipeline.tune.config import TuneConfig
 from pipeline.tune.plan import TrialSpec
+from pipeline.tune.runner import remove_checkpoints
 from pipeline.tune.shapes import Shape
 from pipeline.tune.store import TrialRecord
 
@@ -42,6 +44,7 @@ def grid_lrs(config: TuneConfig) -> List[float]:
 def random_lrs(config: TuneConfig, count: int, stream: int = 0) -> List[float]:
     """`count` log-uniform LRs from Optuna's RandomSampler, seeded by --tune-seed and `stream`, drawn in
     a throwaway in-memory study so the plan is fixed (and priced) before any trial runs."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=config.seed * 1000 + stream)
     study = optuna.create_study(sampler=sampler)
     dist = optuna.distributions.FloatDistribution(config.lr_min, config.lr_max, log=True)
@@ -225,6 +228,8 @@ class Hyperband(Strategy):
                         else float("inf")
                 return out
             successive_halving(list(b["arms"]), b["rounds"], evaluate)
+            for arm in b["arms"]:            # the bracket is over: no arm continues
+                remove_checkpoints(os.path.join(self.config.out, "trials", arm))
             if runner.out_of_budget:
                 break
         return records

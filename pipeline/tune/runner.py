@@ -73,22 +73,22 @@ class LogFollower:
             new.append((kind, step, value))
         return new
 
-    def divergence(self) -> Optional[str]:
-        """Why this run diverged, or None: a loss that is NaN/inf, or a train loss above the first."""
-        for step, v in sorted(self.val.items()):
-            if not math.isfinite(v):
-                return "val loss %s at step %d" % (v, step)
-        if not self.train:
-            return None
-        steps = sorted(self.train)
-        first = self.train[steps[0]]
-        for step in steps:
-            v = self.train[step]
-            if not math.isfinite(v):
-                return "train loss %s at step %d" % (v, step)
-            if v > first:
-                return "train loss %.4f at step %d above the first %.4f" % (v, step, first)
-        return None
+    def divergence(self) -> Optional[Tuple[str, int]]:
+        """(why, step) of the first sign of divergence, or None: a val or train loss that is NaN/inf, or
+        a train loss above the first one."""
+        signs = [("val loss %s at step %d" % (v, s), s) for s, v in self.val.items() if not math.isfinite(v)]
+        if self.train:
+            steps = sorted(self.train)
+            first = self.train[steps[0]]
+            for step in steps:
+                v = self.train[step]
+                if not math.isfinite(v):
+                    signs.append(("train loss %s at step %d" % (v, step), step))
+                    break
+                if v > first:
+                    signs.append(("train loss %.4f at step %d above the first %.4f" % (v, step, first), step))
+                    break
+        return min(signs, key=lambda x: x[1]) if signs else None
 
 
 def _die_with_parent() -> None:
@@ -206,9 +206,9 @@ class Runner:
                 if self.prune and step > 0 and step < r.spec.last_step and r.trial.should_prune():
                     self._stop(r, "pruned", "val loss %.4f at step %d" % (value, step))
         if r.stop_reason is None:
-            why = r.follower.divergence()
-            if why:
-                self._stop(r, "diverged", why)
+            sign = r.follower.divergence()
+            if sign:
+                self._stop(r, "diverged", sign[0])
         if r.stop_reason is None and self.spent_usd() >= self.config.budget_usd:
             self._stop(r, "budget", "spend reached $%.2f" % self.spent_usd())
             self.out_of_budget = True
@@ -229,16 +229,21 @@ class Runner:
         self._follow(r)                      # the lines written just before the process ended
         seconds = time.time() - r.started
         f = r.follower
-        val = sorted(f.val.items())
-        finite = [v for _, v in val if math.isfinite(v)]
+        sign = f.divergence()
         if r.stop_reason:
             status = r.stop_reason
         elif r.proc.returncode != 0:
-            status = "diverged" if f.divergence() or r.proc.returncode == 4 else "failed"
-        elif not val or val[-1][0] < r.spec.last_step:
+            status = "diverged" if sign or r.proc.returncode == 4 else "failed"
+        elif not f.val or max(f.val) < r.spec.last_step:
             status = "failed"
         else:
             status = "done"
+        val = sorted(f.val.items())
+        if status == "diverged" and sign:
+            # what the log holds past the divergence depends on when the tuner stopped the trial:
+            # keep the losses up to it, so the row is the same in every run
+            val = [(s, v) for s, v in val if s <= sign[1]]
+        finite = [v for _, v in val if math.isfinite(v)]
         if status == "failed" and not r.stop_detail:
             r.stop_detail = "exit code %s, see %s" % (r.proc.returncode, os.path.join(
                 r.spec.directory(self.config.out), "stdout.log"))

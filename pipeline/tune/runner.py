@@ -112,6 +112,7 @@ class _Running:
     reported: set = field(default_factory=set)
     stop_reason: Optional[str] = None      # "diverged", "pruned", "budget"
     stop_detail: str = ""
+    pruned_at: Optional[int] = None
 
 
 class Runner:
@@ -205,6 +206,7 @@ class Runner:
                 r.reported.add(step)
                 if self.prune and step > 0 and step < r.spec.last_step and r.trial.should_prune():
                     self._stop(r, "pruned", "val loss %.4f at step %d" % (value, step))
+                    r.pruned_at = step
         if r.stop_reason is None:
             sign = r.follower.divergence()
             if sign:
@@ -243,6 +245,8 @@ class Runner:
             # what the log holds past the divergence depends on when the tuner stopped the trial:
             # keep the losses up to it, so the row is the same in every run
             val = [(s, v) for s, v in val if s <= sign[1]]
+        if status == "pruned" and r.pruned_at is not None:
+            val = [(s, v) for s, v in val if s <= r.pruned_at]
         finite = [v for _, v in val if math.isfinite(v)]
         if status == "failed" and not r.stop_detail:
             r.stop_detail = "exit code %s, see %s" % (r.proc.returncode, os.path.join(

@@ -43,8 +43,8 @@ class TrialRecord:
 
     @property
     def usable(self) -> bool:
-        """A loss that can enter a fit: the trial finished without diverging."""
-        return self.status in ("done", "pruned") and math.isfinite(self.final_val)
+        """A loss that can enter a fit: the trial ran all its steps without diverging."""
+        return self.status == "done" and math.isfinite(self.final_val)
 
 
 def open_study(out: str, pruner: Optional[optuna.pruners.BasePruner] = None) -> optuna.Study:

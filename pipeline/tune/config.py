@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pipeline tune", allow_abbrev=False,
         usage="pipeline tune --strategy S --budget-usd N --out DIR [options] [trainer flags]\n"
-              "       pipeline tune --resume --out DIR [--budget-usd N]\n"
+              "       pipeline tune --resume --out DIR [--budget-usd N] [--gpus LIST]\n"
               "       pipeline tune report DIR",
         description="Tune GPT-2's peak learning rate under a dollar budget: price the plan, run trials "
                     "as `pipeline train` subprocesses, fit, recommend. Unknown flags go to every trial.")

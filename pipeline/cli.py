@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": ("pipeline.evaluate", "score a dedup report against ground truth"),
     "train": ("pipeline.gpt.train", "pretrain GPT-2 on llm.c shards (train_gpt2cu flags)"),
     "generate": ("pipeline.gpt.generate", "sample text from a checkpoint (KV cache)"),
+    "tune": ("pipeline.tune.command", "tune the peak LR under a dollar budget (plan, price, trials, fit)"),
     "plot": ("pipeline.gpt.plot", "plot train/val loss and HellaSwag from log dirs (local or s3://)"),
     "upload-logs": ("pipeline.gpt.sync", "copy a training log dir to s3://BUCKET/RUN_CLUSTER/<dir name>/"),
     "emr": ("emr.launch", "EMR cluster: bundle/upload/create-cluster/submit/wait/logs/terminate"),

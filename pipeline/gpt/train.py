@@ -551,6 +551,34 @@ def choose_cudnn_attention(args, run: "Run", raw: GPT) -> bool:
     return enable_cudnn_attention(raw, run, args.b, args.t)
 
 
+# Fast-path set-up (torch.compile, CUDA-graph capture, cuBLASLt algorithm timing, cuDNN plan
+# building) costs every process tens of seconds, and what it saves grows with the matmuls. For a
+# small model (fewer transformer-block parameters than SMALL_MODEL_PARAMS) on a short run (less
+# training work than SHORT_RUN_FLOPS = 6 x parameters x tokens, about 25 s of an H100 at the rate
+# small models reach) it cannot pay back, so the fast paths' defaults turn off; explicit flags win.
+# GPT-2 124M (85M block parameters) always keeps them. Measured: bench/bench_startup.py.
+SMALL_MODEL_PARAMS = 10_000_000
+SHORT_RUN_FLOPS = 1e16
+FAST_SETUP_FLAGS = ("compile", "cuda_graphs", "cublaslt", "cudnn_attention")
+
+
+def skip_fast_setup(args: argparse.Namespace, run: Run, config: GPTConfig, tokens: int) -> bool:
+    """Turn off the fast paths' defaults for a small model's short CUDA run (see SHORT_RUN_FLOPS)."""
+    block_params = 12 * config.n_layer * config.n_embd ** 2
+    flops = 6 * config.num_params() * tokens
+    if not run.cuda or block_params >= SMALL_MODEL_PARAMS or flops >= SHORT_RUN_FLOPS:
+        return False
+    skipped = [name for name in FAST_SETUP_FLAGS if getattr(args, name) is None]
+    for name in skipped:
+        setattr(args, name, 0)
+    if args.compile == 0:
+        run.compile = False
+    if skipped:
+        run.print("small model, short run (%.1e FLOPs): skipping the set-up of %s (pass 1 to force)"
+                  % (flops, ", ".join("--" + n.replace("_", "-") for n in skipped)))
+    return bool(skipped)
+
+
 def train(args: argparse.Namespace) -> int:
     run = Run(args)
     if args.y and not args.o:
@@ -588,6 +616,8 @@ def train(args: argparse.Namespace) -> int:
         run.print("resuming from %s at step %d" % (state_path, step))
 
     raw = model
+    run_steps = (steps if args.estimate or args.es < 0 else min(args.es, steps)) - step
+    skip_fast_setup(args, run, raw.config, total_batch * max(0, run_steps))
     # Default: on for Hopper-class GPUs (compute capability >= 9, where it was measured; llm.c also
     # enables its GELU epilogues only there), off with -r 1: torch.compile's recompute keeps the
     # outputs of opaque ops (the MLP's 4C-wide activations) instead of recomputing them, which

@@ -1,0 +1,219 @@
+"""`pipeline tune` on CPU: the fits against known answers, the Hyperband table and successive halving on a
+synthetic objective, and the whole tuner on real tiny `pipeline train` runs (U-curve, divergence, a plan
+refused over budget, SIGKILL and --resume)."""
+import csv
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("optuna")
+pytest.importorskip("torch")
+
+from pipeline.shards import write_shard  # noqa: E402
+from pipeline.tune import command, fit  # noqa: E402
+from pipeline.tune.report import TIMING_COLUMNS  # noqa: E402
+from pipeline.tune.runner import LogFollower  # noqa: E402
+from pipeline.tune.shapes import GPT2_124M, Shape  # noqa: E402
+from pipeline.tune.strategies import hyperband_brackets, successive_halving  # noqa: E402
+
+# A model and batch small enough for a CPU trial in a few seconds.
+TINY = ["-1d", "1", "-1c", "32", "-1h", "2", "-b", "4", "-t", "32", "-v", "4", "-m", "2", "-s", "0",
+        "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Train and val shards of a learnable stream (a repeating 50-token phrase) in llm.c's format."""
+    d = tmp_path_factory.mktemp("shards")
+    phrase = np.random.default_rng(0).integers(0, 50257, size=50)
+    stream = np.tile(phrase, 200)
+    write_shard(str(d / "x_train_000001.bin"), stream[:4000])
+    write_shard(str(d / "x_train_000002.bin"), stream[4000:8000])
+    write_shard(str(d / "x_val_000000.bin"), stream[:2000])
+    return ["-i", str(d / "x_train_*.bin"), "-j", str(d / "x_val_*.bin")]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_trials(monkeypatch):
+    # each trial is a separate process: one torch thread is faster (and deterministic) on 2 cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def read_table(out):
+    with open(os.path.join(out, "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------ fits
+
+def test_u_curve_finds_the_known_minimum_of_a_noisy_objective():
+    rng = np.random.default_rng(3)
+    x0 = math.log10(2.7e-3)
+    lrs = np.logspace(-4, -1, 10)
+    x = np.log10(lrs)
+    # not a parabola: steeper on the right (divergence) and flat far left, plus noise
+    loss = 3.0 + np.where(x > x0, 1.2 * (x - x0) ** 2, 0.5 * np.abs(x - x0) ** 1.7) + rng.normal(0, 0.01, 10)
+    u = fit.fit_u_curve(lrs, loss)
+    assert u.coeffs is not None
+    assert abs(math.log10(u.lr_opt) - x0) < 0.15, u
+
+
+def test_u_curve_at_the_edge_of_the_range_says_so():
+    lrs = np.logspace(-4, -1, 6)
+    u = fit.fit_u_curve(lrs, 5 - np.log10(lrs))   # still falling at the top of the range
+    assert u.lr_opt == pytest.approx(lrs[-1]) and "widen --lr-range" in u.rule
+
+
+def test_power_law_projection_recovers_a_known_exponent():
+    rng = np.random.default_rng(7)
+    coef, exponent = 2.0, -0.35
+    groups = []
+    for n in (3.3e6, 7.0e6, 1.1e7, 2.0e7):
+        opt = coef * n ** exponent
+        lrs = np.logspace(math.log10(opt) - 1.2, math.log10(opt) + 1.2, 9)
+        loss = 4.0 + 0.6 * (np.log10(lrs / opt)) ** 2 + rng.normal(0, 0.004, 9)
+        groups.append((n, list(lrs), list(loss)))
+    p = fit.project(groups, GPT2_124M.params(), resamples=100, seed=1)
+    assert abs(p.law.exponent - exponent) < 0.05, p.law
+    truth = coef * GPT2_124M.params() ** exponent
+    assert abs(math.log10(p.lr / truth)) < 0.1
+    assert p.band[0] <= p.lr <= p.band[1] and p.band[0] < truth * 1.3 and p.band[1] > truth / 1.3
+
+
+def test_parameter_count_of_gpt2_124m_is_llmc_s():
+    assert GPT2_124M.params() == 124475904          # llm.c prints num_parameters: 124475904
+    assert Shape.parse("1/64/1").label == "1/64/1"
+
+
+# ------------------------------------------------------------------------- successive halving
+
+def test_hyperband_table_is_the_course_s():
+    table = {b["s"]: b["rounds"] for b in hyperband_brackets(555, 3)}
+    # by hand: s_max = 5 (3^5 = 243 <= 555 < 729), B = 6 x 555; n = ceil(6 x 3^s / (s + 1)), r = 555 / 3^s
+    assert sorted(table) == [0, 1, 2, 3, 4, 5]
+    assert table[5] == [(243, 2), (81, 7), (27, 21), (9, 62), (3, 185), (1, 555)]
+    assert table[4] == [(98, 7), (32, 21), (10, 62), (3, 185), (1, 555)]
+    assert table[3] == [(41, 21), (13, 62), (4, 185), (1, 555)]
+    assert table[2] == [(18, 62), (6, 185), (2, 555)]
+    assert table[1] == [(9, 185), (3, 555)]
+    assert table[0] == [(6, 555)]
+
+
+def test_successive_halving_keeps_the_best_arm_of_a_synthetic_objective():
+    rng = np.random.default_rng(11)
+    arms = {"a%02d" % k: lr for k, lr in enumerate(np.logspace(-4, -1, 27))}
+    best = min(arms, key=lambda a: abs(math.log10(arms[a]) - math.log10(3e-3)))
+    seen = []
+
+    def evaluate(alive, i, steps):
+        seen.append((len(alive), steps))
+        # loss falls with steps; arms differ by distance to the optimum; noise below the gaps
+        return {a: 3 + (math.log10(arms[a]) + 2.52) ** 2 + 5.0 / steps + rng.normal(0, 0.002)
+                if arms[a] < 0.05 else float("nan") for a in alive}
+
+    rounds = [(27, 5), (9, 15), (3, 45), (1, 135)]
+    history = successive_halving(list(arms), rounds, evaluate)
+    assert seen == rounds
+    assert list(history[-1]["losses"]) == [best]
+
+
+# ---------------------------------------------------------------------------- real trials
+
+def test_divergence_is_detected_from_main_log(tmp_path):
+    log = tmp_path / "main.log"
+    log.write_text("s:0 trl:10.9000 lr:0.000100 norm:1.00\ns:0 tel:10.9500\ns:1 trl:9.1000 lr:0.0001 norm:1\n")
+    f = LogFollower(str(log))
+    f.poll()
+    assert f.divergence() is None
+    with open(log, "a") as out:
+        out.write("s:2 trl:11.2000 lr:0.000100 norm:9.00\n")
+    f.poll()
+    assert "above the first" in f.divergence()[0] and f.divergence()[1] == 2
+    g = LogFollower(str(log))
+    log.write_text("s:0 trl:10.9 lr:0.1 norm:1\ns:1 trl:nan lr:0.1 norm:nan\n")
+    g.poll()
+    assert "nan" in g.divergence()[0]
+
+
+def test_grid_on_real_tiny_runs_finds_the_u_curve_minimum_and_marks_divergence(shards, tmp_path):
+    out = str(tmp_path / "grid")
+    rc = command.main(["--strategy", "grid", "--n-lrs", "5", "--lr-range", "1e-3", "1", "--budget-usd", "1",
+                       "--out", out, "-x", "16"] + shards + TINY)
+    assert rc == 0
+    rows = read_table(out)
+    assert [r["status"] for r in rows][-1] == "diverged"          # lr = 1 blows up on step 1
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(done) >= 3
+    best = min(done, key=lambda r: float(r["final_val"]))
+    lrs = [float(r["lr"]) for r in done]
+    assert min(lrs) < float(best["lr"]) < max(lrs)                 # a real U: the best is inside
+    import json
+    rec = json.load(open(os.path.join(out, "recommendation.json")))
+    spacing = 10 ** (3 / 4)                                        # the grid's LR ratio
+    assert float(best["lr"]) / spacing < rec["lr"] < float(best["lr"]) * spacing
+    assert "-l %.3g" % rec["lr"] in rec["command"] and "-1d 12 -1c 768 -1h 12" in rec["command"]
+    for name in ("ucurve.png", "curves.png", "tune_config.json", "study.db"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    assert os.path.exists(os.path.join(out, "trials", rows[0]["trial"], "main.log"))
+    # `report` rebuilds the same table from what is stored
+    os.remove(os.path.join(out, "results.csv"))
+    assert command.main(["report", out]) == 0
+    assert read_table(out) == rows
+
+
+def test_plan_over_budget_is_refused_before_any_training(shards, tmp_path, capsys):
+    out = str(tmp_path / "over")
+    argv = ["--strategy", "grid+model-scale", "--ladder", "1/32/2,2/32/2", "--n-lrs", "6", "--out", out,
+            "--price-per-hour", "1000", "-x", "40"] + shards + TINY
+    assert command.main(argv + ["--budget-usd", "1000000", "--price-only"]) == 0
+    printed = capsys.readouterr().out
+    total = float(re.search(r"^total\s+12\s+480\s+\S+\s+(\S+)$", printed, re.M).group(1))
+    pricing_usd = float(re.search(r"^pricing runs\s+(\S+)$", printed, re.M).group(1))
+    budget = pricing_usd + (total - pricing_usd) / 2      # room for about half of the trials
+    assert command.main(argv + ["--budget-usd", "%.4f" % budget]) == 3
+    captured = capsys.readouterr()
+    assert "pricing 1/32/2:" not in captured.out                  # measured once, reused
+    assert "plan refused" in captured.err and "over --budget-usd" in captured.err
+    n_lrs = int(re.search(r"--n-lrs (\d+)", captured.err).group(1))
+    assert 1 <= n_lrs < 6
+    assert not os.path.exists(os.path.join(out, "trials"))        # priced, never trained
+    assert not os.path.exists(os.path.join(out, "study.db"))
+
+
+def _tune(out, shards, *extra):
+    return [sys.executable, "-m", "pipeline", "tune", "--strategy", "grid", "--n-lrs", "3", "--lr-range",
+            "3e-3", "3e-1", "--budget-usd", "1", "--out", out, "-x", "12"] + list(extra) + shards + TINY
+
+
+def test_sigkill_mid_trial_then_resume_gives_the_uninterrupted_table(shards, tmp_path):
+    whole = str(tmp_path / "whole")
+    subprocess.run(_tune(whole, shards), check=True, stdout=subprocess.DEVNULL)
+    cut = str(tmp_path / "cut")
+    tuner = subprocess.Popen(_tune(cut, shards), stdout=subprocess.DEVNULL)
+    second = os.path.join(cut, "trials", "d1c32h2-01", "main.log")
+    deadline = time.time() + 300
+    while not (os.path.exists(second) and "trl" in open(second).read()):   # the 2nd trial is training
+        assert tuner.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    first_log = os.path.join(cut, "trials", "d1c32h2-00", "stdout.log")
+    first_mtime = os.path.getmtime(first_log)
+    tuner.send_signal(signal.SIGKILL)
+    tuner.wait()
+    r = subprocess.run([sys.executable, "-m", "pipeline", "tune", "--resume", "--out", cut],
+                       stdout=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stdout
+    assert "restarting d1c32h2-01" in r.stdout
+    assert "trial d1c32h2-00:" not in r.stdout                      # finished: not run again
+    assert os.path.getmtime(first_log) == first_mtime
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+    assert strip(read_table(cut)) == strip(read_table(whole))
+    assert len(read_table(cut)) == 3

@@ -27,6 +27,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from runinfo import run_info  # noqa: E402  (bench/ is sys.path[0] when a bench script runs)
 
 
 def _proc_cpu(pid: int) -> float:
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
                                                          pf["recall"], pf["f1"]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        json.dump({"run": run_info(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                "warmup_docs": args.warmup_docs,
                                "load_avg_at_end": os.getloadavg()},
                    "master": args.master, "spark_conf": args.spark_conf, "threshold": args.threshold, "num_perm": args.num_perm,

@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from runinfo import run_info  # noqa: E402  (bench/ is sys.path[0] when a bench script runs)
 
 from ingest_inputs import WarcBuilder  # noqa: E402
 from pipeline.ingest.core import IngestOptions  # noqa: E402
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
         print("  ".join(c.ljust(wd) if j == 0 else c.rjust(wd) for j, (c, wd) in enumerate(zip(t, widths))))
         if i == 0:
             print("  ".join("-" * wd for wd in widths))
-    result = {"bench": "ingest", "pages": len(pages), "html_mb": round(html_mb, 2), "repeat": args.repeat,
+    result = {"run": run_info(), "bench": "ingest", "pages": len(pages), "html_mb": round(html_mb, 2), "repeat": args.repeat,
               "python": platform.python_version(), "machine": platform.machine(),
               "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2), "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -18,6 +18,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from runinfo import run_info  # noqa: E402  (bench/ is sys.path[0] when a bench script runs)
 
 
 def main() -> int:
@@ -26,7 +27,8 @@ def main() -> int:
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--extractor", default="bs4")
     ap.add_argument("--data", default=os.path.join(REPO, "bench", "data"))
-    ap.add_argument("--json", default=os.path.join(REPO, "bench", "results", "pipeline.json"))
+    ap.add_argument("--out", "--json", dest="json", default=os.path.join(REPO, "bench", "results", "pipeline.json"),
+                    help="where to write the JSON results")
     args = ap.parse_args()
 
     shared = os.path.join(os.path.dirname(REPO), "shared", "tiktoken")
@@ -79,7 +81,7 @@ def main() -> int:
             a["docs"], b["docs"], b["docs"] / a["docs"], b["wall_s"] / a["wall_s"]))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        json.dump({"run": run_info(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                "master": args.master, "extractor": args.extractor},
                    "runs": rows}, f, indent=2)
     print("wrote", args.json)

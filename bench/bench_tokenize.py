@@ -19,6 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from runinfo import run_info  # noqa: E402  (bench/ is sys.path[0] when a bench script runs)
 
 from pipeline import bpe  # noqa: E402
 from pipeline import tokenize as tk  # noqa: E402
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     for r in spark_rows:
         print("spark %-9s %6d docs %10d tokens %8.1f s %10d tokens/s" % (
             r["stage"], r["docs"], r["tokens"], r["seconds"], r["tokens_per_s"]))
-    result = {"bench": "tokenize", "docs": len(texts), "text_mb": round(mb, 3), "tokens": n_tokens,
+    result = {"run": run_info(), "bench": "tokenize", "docs": len(texts), "text_mb": round(mb, 3), "tokens": n_tokens,
               "batch_size": ns.batch_size, "repeat": ns.repeat, "rows": rows, "spark": spark_rows,
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "platform": platform.platform(), "loadavg_1m": os.getloadavg()[0]},

@@ -20,42 +20,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds of pid and its live descendants, plus their reaped children."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, times = {}, {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(name)] = int(fields[1])
-        times[int(name)] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
-    total, stack = 0.0, [pid]
-    children = {}
-    for p, pp in parent.items():
-        children.setdefault(pp, []).append(p)
-    while stack:
-        p = stack.pop()
-        total += times.get(p, 0.0)
-        stack.extend(children.get(p, []))
-    return total
-
-
-def _self_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from runinfo import proc_tree_cpu_s, run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
 
 
 def corpus(size: int, data_dir: str, seed: int):
@@ -75,7 +46,7 @@ def bench_datasketch(ids, texts, threshold: float, num_perm: int):
 
     from pipeline.dedup.shingles import shingle_strings
 
-    t0, c0 = time.time(), _self_cpu()
+    t0, c0 = time.time(), self_cpu_s()
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     sketches = []
     for doc_id, text in zip(ids, texts):
@@ -86,16 +57,16 @@ def bench_datasketch(ids, texts, threshold: float, num_perm: int):
     pairs = 0
     for doc_id, m in zip(ids, sketches):
         pairs += sum(1 for other in lsh.query(m) if other != doc_id)
-    return {"wall_s": time.time() - t0, "cpu_s": _self_cpu() - c0, "cores": 1,
+    return {"wall_s": time.time() - t0, "cpu_s": self_cpu_s() - c0, "cores": 1,
             "candidate_pairs": pairs // 2, "bands_rows": [lsh.b, lsh.r]}
 
 
 def bench_core(ids, texts, threshold: float, num_perm: int):
     from pipeline.dedup.local import dedup_local
 
-    t0, c0 = time.time(), _self_cpu()
+    t0, c0 = time.time(), self_cpu_s()
     _, stats = dedup_local(ids, texts, threshold=threshold, num_perm=num_perm)
-    return {"wall_s": time.time() - t0, "cpu_s": _self_cpu() - c0, "cores": 1,
+    return {"wall_s": time.time() - t0, "cpu_s": self_cpu_s() - c0, "cores": 1,
             "candidate_pairs": stats["candidate_pairs"], "verified_pairs": stats["verified_pairs"],
             "duplicates_removed": stats["duplicates_removed"]}
 
@@ -118,9 +89,9 @@ def bench_spark(spark, cores: int, sample_dir: str, out_dir: str, threshold: flo
     cfg = DedupConfig(input=os.path.join(out_dir, "in"), output=out_dir, threshold=threshold,
                       num_perm=num_perm)
     jvm = spark.sparkContext._gateway.proc.pid
-    t0, c0 = time.time(), _proc_cpu(jvm) + _self_cpu()
+    t0, c0 = time.time(), proc_tree_cpu_s(jvm) + self_cpu_s()
     stats = run(spark, cfg)
-    wall, cpu = time.time() - t0, _proc_cpu(jvm) + _self_cpu() - c0
+    wall, cpu = time.time() - t0, proc_tree_cpu_s(jvm) + self_cpu_s() - c0
     report = pd.read_parquet(os.path.join(out_dir, "dedup", "report"))
     truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
     s = score(report, truth)
@@ -238,7 +209,7 @@ def main(argv=None) -> int:
                                                          pf["recall"], pf["f1"]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        json.dump({"run": run_info(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                "warmup_docs": args.warmup_docs,
                                "load_avg_at_end": os.getloadavg()},
                    "master": args.master, "spark_conf": args.spark_conf, "threshold": args.threshold, "num_perm": args.num_perm,

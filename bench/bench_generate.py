@@ -6,9 +6,10 @@
     PYTHONPATH=. python bench/bench_generate.py --decode-sweep      # split decode attention
 
 The first two are `pipeline generate --benchmark`: a table, and
-bench/results/inference_<device>.{json,csv,png}. `--variants` times the engine's decode options at
-batch 1 (CUDA graphs on/off, fused kernels on/off), the bare CUDA-graph replay against the
-whole generate loop, and lists the kernels of one decode step; it writes
+bench/results/inference_<device>.{json,csv,png}; `--json PATH` also copies that JSON (with the machine
+and command) to PATH, e.g. docs/benchmarks/results/h100_decode.json. `--variants` times the engine's
+decode options at batch 1 (CUDA graphs on/off, fused kernels on/off), the bare CUDA-graph replay against
+the whole generate loop, and lists the kernels of one decode step; it writes
 bench/results/inference_variants.json. `--decode-sweep` compares the decode-attention kernel's
 split (flash-decoding) settings: the kernel alone per cached length, then batch-1 tokens/s over the
 new-token sweep, batch-64 throughput and logits vs a full forward for each engine setting; it
@@ -22,6 +23,7 @@ import time
 
 
 from pipeline.gpt.generate import main  # noqa: E402
+from runinfo import run_info  # noqa: E402  (bench/ is sys.path[0] when a bench script runs)
 
 HELLO = [31373]
 
@@ -242,6 +244,30 @@ def decode_sweep(out_dir="bench/results", sweep=(16, 32, 64, 128, 256, 512, 1023
     return 0
 
 
+def benchmark_to(json_path: str, args) -> int:
+    """`pipeline generate --benchmark ARGS`, then its JSON copied to `json_path` (the CSV and plot stay in
+    --bench-out, a temporary directory unless given)."""
+    import glob
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = args[args.index("--bench-out") + 1] if "--bench-out" in args else tmp
+        if "--bench-out" not in args:
+            args = args + ["--bench-out", tmp]
+        rc = main(["--benchmark"] + args)
+        if rc == 0:
+            newest = max(glob.glob(os.path.join(out_dir, "inference_*.json")), key=os.path.getmtime)
+            os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+            with open(newest) as f:
+                result = json.load(f)
+            result["run"] = run_info()
+            with open(json_path, "w") as f:
+                json.dump(result, f, indent=2, sort_keys=True)
+            print("wrote %s" % json_path)
+        return rc
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if "--variants" in args:
@@ -250,4 +276,7 @@ if __name__ == "__main__":
     if "--decode-sweep" in args:
         out = args[args.index("--bench-out") + 1] if "--bench-out" in args else "bench/results"
         sys.exit(decode_sweep(out))
+    if "--json" in args:
+        i = args.index("--json")
+        sys.exit(benchmark_to(args[i + 1], args[:i] + args[i + 2:]))
     sys.exit(main(["--benchmark"] + args))

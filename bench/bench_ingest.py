@@ -22,6 +22,7 @@ import random
 import sys
 import time
 
+from runinfo import run_info  # bench/ is sys.path[0] when a bench script runs
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         print("  ".join(c.ljust(wd) if j == 0 else c.rjust(wd) for j, (c, wd) in enumerate(zip(t, widths))))
         if i == 0:
             print("  ".join("-" * wd for wd in widths))
-    result = {"bench": "ingest", "pages": len(pages), "html_mb": round(html_mb, 2), "repeat": args.repeat,
+    result = {"run": run_info(), "bench": "ingest", "pages": len(pages), "html_mb": round(html_mb, 2), "repeat": args.repeat,
               "python": platform.python_version(), "machine": platform.machine(),
               "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2), "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

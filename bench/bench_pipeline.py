@@ -3,8 +3,10 @@
     python bench/bench_pipeline.py --sizes 10000 100000 [--master local[2]] [--extractor bs4]
 
 For each size: generate a labelled sample (cached under bench/data/), run all stages through the same
-code as `pipeline run`, and record each stage's wall time from the run summary plus dedup quality
-against the exact-Jaccard truth. Prints a table and writes bench/results/pipeline.json.
+code as `pipeline run`, and record each stage's wall time from the run summary, the whole run's CPU
+seconds (driver, JVM and Python workers: the fair number on a shared machine) and dedup quality
+against the exact-Jaccard truth. Prints a table and writes JSON to --out (default
+bench/results/pipeline.json).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from runinfo import proc_tree_cpu_s, run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
 
 
 def main() -> int:
@@ -25,7 +28,8 @@ def main() -> int:
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--extractor", default="bs4")
     ap.add_argument("--data", default=os.path.join(REPO, "bench", "data"))
-    ap.add_argument("--json", default=os.path.join(REPO, "bench", "results", "pipeline.json"))
+    ap.add_argument("--out", "--json", dest="json", default=os.path.join(REPO, "bench", "results", "pipeline.json"),
+                    help="where to write the JSON results")
     args = ap.parse_args()
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -48,13 +52,15 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         ns = stages.build_parser().parse_args(
             ["--input", os.path.join(sample_dir, "warc"), "--output", out, "--extractor", args.extractor])
-        t0 = time.time()
+        jvm = spark.sparkContext._gateway.proc.pid
+        t0, c0 = time.time(), proc_tree_cpu_s(jvm) + self_cpu_s()
         summary = stages.run_stages(spark, ns)
-        wall = time.time() - t0
+        wall, cpu = time.time() - t0, proc_tree_cpu_s(jvm) + self_cpu_s() - c0
         import pyarrow.parquet as pq
         scores = evaluate.score(pq.read_table(os.path.join(out, "dedup", "report")).to_pandas(),
                                 pq.read_table(os.path.join(sample_dir, "truth.parquet")).to_pandas())
-        row = {"docs": n, "records_in": summary["records_in"], "wall_s": round(wall, 2), "cores": cores,
+        row = {"docs": n, "records_in": summary["records_in"], "wall_s": round(wall, 2),
+               "cpu_s": round(cpu, 1), "docs_per_cpu_s": round(n / cpu, 1), "cores": cores,
                "has_dup_f1": scores["has_dup"]["f1"], "pair_f1": scores["pairs"]["f1"], "stages": {}}
         for st in summary["stages"]:
             row["stages"][st["stage"]] = {"seconds": st["seconds"], "records_in": st["records_in"],
@@ -63,19 +69,19 @@ def main() -> int:
 
     print()
     stages = ["ingest", "dedup", "tokenize", "shards"]
-    print("%8s %8s " % ("docs", "wall s") + " ".join("%18s" % ("%s docs/s" % s) for s in stages)
+    print("%8s %8s %8s " % ("docs", "wall s", "CPU s") + " ".join("%18s" % ("%s docs/s" % s) for s in stages)
           + "  %8s %8s" % ("dupF1", "pairF1"))
     for r in rows:
-        print("%8d %8.1f " % (r["docs"], r["wall_s"])
+        print("%8d %8.1f %8.1f " % (r["docs"], r["wall_s"], r["cpu_s"])
               + " ".join("%18.1f" % r["stages"][s]["docs_per_s"] for s in stages)
               + "  %8.4f %8.4f" % (r["has_dup_f1"], r["pair_f1"]))
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
-        print("scaling %d -> %d docs (x%.1f): wall time x%.2f" % (
-            a["docs"], b["docs"], b["docs"] / a["docs"], b["wall_s"] / a["wall_s"]))
+        print("scaling %d -> %d docs (x%.1f): wall time x%.2f, CPU time x%.2f" % (
+            a["docs"], b["docs"], b["docs"] / a["docs"], b["wall_s"] / a["wall_s"], b["cpu_s"] / a["cpu_s"]))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        json.dump({"run": run_info(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                "master": args.master, "extractor": args.extractor},
                    "runs": rows}, f, indent=2)
     print("wrote", args.json)

@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 
+from runinfo import run_info  # bench/ is sys.path[0] when a bench script runs
 
 import pandas as pd  # noqa: E402
 
@@ -107,7 +108,7 @@ def main() -> int:
     print("\nexact Jaccard join (threshold 0.8, 5-word shingles)")
     print(pd.DataFrame([exact]).to_string(index=False))
 
-    result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+    result = {"run": run_info(), "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "load_avg_1m": round(os.getloadavg()[0], 2)},
               "seed": args.seed, "workers": args.workers, "sizes": rows, "parent_jaccard_hist": hist_rows,
               "parent_jaccard_by_edit": by_edit.to_dict(orient="records"), "exact_join": exact}

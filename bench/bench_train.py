@@ -29,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from runinfo import run_info  # bench/ is sys.path[0] when a bench script runs
 
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402
@@ -67,7 +68,7 @@ SPEED = [  # name, attention, compile, recompute, B, T, compile mode, SDPA kerne
     # "+fe": attention through the cuDNN frontend (pipeline.gpt.cudnn_attention), packed q|k|v
     ("flash+compile+lt+graphs+fe", "flash", 1, 0, 32, 1024, "default", "auto"),
     ("course step+lt+graphs+fe", "flash", 1, 0, 64, 1024, "default", "auto", 8),
-    # the default step without session 8's optimizer changes, for A/B: "-mirrors": no bf16 weight
+    # the default step without the optimizer fast paths, for A/B: "-mirrors": no bf16 weight
     # mirrors (weights cast in every forward, gradients cast back); "-triton": PyTorch's fused AdamW
     # (clip factor as grad_scale) instead of pipeline.gpt.adamw's Triton update
     ("flash+compile+lt+graphs+fe-mirrors", "flash", 1, 0, 32, 1024, "default", "auto"),
@@ -120,9 +121,9 @@ def speed(glob_, name, att, compile_, r, B, T, steps, mode="default", sdpa="auto
     inductor_config.coordinate_descent_tuning = mode.endswith("+cdt")
     args, run, raw, opt, model = setup(glob_, att, compile_, r, B, T, mode=mode.replace("+cdt", ""),
                                        sdpa=sdpa)
-    # "+f32res": the residual stream in fp32 (before the bf16-residual change), for comparison
+    # "+f32res": the residual stream in fp32 instead of bf16, for comparison
     raw.lowp_residual = "+f32res" not in name
-    # "+unfused": autograd's cross-entropy on materialised logits (before the fused loss)
+    # "+unfused": autograd's cross-entropy on materialised logits instead of the fused loss
     raw.fused_loss = False if "+unfused" in name else None
     step_fn = make_step(name, args, run, raw, opt, model, accum)
     batches = tr.batch_source(DataLoader(glob_, B, T), run)
@@ -648,7 +649,7 @@ def main(argv=None):
         print("bench_train needs a CUDA GPU")
         return 1
     glob_ = make_shards(a.data)
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+    res = dict(run=run_info(), device=torch.cuda.get_device_name(), torch=torch.__version__,
                python=platform.python_version(), speed=[], memory=[])
 
     def save():

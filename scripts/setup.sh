@@ -2,7 +2,9 @@
 # Create .venv and install the pipeline into it.
 #   bash scripts/setup.sh            # Spark side only (what EMR nodes and data prep need)
 #   bash scripts/setup.sh --gpu      # + PyTorch trainer/sampler (installs torch==2.13.0 unless present)
-#   bash scripts/setup.sh --dev      # + test tools and everything the test suite exercises (CPU torch)
+#   bash scripts/setup.sh --dev      # + test tools and everything the test suite exercises; torch is the
+#                                    # CPU build from PyTorch's CPU index when that index answers within
+#                                    # 5 s, else torch==2.13.0 from the default index (CUDA build on Linux x86)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,15 @@ for arg in "$@"; do
 done
 
 PYTHON=${PYTHON:-python3}
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+
+# One quick probe instead of pip's retries: a network that reaches only PyPI (CI) falls back at once.
+cpu_index_reachable() {
+  .venv/bin/python - "$TORCH_CPU_INDEX/torch/" <<'PY' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=5).close()
+PY
+}
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 9), "Python >= 3.9 needed"'
 if ! java -version >/dev/null 2>&1; then
   echo "Spark needs Java 17 (e.g. apt-get install openjdk-17-jre-headless)" >&2; exit 1
@@ -25,9 +36,19 @@ fi
 
 extras="fast"
 if [ "$want_gpu" = 1 ]; then
-  # Pin torch explicitly: a bare `torch` requirement would pull a multi-GB CUDA build. On a GPU box,
-  # install the CUDA build you want first; an already-installed torch >= 2.1 is kept.
-  .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
+  # torch goes in before the extras, pinned, so that a torch already in .venv is kept: on a GPU box,
+  # install the CUDA build that matches the driver first (any torch >= 2.4 works).
+  if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+    if [ "$want_dev" = 1 ] && cpu_index_reachable; then
+      # The tests need no GPU: PyTorch's CPU wheels are a fraction of the CUDA build's size.
+      echo "torch: CPU build from $TORCH_CPU_INDEX"
+      .venv/bin/python -m pip install -q --timeout 15 --retries 0 --index-url "$TORCH_CPU_INDEX" "torch==2.13.0" \
+        || .venv/bin/python -m pip install -q "torch==2.13.0"
+    else
+      [ "$want_dev" = 1 ] && echo "torch: $TORCH_CPU_INDEX not reachable; torch==2.13.0 from the default index"
+      .venv/bin/python -m pip install -q "torch==2.13.0"
+    fi
+  fi
   extras="$extras,gpu,hf"
 fi
 [ "$want_dev" = 1 ] && extras="$extras,dev"

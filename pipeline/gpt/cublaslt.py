@@ -248,7 +248,7 @@ class _CublasLt:
 # Candidate matmul algorithms are timed eagerly (one call at a time) by default. GPT_TUNE_IN_GRAPH=1
 # (or TUNE_IN_GRAPH = True) times each inside a CUDA graph of TUNE_CALLS calls instead: per call
 # that picked faster algorithms for 7 of the default step's 15 shapes, yet the whole step ran
-# 1.0 ms slower with those picks (bench/experiments/s5_step_ab.py: 58.11 vs 57.09 ms), likely because
+# 1.0 ms slower with those picks (H100, B=32: 58.11 vs 57.09 ms per step), likely because
 # ten back-to-back calls keep operands in L2 where the real step does not.
 TUNE_IN_GRAPH = os.environ.get("GPT_TUNE_IN_GRAPH", "0") == "1"
 TUNE_CALLS = 10

@@ -8,10 +8,9 @@ packed gradient that c_attn's backward matmuls read: 1.17 ms per GPT-2 124M step
 (12 copies of 151 MB), about 2% of the step. cuDNN's graph API takes any strides for its outputs,
 so here dq, dk and dv are strided views of the packed gradient and the copy never happens
 (llm.c's cuDNN build does the same). Per layer, forward + backward inside a CUDA graph: 0.726 ms
-against 0.824 ms for SDPA with autograd (bench/experiments/s5_cudnn_attention.py, H100); the
-whole default step: 0.9-1.1 ms faster (bench/experiments/s6_step_ab.py). The first call of a
-shape times every execution plan cuDNN offers and keeps the fastest (`GPT_CUDNN_TUNE=0`: its
-heuristic's first choice).
+against 0.824 ms for SDPA with autograd (H100); the whole default step: 0.9-1.1 ms faster.
+The first call of a shape times every execution plan cuDNN offers and keeps the fastest
+(`GPT_CUDNN_TUNE=0`: its heuristic's first choice).
 
 The frontend is an optional package. It loads the same libcudnn that PyTorch loaded (its own
 search misses the CUDA 13 wheels' layout). `available()` builds the graphs for the training shape
@@ -109,7 +108,7 @@ class _Graphs:
         tstats.set_output(True).set_data_type(dt.FLOAT)
         # Tuning builds every candidate plan and runs the fastest by index; without it only cuDNN's
         # first choice is built, which `execute` runs. (With every plan built, plain `execute` ran
-        # slower plans: 62.4 ms per default step against 55.6 tuned, s6_step_ab.py.)
+        # slower plans: 62.4 ms per default step against 55.6 tuned, H100.)
         tune = TUNE_PLANS and not torch.cuda.is_current_stream_capturing()
         self.forward_graph, self.forward_tensors = self._build(fwd, tune), (tq, tk, tv, to, tstats)
 

@@ -132,9 +132,8 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, ln: torc
 # ----------------------------------------------------------------------------- CUDA kernels
 
 # Launch shapes (rows per program step, warps, programs per SM for the backward). Forward: the
-# fastest of bench/experiments/s4_residual_norm.py's first H100 run. Backward: the fastest of
-# s4_residual_norm_variants.py's CUDA-graph-timed sweep (session 5: 91 us per call at B=32,
-# T=1024 against 105 us for the earlier ROWS=4).
+# fastest of a sweep of launch shapes on an H100. Backward: the fastest of a CUDA-graph-timed sweep
+# (91 us per call at B=32, T=1024 against 105 us at ROWS=4).
 FORWARD_LAUNCH = dict(ROWS=2, num_warps=4)
 BACKWARD_LAUNCH = dict(ROWS=8, num_warps=4, per_sm=2)
 SUM_LAUNCH = dict(BLOCK_P=64, BLOCK_N=64, num_warps=4)  # many small programs: a few KB of partials each

@@ -159,9 +159,10 @@ def test_multi_worker_rehearsal_of_the_emr_run(s3_server, tmp_path):
 
     summary = json.load(open(str(tmp_path / "out" / "summary.json")))
     dropped = sum(summary["dropped"].values())
-    assert summary["records_in"] == summary["kept"] + summary["duplicates_removed"] + dropped
+    not_documents = sum(summary["not_documents"].values())
+    assert summary["records_in"] == not_documents + summary["kept"] + summary["duplicates_removed"] + dropped
     assert summary["records_in"] == _count_warc_records(str(tmp_path / "sample" / "warc"))
-    assert summary["dropped"].get("not_response", 0) > 0
+    assert summary["not_documents"].get("not_response", 0) > 0
     docs = pd.read_parquet(str(tmp_path / "sample" / "parquet" / "docs.parquet"))
     assert summary["kept"] + summary["duplicates_removed"] == len(docs) == SAMPLE_DOCS
     # Near-duplicate removal against the sample's exact-Jaccard ground truth.

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from pipeline.gpt import sync  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.logs import parse_log  # noqa: E402
-from pipeline.shards import write_shard  # noqa: E402
+from pipeline.shards.llmc import write_shard  # noqa: E402
 
 BUCKET = "runs"
 TINY = ["-e", "d2", "-1c", "32", "-1h", "2", "-b", "4", "-t", "32", "--device", "cpu", "--quiet"]

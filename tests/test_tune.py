@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("optuna")
 pytest.importorskip("torch")
 
-from pipeline.shards import write_shard  # noqa: E402
+from pipeline.shards.llmc import write_shard  # noqa: E402
 from pipeline.tune import command, fit  # noqa: E402
 from pipeline.tune.report import TIMING_COLUMNS  # noqa: E402
 from pipeline.tune.runner import LogFollower  # noqa: E402

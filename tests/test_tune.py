@@ -321,7 +321,7 @@ def test_hyperband_end_to_end_runs_its_table_and_promoted_arms_resume_from_check
 
 def test_greedy_doubles_until_the_first_divergence_then_tries_fractions_below_it(shards, tmp_path):
     out = str(tmp_path / "greedy")
-    lo = 0.02
+    lo = 0.04
     rc = command.main(["--strategy", "greedy", "--lr-range", str(lo), "3", "--budget-usd", "1", "--out", out,
                        "-x", "16", "-u", "4"] + shards + TINY)
     assert rc == 0

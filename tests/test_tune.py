@@ -391,3 +391,31 @@ def test_help_reads_and_the_trainer_s_h_passes_through(tmp_path, capsys):
     assert ("-h", "1") in cfg.pairs(config.trainer_args)
     assert command.main(["report", "--help"]) == 0
     assert "usage: pipeline tune report DIR" in capsys.readouterr().out
+
+
+def test_halving_pruner_ignores_failed_attempts_that_run_again_on_resume():
+    import optuna
+    from pipeline.tune import config as cfg
+    from pipeline.tune.strategies import OptunaHalving
+    config = cfg.TuneConfig(search="halving", eta=2, trainer_args=("-v", "1"))
+    study = optuna.create_study(pruner=OptunaHalving(config).pruner())
+
+    def attempt(value):
+        trial = study.ask()
+        trial.report(value, 1)
+        return trial, trial.should_prune()
+
+    first, pruned = attempt(1.0)
+    assert not pruned
+    study.tell(first, 1.0)
+    cut, _ = attempt(0.5)                  # an attempt cut off (or out of memory): it runs again
+    study.tell(cut, state=optuna.trial.TrialState.FAIL)
+    # the first rung, eta 2: the best half (at least the best) of [1.0, 0.7] goes on; the failed 0.5
+    # must not stand in the way
+    _, pruned = attempt(0.7)
+    assert not pruned
+    # and a real competitor still counts
+    second, _ = attempt(0.5)
+    study.tell(second, 0.5)
+    _, pruned = attempt(0.8)               # [1.0, 0.7, 0.5, 0.8]: the best half is 0.5 and 0.7
+    assert pruned

@@ -2,6 +2,7 @@
 synthetic objective, and the whole tuner on real tiny `pipeline train` runs (U-curve, divergence, a plan
 refused over budget, SIGKILL and --resume)."""
 import csv
+import json
 import math
 import os
 import re
@@ -217,3 +218,204 @@ def test_sigkill_mid_trial_then_resume_gives_the_uninterrupted_table(shards, tmp
         return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
     assert strip(read_table(cut)) == strip(read_table(whole))
     assert len(read_table(cut)) == 3
+
+
+# ------------------------------------------------ adaptive strategies and data-scale on real trials
+
+def _study_records(out):
+    from pipeline.tune import store
+    return store.records(store.open_study(out))
+
+
+def _logged_steps(out, directory, kind="trl"):
+    with open(os.path.join(out, "trials", directory, "main.log")) as f:
+        return [int(line.split()[0][2:]) for line in f if line.split()[1].startswith(kind + ":")]
+
+
+def _recommendation(out):
+    with open(os.path.join(out, "recommendation.json")) as f:
+        return json.load(f)
+
+
+def test_halving_prunes_by_the_successive_halving_rule_and_the_best_arm_runs_all_steps(shards, tmp_path):
+    out = str(tmp_path / "halving")
+    steps, every, eta = 32, 4, 3
+    rc = command.main(["--strategy", "halving", "--n-lrs", "6", "--lr-range", "1e-3", "3e-2", "--eta", str(eta),
+                       "--budget-usd", "1", "--out", out, "-x", str(steps)] + shards + TINY)
+    assert rc == 0
+    rows = read_table(out)
+    records = _study_records(out)
+    assert [r["status"] for r in rows].count("diverged") == 0      # the rule below has no divergence in it
+    # Asynchronous successive halving, from its definition: trials run in order; at rung k (step
+    # every * eta^k, before the last step) a trial continues only if its val loss is within the best
+    # 1/eta (at least the best one) of the losses every trial so far had at that rung.
+    at_rung = {}
+    for row in rows:
+        curve = dict(records[row["trial"]].val_curve)
+        expected, k = ("done", None), 0
+        while every * eta ** k < steps:
+            step = every * eta ** k
+            at_rung.setdefault(k, []).append(curve[step])
+            ranked = sorted(at_rung[k])
+            if curve[step] > ranked[max(0, len(ranked) // eta - 1)]:
+                expected = ("pruned", step)
+                break
+            k += 1
+        assert row["status"] == expected[0], (row, expected)
+        if expected[0] == "pruned":                                 # its record ends where it was pruned
+            assert max(s for s, _ in records[row["trial"]].val_curve) == expected[1]
+            assert float(row["final_val"]) == pytest.approx(curve[expected[1]], abs=1e-4)
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("pruned") >= 2 and statuses.count("done") >= 1
+    # a pruned trial really stopped: its process did not train to the end
+    assert any(max(_logged_steps(out, r["trial"])) < steps - 1 for r in rows if r["status"] == "pruned")
+    best = min(rows, key=lambda r: float(r["final_val"]))
+    assert best["status"] == "done" and int(best["steps"]) == steps
+    assert max(_logged_steps(out, best["trial"], "tel")) == steps
+    rec = _recommendation(out)
+    assert rec["lr"] == pytest.approx(float(best["lr"]), rel=1e-3)
+    assert "not pruned" in rec["rule"] and best["trial"] in rec["rule"]
+
+
+def test_hyperband_end_to_end_runs_its_table_and_promoted_arms_resume_from_checkpoints(shards, tmp_path):
+    out = str(tmp_path / "hyperband")
+    R, eta = 3, 3
+    rc = command.main(["--strategy", "hyperband", "--max-resource", str(R), "--eta", str(eta), "--lr-range",
+                       "1e-3", "3e-2", "--budget-usd", "1", "--out", out] + shards + TINY)
+    assert rc == 0
+    rows = read_table(out)
+    assert all(r["status"] == "done" for r in rows)
+    # what ran, counted from the table: bracket -> round -> steps of each arm
+    ran = {}
+    for r in rows:
+        m = re.fullmatch(r"s(\d+)-a\d+-r(\d+)", r["trial"])
+        ran.setdefault(int(m.group(1)), {}).setdefault(int(m.group(2)), []).append(int(r["steps"]))
+    counted = {s: [(len(v), v[0]) for _, v in sorted(rounds.items())] for s, rounds in ran.items()}
+    # with no divergence every bracket runs its whole table: s=1 3x1 then 1x3, s=0 2x3 (by hand)
+    assert counted == {1: [(3, 1), (1, 3)], 0: [(2, 3)]}
+    rec = _recommendation(out)
+    assert {b["s"]: [tuple(x) for x in b["rounds"]] for b in rec["hyperband"]} == counted
+    assert {b["s"]: [tuple(x) for x in b["planned"]] for b in rec["hyperband"]} == counted
+    # the promoted arm is the best of round 0 and continued from its step-1 checkpoint
+    first = [r for r in rows if r["trial"].startswith("s1-") and r["trial"].endswith("-r0")]
+    promoted = min(first, key=lambda r: float(r["final_val"]))["trial"][:-3]
+    assert [r["trial"] for r in rows if r["trial"].endswith("-r1")] == [promoted + "-r1"]
+    with open(os.path.join(out, "trials", promoted, "stdout.log")) as f:
+        assert "state_00000001_00000.bin at step 1" in f.read()
+    # ... exactly: its losses equal one uninterrupted 3-step run at the same LR
+    with open(os.path.join(out, "trials", promoted, "command.txt")) as f:
+        lr = re.search(r"-l (\S+)", f.read()).group(1)
+    whole = str(tmp_path / "whole")
+    subprocess.run([sys.executable, "-m", "pipeline", "train"] + shards + TINY + ["-x", str(R), "-l", lr,
+                                                                                "-o", whole],
+                   check=True, stdout=subprocess.DEVNULL)
+    from pipeline.gpt.logs import parse_log
+    arm, ref = parse_log(os.path.join(out, "trials", promoted)), parse_log(whole)
+    assert arm["train"] == ref["train"] and arm["val"][-1] == ref["val"][-1]
+    # the brackets are over: no checkpoint is left behind
+    assert not [n for _, _, files in os.walk(os.path.join(out, "trials")) for n in files
+                if n.startswith(("model_", "state_", "DONE_"))]
+    best = min((r for r in rows if int(r["steps"]) == R), key=lambda r: float(r["final_val"]))
+    assert rec["lr"] == pytest.approx(float(best["lr"]), rel=1e-3)
+
+
+def test_greedy_doubles_until_the_first_divergence_then_tries_fractions_below_it(shards, tmp_path):
+    out = str(tmp_path / "greedy")
+    lo = 0.04
+    rc = command.main(["--strategy", "greedy", "--lr-range", str(lo), "3", "--budget-usd", "1", "--out", out,
+                       "-x", "16", "-u", "4"] + shards + TINY)
+    assert rc == 0
+    rows = read_table(out)
+    doublings = [r for r in rows if "-x" in r["trial"]]
+    fractions = [r for r in rows if "-f" in r["trial"]]
+    # doubled from the bottom of the range, stopped at the first divergence
+    assert [float(r["lr"]) for r in doublings] == pytest.approx([lo * 2 ** k for k in range(len(doublings))],
+                                                                rel=1e-3)
+    assert [r["status"] for r in doublings] == ["done"] * (len(doublings) - 1) + ["diverged"]
+    assert len(doublings) >= 3
+    diverged_lr = lo * 2 ** (len(doublings) - 1)
+    # then fractions of it, all above the last stable doubling
+    assert [float(r["lr"]) for r in fractions] == pytest.approx(
+        [diverged_lr * 2 ** -0.25, diverged_lr * 2 ** -0.5, diverged_lr * 2 ** -0.75], rel=1e-3)
+    # warmup off in every trial, whatever -u was passed through
+    for r in rows:
+        with open(os.path.join(out, "trials", r["trial"], "command.txt")) as f:
+            assert re.search(r"-u 0\b", f.read())
+    rec = _recommendation(out)
+    stable = [r for r in rows if r["status"] == "done"]
+    best = min(stable, key=lambda r: float(r["final_val"]))
+    assert rec["lr"] == pytest.approx(float(best["lr"]), rel=1e-3)
+    assert "until %.3g diverged" % diverged_lr in rec["rule"]
+
+
+def test_data_scale_fits_one_optimum_per_step_count_and_extrapolates_to_the_target_tokens(shards, tmp_path):
+    out = str(tmp_path / "data")
+    step_counts, tokens_per_step, target_steps = (8, 16, 32), 4 * 32, 512
+    rc = command.main(["--strategy", "data-scale", "--target", "1/32/2", "--data-steps",
+                       ",".join(map(str, step_counts)), "--n-lrs", "3", "--lr-range", "3e-3", "1e-1",
+                       "--target-steps", str(target_steps), "--target-batch", str(tokens_per_step),
+                       "--bootstrap", "50", "--budget-usd", "1", "--out", out] + shards + TINY)
+    assert rc == 0
+    rows = read_table(out)
+    assert sorted(int(r["steps"]) for r in rows) == sorted(list(step_counts) * 3)
+    assert {r["shape"] for r in rows} == {"1/32/2"}                   # the target model at every point
+    rec = _recommendation(out)
+    p = rec["projection"]
+    assert p["axis"] == "tokens"
+    assert p["scales"] == [float(n * tokens_per_step) for n in step_counts]
+    assert len(p["optima"]) == len(step_counts)
+    for n, opt in zip(step_counts, p["optima"]):
+        assert rec["u_curves"]["%d steps" % n]["lr_opt"] == pytest.approx(opt)
+        lrs = [float(r["lr"]) for r in rows if int(r["steps"]) == n and r["status"] == "done"]
+        assert min(lrs) * 0.999 <= opt <= max(lrs) * 1.001
+    # the extrapolation: a line through log(optimum) against log(tokens), at the target's tokens
+    slope, intercept = np.polyfit(np.log(p["scales"]), np.log(p["optima"]), 1)
+    target = target_steps * tokens_per_step
+    assert p["target"] == target and p["exponent"] == pytest.approx(slope)
+    assert rec["lr"] == pytest.approx(math.exp(intercept) * target ** slope, rel=1e-6)
+    assert "against tokens" in rec["rule"]
+    assert "%d steps x %d tokens" % (target_steps, tokens_per_step) in rec["rule"]
+    assert "-1d 1 -1c 32 -1h 2" in rec["command"] and "-x %d" % target_steps in rec["command"]
+    assert os.path.getsize(os.path.join(out, "projection.png")) > 0
+
+
+def test_help_reads_and_the_trainer_s_h_passes_through(tmp_path, capsys):
+    from pipeline.tune import config as cfg
+    with pytest.raises(SystemExit) as e:
+        cfg.parse(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("halving", "hyperband", "greedy", "data-scale", "trainer flags", "exit codes"):
+        assert name in text
+    config, _, _ = cfg.parse(["--out", str(tmp_path), "-i", "a.bin", "-j", "b.bin", "-h", "1", "-ih", "h.bin"])
+    assert ("-h", "1") in cfg.pairs(config.trainer_args)
+    assert command.main(["report", "--help"]) == 0
+    assert "usage: pipeline tune report DIR" in capsys.readouterr().out
+
+
+def test_halving_pruner_ignores_failed_attempts_that_run_again_on_resume():
+    import optuna
+    from pipeline.tune import config as cfg
+    from pipeline.tune.strategies import OptunaHalving
+    config = cfg.TuneConfig(search="halving", eta=2, trainer_args=("-v", "1"))
+    study = optuna.create_study(pruner=OptunaHalving(config).pruner())
+
+    def attempt(value):
+        trial = study.ask()
+        trial.report(value, 1)
+        return trial, trial.should_prune()
+
+    first, pruned = attempt(1.0)
+    assert not pruned
+    study.tell(first, 1.0)
+    cut, _ = attempt(0.5)                  # an attempt cut off (or out of memory): it runs again
+    study.tell(cut, state=optuna.trial.TrialState.FAIL)
+    # the first rung, eta 2: the best half (at least the best) of [1.0, 0.7] goes on; the failed 0.5
+    # must not stand in the way
+    _, pruned = attempt(0.7)
+    assert not pruned
+    # and a real competitor still counts
+    second, _ = attempt(0.5)
+    study.tell(second, 0.5)
+    _, pruned = attempt(0.8)               # [1.0, 0.7, 0.5, 0.8]: the best half is 0.5 and 0.7
+    assert pruned

@@ -52,9 +52,26 @@ def finish(config: cfg.TuneConfig, study, strategy, prices, echo=print) -> int:
     return 0
 
 
+REPORT_USAGE = """usage: pipeline tune report DIR
+
+Rebuild what a `pipeline tune` run gives from what DIR stores (tune_config.json, study.db,
+pricing.json), without training: the results table (printed and results.csv), the plots
+(ucurve.png, curves.png, projection.png for projections) and recommendation.json with the
+final run's command. Works on a finished run and on one that stopped or was cut off.
+
+exit codes: 0 done, 2 bad arguments, 5 nothing to recommend yet."""
+
+
 def report_main(argv: Sequence[str]) -> int:
+    if list(argv) in (["--help"], ["-h"]):
+        print(REPORT_USAGE)
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: pipeline tune report DIR", file=sys.stderr)
+        print(REPORT_USAGE, file=sys.stderr)
+        return 2
+    if not os.path.exists(os.path.join(argv[0], cfg.CONFIG_FILE)):
+        print("pipeline tune report: %s holds no %s (not a tune --out dir)" % (argv[0], cfg.CONFIG_FILE),
+              file=sys.stderr)
         return 2
     config = cfg.load(argv[0])
     config = dataclasses.replace(config, out=argv[0])

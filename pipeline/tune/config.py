@@ -155,42 +155,100 @@ def _split_strategy(text: str) -> Tuple[str, Optional[str]]:
     return search or "grid", projection
 
 
+STRATEGY_HELP = """\
+strategies (--strategy):
+  grid         --n-lrs LRs evenly spaced in log-LR at one shape (-1d -1c -1h, default 1/64/1),
+               -x steps each; recommends the minimum of a U-curve fitted to their val losses
+  random       the same with log-uniform random LRs (Optuna's RandomSampler, --tune-seed)
+  halving      --n-lrs random LRs, -x steps each; Optuna's SuccessiveHalvingPruner (--eta) reads
+               each trial's val loss every -v steps and stops the laggards; recommends the lowest
+               final val loss of the trials that ran to the end
+  hyperband    Hyperband's bracket table for --eta and --max-resource R steps; arms are random
+               LRs, the best 1/eta of each round continue from their checkpoint; recommends the
+               lowest val loss among the arms that ran the most steps
+  greedy       warmup off (-u 0): double the LR from the bottom of --lr-range until a trial
+               diverges, then try 2^-1/4, 2^-1/2, 2^-3/4 of that LR; recommends the stable trial
+               with the lowest val loss
+  model-scale  the search at each --ladder shape; power law of the optimal LR against parameter
+               count, extrapolated to --target with a bootstrap band
+  data-scale   the search with the --target model at each --data-steps step count; power law of
+               the optimal LR against tokens (steps x -d), extrapolated to --target-steps x
+               --target-batch tokens
+  SEARCH+PROJECTION, e.g. random+model-scale: the projection runs that search at each point
+
+trainer flags: every flag the tuner does not know (-i -j -ih -b -t -d -u -v -m -k -q -c -h
+--device --seed ...) goes unchanged to every trial; -i and -j are required. -x and -1d -1c -1h
+set the steps and shape of a one-scale search. The tuner sets -l -o -y -es -n itself (passing them
+is an error).
+
+exit codes: 0 done (or stopped at the budget), 2 bad arguments, 3 plan refused (over budget),
+4 pricing failed, 5 nothing to recommend. See docs/TUNE.md.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # add_help=False: -h is the trainer's HellaSwag switch (-h 1), which must pass through to trials
     p = argparse.ArgumentParser(
-        prog="pipeline tune", allow_abbrev=False,
-        usage="pipeline tune --strategy S --budget-usd N --out DIR [options] [trainer flags]\n"
-              "       pipeline tune --resume --out DIR [--budget-usd N] [--gpus LIST]\n"
+        prog="pipeline tune", allow_abbrev=False, add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="pipeline tune --strategy S --budget-usd USD --out DIR [options] -i GLOB -j GLOB "
+              "[trainer flags]\n"
+              "       pipeline tune --resume --out DIR [--budget-usd USD] [--gpus LIST]\n"
               "       pipeline tune report DIR",
-        description="Tune GPT-2's peak learning rate under a dollar budget: price the plan, run trials "
-                    "as `pipeline train` subprocesses, fit, recommend. Unknown flags go to every trial.")
-    a = p.add_argument
-    a("--strategy", default="grid", help="grid | random | halving | hyperband | greedy | model-scale | "
-      "data-scale | SEARCH+PROJECTION (e.g. random+model-scale); default grid")
-    a("--budget-usd", type=float, help="refuse a plan above this, stop before spending more (default 20)")
-    a("--price-per-hour", type=float, default=DEFAULT_PRICE_PER_HOUR,
-      help="instance $/hour (default %.3f: g5.xlarge on-demand)" % DEFAULT_PRICE_PER_HOUR)
-    a("--out", required=True, help="output dir: tune_config.json, study.db, trials/, results, plots")
+        description="Tune GPT-2's peak learning rate under a dollar budget: price the plan, refuse it\n"
+                    "if it costs more than --budget-usd, run the trials as `pipeline train` processes,\n"
+                    "fit their val losses, and recommend the LR with the final run's command.",
+        epilog=STRATEGY_HELP)
+    p.add_argument("--help", action="help", help="show this help and exit")
+    g = p.add_argument_group("what to run")
+    a = g.add_argument
+    a("--strategy", default="grid", metavar="S",
+      help="grid, random, halving, hyperband, greedy, model-scale, data-scale, or SEARCH+PROJECTION "
+           "(see below; default grid)")
+    a("--out", required=True, metavar="DIR",
+      help="output dir: tune_config.json, study.db, trials/, results.csv, plots, recommendation.json")
     a("--resume", action="store_true", help="continue the study in --out: finished trials are kept, "
       "a trial cut off restarts")
-    a("--price-only", action="store_true", help="print the priced plan and exit")
     a("--lr-range", nargs=2, type=float, metavar=("MIN", "MAX"), default=(1e-4, 1e-1),
-      help="learning rates searched, log-uniform (default 1e-4 1e-1)")
-    a("--n-lrs", type=int, default=8, help="LRs per scale (grid points or random draws; default 8)")
-    a("--ladder", default=",".join(s.label for s in DEFAULT_LADDER),
-      help="model-scale shapes D/C/H,... (default %(default)s)")
-    a("--data-steps", default="50,100,200", help="data-scale step counts (default %(default)s)")
-    a("--target", default=GPT2_124M.label, help="the final run's shape (default %(default)s = 124M)")
-    a("--target-steps", type=int, default=4725, help="the final run's steps (default 4725)")
-    a("--target-batch", type=int, default=524288, help="the final run's tokens per step (default 524288)")
-    a("--eta", type=int, default=3, help="halving / Hyperband reduction factor (default 3)")
-    a("--max-resource", type=int, default=555, help="Hyperband R in steps (default 555)")
-    a("--gpus", default="", help="run trials side by side, one per GPU: e.g. 0,1 (CUDA_VISIBLE_DEVICES)")
-    a("--tune-seed", type=int, default=0, help="seed of random search and the bootstrap (default 0)")
-    a("--bootstrap", type=int, default=200, help="bootstrap resamples for the projection band")
-    a("--final-batch", type=int, default=32, help="-b of the recommended final run (default 32)")
-    a("--final-init", help="-e of the final run, e.g. seed_model.bin (adds -y 1 -ss)")
-    a("--final-start-step", type=int, help="-ss of the final run with --final-init")
-    a("--final-log-dir", default="log124M", help="-o of the final run (default log124M)")
+      help="learning rates searched, log scale (default 1e-4 1e-1)")
+    a("--n-lrs", type=int, default=8, metavar="N",
+      help="LRs per scale: grid points or random draws (default 8)")
+    a("--tune-seed", type=int, default=0, metavar="N",
+      help="seed of the random LRs and the bootstrap (default 0)")
+    g = p.add_argument_group("money")
+    a = g.add_argument
+    a("--budget-usd", type=float, metavar="USD",
+      help="refuse a plan above this, stop before spending more (default 20)")
+    a("--price-per-hour", type=float, default=DEFAULT_PRICE_PER_HOUR, metavar="USD",
+      help="instance $/hour (default %.3f: g5.xlarge on-demand)" % DEFAULT_PRICE_PER_HOUR)
+    a("--price-only", action="store_true", help="print the priced plan and exit")
+    a("--gpus", default="", metavar="LIST",
+      help="run trials side by side, one per listed GPU (CUDA_VISIBLE_DEVICES), e.g. 0,1; a GPU may "
+           "repeat (0,0) to share it")
+    g = p.add_argument_group("halving and hyperband")
+    a = g.add_argument
+    a("--eta", type=int, default=3, metavar="N", help="reduction factor: keep 1/eta per round (default 3)")
+    a("--max-resource", type=int, default=555, metavar="R",
+      help="Hyperband R: the most steps an arm runs (default 555)")
+    g = p.add_argument_group("projections")
+    a = g.add_argument
+    a("--ladder", default=",".join(s.label for s in DEFAULT_LADDER), metavar="D/C/H,...",
+      help="model-scale shapes (default %(default)s)")
+    a("--data-steps", default="50,100,200", metavar="N,...",
+      help="data-scale step counts (default %(default)s)")
+    a("--target", default=GPT2_124M.label, metavar="D/C/H",
+      help="the final run's shape (default %(default)s = GPT-2 124M)")
+    a("--target-steps", type=int, default=4725, metavar="N", help="the final run's steps (default 4725)")
+    a("--target-batch", type=int, default=524288, metavar="TOKENS",
+      help="the final run's tokens per step, its -d (default 524288)")
+    a("--bootstrap", type=int, default=200, metavar="N",
+      help="bootstrap resamples for the projection's band (default 200)")
+    g = p.add_argument_group("the recommended final run")
+    a = g.add_argument
+    a("--final-batch", type=int, default=32, metavar="B", help="its -b (default 32, fits an A10G)")
+    a("--final-init", metavar="FILE", help="its -e, e.g. seed_model.bin")
+    a("--final-start-step", type=int, metavar="N", help="its -ss, with --final-init")
+    a("--final-log-dir", default="log124M", metavar="DIR", help="its -o (default log124M)")
     return p
 
 

@@ -200,17 +200,25 @@ class Runner:
         return _Running(spec, trial, proc, follower, slot, time.time())
 
     def _follow(self, r: _Running) -> None:
-        for kind, step, value in r.follower.poll():
+        new = r.follower.poll()
+        if r.stop_reason is not None:
+            return                           # stopped: nothing more reaches the study
+        sign = r.follower.divergence()
+        # How many lines one poll sees depends on timing; what reaches the study must not. So val
+        # losses past a divergence, or after the pruner stopped the trial, are never reported (a
+        # stopped trial would otherwise stand at later rungs the pruner compares others against).
+        for kind, step, value in new:
+            if sign is not None and step > sign[1]:
+                break
             if kind == "tel" and math.isfinite(value) and step not in r.reported:
                 r.trial.report(value, step)
                 r.reported.add(step)
                 if self.prune and step > 0 and step < r.spec.last_step and r.trial.should_prune():
                     self._stop(r, "pruned", "val loss %.4f at step %d" % (value, step))
                     r.pruned_at = step
-        if r.stop_reason is None:
-            sign = r.follower.divergence()
-            if sign:
-                self._stop(r, "diverged", sign[0])
+                    return
+        if sign:
+            self._stop(r, "diverged", sign[0])
         if r.stop_reason is None and self.spent_usd() >= self.config.budget_usd:
             self._stop(r, "budget", "spend reached $%.2f" % self.spent_usd())
             self.out_of_budget = True

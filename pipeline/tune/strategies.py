@@ -253,6 +253,32 @@ class Hyperband(Strategy):
                                                                  top, best.trial_id), table=table)
 
 
+class _KeptAttempts:
+    """A study as a pruner should see it: without the failed attempts (an interrupted or crashed trial,
+    state FAIL), which run again on resume and whose rung values would otherwise count twice."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if t.state != optuna.trial.TrialState.FAIL]
+
+
+class KeptAttemptsPruner(optuna.pruners.BasePruner):
+    """Optuna's pruner, comparing a trial only with the attempts the study keeps (see _KeptAttempts),
+    so an attempt that runs again meets the competitors it would have met in an uninterrupted run."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner):
+        self.pruner = pruner
+
+    def prune(self, study, trial) -> bool:
+        return self.pruner.prune(_KeptAttempts(study), trial)
+
+
 class OptunaHalving(Strategy):
     """Random LRs at one shape, each trial stopped early by Optuna's SuccessiveHalvingPruner from the val
     losses it reports every -v steps (asynchronous successive halving)."""
@@ -264,8 +290,8 @@ class OptunaHalving(Strategy):
 
     def pruner(self):
         every = max(1, int(self.config.trainer_value("-v", "20")))
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=self.config.eta,
-                                                      min_early_stopping_rate=0)
+        return KeptAttemptsPruner(optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=every, reduction_factor=self.config.eta, min_early_stopping_rate=0))
 
     def recommend(self, records):
         done = [r for r in records if r.status == "done" and math.isfinite(r.final_val)]

@@ -1,4 +1,5 @@
-"""`main.log` in llm.c's line formats (`llmc/logger.h`), its parser, and `run_parameters.txt`.
+"""`main.log` in llm.c's line formats (`llmc/logger.h`), its parser, checkpoint file names, and
+`run_parameters.txt`.
 
 Lines, one per event, appended (a fresh run truncates the file, a resumed run `-y 1` appends):
 
@@ -15,6 +16,23 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 _LINE = re.compile(r"^s:(\d+)\s+(trl|tel|eval):(\S+)")
+
+
+# The trainer's checkpoint files in a log dir, as llm.c names them: model_00001000.bin,
+# state_00001000_00000.bin (step, rank), and the DONE_00001000 marker written once both are complete.
+_CHECKPOINT_FILE = re.compile(r"^(?:model_(\d{8})\.bin|state_(\d{8})_\d{5}\.bin|DONE_(\d{8}))$")
+
+
+def checkpoint_step(name: str) -> Optional[int]:
+    """The step of a checkpoint file name (model_/state_/DONE_), or None for any other file."""
+    m = _CHECKPOINT_FILE.match(name)
+    return int(next(g for g in m.groups() if g)) if m else None
+
+
+def parse_line(line: str) -> Optional[Tuple[str, int, float]]:
+    """One main.log line -> (kind 'trl' | 'tel' | 'eval', step, value), or None for any other line."""
+    m = _LINE.match(line.strip())
+    return (m.group(2), int(m.group(1)), float(m.group(3))) if m else None
 
 
 class Logger:
@@ -52,9 +70,10 @@ def parse_log(path: str) -> Dict[str, List[Tuple[int, float]]]:
     series = {"trl": {}, "tel": {}, "eval": {}}
     with open(path) as f:
         for line in f:
-            m = _LINE.match(line.strip())
-            if m:
-                series[m.group(2)][int(m.group(1))] = float(m.group(3))
+            parsed = parse_line(line)
+            if parsed:
+                kind, step, value = parsed
+                series[kind][step] = value
     names = {"trl": "train", "tel": "val", "eval": "eval"}
     return {names[k]: sorted(v.items()) for k, v in series.items()}
 

@@ -21,22 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from pipeline import storage
+from pipeline.gpt.logs import checkpoint_step
 
-# model_00001000.bin, state_00001000_00000.bin, DONE_00001000: the trainer's checkpoint files.
-_CHECKPOINT = re.compile(r"^(?:model_(\d{8})\.bin|state_(\d{8})_\d{5}\.bin|DONE_(\d{8}))$")
 _MAX_BACKOFF = 300.0
-
-
-def _checkpoint_step(name: str) -> Optional[int]:
-    m = _CHECKPOINT.match(name)
-    return int(next(g for g in m.groups() if g)) if m else None
 
 
 def _warn(msg: str) -> None:
@@ -72,10 +65,10 @@ class RunSync:
                            if os.path.isfile(os.path.join(self.run_dir, n)))
         except FileNotFoundError:
             return []
-        done = {_checkpoint_step(n) for n in names if n.startswith("DONE_")}
+        done = {checkpoint_step(n) for n in names if n.startswith("DONE_")}
         files, markers = [], []
         for name in names:
-            step = _checkpoint_step(name)
+            step = checkpoint_step(name)
             if name.startswith(".") or name.endswith(".tmp") or (step is not None and step not in done):
                 continue  # hidden, being written, or a checkpoint not finished yet
             try:
@@ -94,7 +87,7 @@ class RunSync:
         failed_steps = set()
         for name in self._due():
             failures, next_try = self._failures.get(name, (0, 0.0))
-            step = _checkpoint_step(name)
+            step = checkpoint_step(name)
             if (not force and now < next_try) or (name.startswith("DONE_") and step in failed_steps):
                 pending.append(name)
                 if step is not None:

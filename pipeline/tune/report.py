@@ -11,6 +11,7 @@ import os
 import shlex
 from typing import Dict, List, Optional, Sequence
 
+from pipeline.gpt.logs import parse_log
 from pipeline.tune.config import TuneConfig, pairs
 from pipeline.tune.store import TrialRecord
 from pipeline.tune.strategies import Recommendation
@@ -97,16 +98,21 @@ def format_recommendation(d: dict) -> str:
 # ------------------------------------------------------------------------------------- plots
 
 def _train_curve(out: str, record: TrialRecord) -> List[tuple]:
+    """(step, train loss) of the trial's main.log; a Hyperband arm's rounds share one log."""
     path = os.path.join(out, "trials", record.trial_id.rsplit("-r", 1)[0] if record.rung else
                         record.trial_id, "main.log")
-    pts = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[1].startswith("trl:"):
-                    pts.append((int(parts[0][2:]), float(parts[1][4:])))
-    return pts
+    return parse_log(path)["train"] if os.path.exists(path) else []
+
+
+def _save(fig, out: str, name: str) -> str:
+    """Write a finished figure to out/name as PNG, free it, and return the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot(config: TuneConfig, records: Sequence[TrialRecord], rec: Optional[Recommendation],
@@ -143,11 +149,7 @@ def plot(config: TuneConfig, records: Sequence[TrialRecord], rec: Optional[Recom
     ax.set_ylabel("final val loss")
     ax.set_title("val loss vs LR (x: diverged, *: fitted minimum)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out, "ucurve.png")
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out, "ucurve.png"))
 
     if rec is not None and rec.projection is not None:
         p = rec.projection
@@ -161,11 +163,7 @@ def plot(config: TuneConfig, records: Sequence[TrialRecord], rec: Optional[Recom
         ax.set_ylabel("optimal peak LR")
         ax.set_title("optimal LR vs %s" % rec.projection_axis)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(out, "projection.png")
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out, "projection.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for k, (g, rs) in enumerate(groups.items()):
@@ -185,9 +183,5 @@ def plot(config: TuneConfig, records: Sequence[TrialRecord], rec: Optional[Recom
         ax.set_ylim(top=11.5)
         ax.legend(fontsize=8)
     fig.suptitle("loss curves of all trials")
-    fig.tight_layout()
-    path = os.path.join(out, "curves.png")
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out, "curves.png"))
     return written

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,16 +20,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import optuna
 
+from pipeline.gpt.logs import checkpoint_step, parse_line
 from pipeline.tune import store
 from pipeline.tune.config import TuneConfig
 from pipeline.tune.plan import TrialSpec, trainer_command
 
-_LINE = re.compile(r"^s:(\d+)\s+(trl|tel|eval):(\S+)")
 POLL_SECONDS = 0.2
 SPEND_WRITE_SECONDS = 5.0
 
 
-_CHECKPOINT = re.compile(r"^(?:model_(\d{8})\.bin|state_(\d{8})_\d{5}\.bin|DONE_(\d{8}))$")
 
 
 def remove_checkpoints(directory: str, keep_step: Optional[int] = None) -> None:
@@ -39,8 +37,8 @@ def remove_checkpoints(directory: str, keep_step: Optional[int] = None) -> None:
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
-        m = _CHECKPOINT.match(name)
-        if m and int(next(g for g in m.groups() if g)) != keep_step:
+        step = checkpoint_step(name)
+        if step is not None and step != keep_step:
             os.remove(os.path.join(directory, name))
 
 
@@ -65,10 +63,10 @@ class LogFollower:
         self.partial = lines.pop()
         new = []
         for line in lines:
-            m = _LINE.match(line.strip())
-            if not m:
+            parsed = parse_line(line)
+            if not parsed:
                 continue
-            step, kind, value = int(m.group(1)), m.group(2), float(m.group(3))
+            kind, step, value = parsed
             {"trl": self.train, "tel": self.val, "eval": self.eval}[kind][step] = value
             new.append((kind, step, value))
         return new

@@ -152,6 +152,9 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
                 # warcio also reads the old ARC format and takes many text files for ARC; neither
                 # carries the WARC fields (record id, date) documents are keyed on.
                 raise ValueError("not a WARC file (warcio sees format %r)" % rec.format)
+            if n == 0 and not rec.rec_headers.protocol.startswith("WARC/"):
+                # After a leading blank line warcio hands out a header-less "record" for any bytes.
+                raise ValueError("not a WARC file (no WARC/ version line at the start)")
             n += 1
             if n <= skip:  # already handed out before a restart
                 continue

@@ -18,6 +18,7 @@ from pipeline.ingest import spark_plan
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.extract import ExtractorUnavailable
 from pipeline.ingest.tabular import MissingColumnError
+from pipeline.ingest.warc import ReaderUnavailable
 from pipeline.spark import get_spark
 
 
@@ -25,14 +26,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = IngestConfig.from_argv(argv, prog="pipeline ingest")
     try:
         stats = spark_plan.run(get_spark("ingest"), cfg)
-    except (storage.InputError, MissingColumnError, spark_plan.IngestError, ExtractorUnavailable) as e:
+    except (storage.InputError, MissingColumnError, spark_plan.IngestError, ExtractorUnavailable,
+            ReaderUnavailable) as e:
         print("ingest: error: %s" % e, file=sys.stderr)
         return 2
     dirs = spark_plan.output_dirs(cfg)
     for d in dirs.values():
-        save_config(cfg, d)
-    print("ingest: %d records in, %d documents out -> %s (%.1f s)" % (
-        stats["records_in"], stats["records_out"], dirs["docs"], stats["seconds"]))
+        save_config(cfg, d, stats["resolved"])
+    print("ingest: %d records in, %d documents out -> %s (%.1f s; extractor %s, WARC reader %s)" % (
+        stats["records_in"], stats["records_out"], dirs["docs"], stats["seconds"],
+        stats["resolved"]["extractor"], stats["resolved"]["warc_reader"]))
+    for note in stats["fallbacks"]:
+        print("  WARNING: %s" % note)
     for reason, n in stats["not_documents"].items():
         print("  not a document  %-15s %d  (%s)" % (reason, n, NOT_DOCUMENT_REASONS[reason]))
     for reason, n in stats["dropped"].items():

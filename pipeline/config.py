@@ -73,14 +73,19 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-def save_config(cfg: JobConfig, out_dir: str) -> str:
-    """Write `out_dir/_config.json` describing how this output was made; returns the path."""
+def save_config(cfg: JobConfig, out_dir: str, resolved: Optional[Dict[str, Any]] = None) -> str:
+    """Write `out_dir/_config.json` describing how this output was made; returns the path.
+
+    `resolved` records what the job chose at run time where the config left it open (ingest's
+    `extractor=auto` becomes the extractor that ran)."""
     doc = {
         "job": type(cfg).__name__,
         "pipeline_version": __version__,
         "python": sys.version.split()[0],
         "config": cfg.to_dict(),
     }
+    if resolved:
+        doc["resolved"] = dict(resolved)
     path = storage.join(out_dir, CONFIG_FILE)
     storage.write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path

@@ -78,7 +78,7 @@ def run_stages(spark, ns: argparse.Namespace) -> dict:
         print("[%s] reading %s" % (stage.name, _describe(cfg.input)), flush=True)
         stats = dict(stage.plan.run(spark, cfg))
         for d in stage.plan.output_dirs(cfg).values():
-            save_config(cfg, d)
+            save_config(cfg, d, stats.get("resolved"))
         stats.setdefault("stage", stage.name)
         stats.setdefault("seconds", round(time.time() - t0, 3))
         all_stats.append(stats)

@@ -10,13 +10,16 @@ from ingest_inputs import WarcBuilder, html_page, page_bytes, write_jsonl
 from pipeline.ingest import charset, core, tabular
 from pipeline.ingest.records import IngestOptions
 from pipeline.ingest.extract import EXTRACTORS, get_extractor
-from pipeline.ingest.warc import iter_warc
+from pipeline.ingest.warc import READERS, iter_warc
 
-OPTS = IngestOptions()
+@pytest.fixture(params=READERS)
+def reader(request):
+    """Every WARC test runs with each reader: they must give the same records."""
+    return request.param
 
 
-def warc_records(data: bytes, **opts):
-    return list(iter_warc(io.BytesIO(data), "mem.warc.gz", IngestOptions(**opts)))
+def warc_records(data: bytes, reader: str = "fastwarc", **opts):
+    return list(iter_warc(io.BytesIO(data), "mem.warc.gz", IngestOptions(warc_reader=reader, **opts)))
 
 
 # --- charsets -------------------------------------------------------------------------------------
@@ -153,9 +156,9 @@ def mixed_warc(gz=True):
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_warc_every_record_is_kept_or_dropped_for_its_reason(gz):
+def test_warc_every_record_is_kept_or_dropped_for_its_reason(gz, reader):
     b, expect = mixed_warc(gz)
-    recs = warc_records(b.bytes(), max_record_bytes=1 << 20)
+    recs = warc_records(b.bytes(), reader, max_record_bytes=1 << 20)
     assert [r.id for r in recs] == b.ids  # one output per record, in file order
     assert {r.id: r.reason for r in recs} == expect
     positions = [r.pos for r in recs]
@@ -170,7 +173,7 @@ def test_warc_every_record_is_kept_or_dropped_for_its_reason(gz):
 
 
 @pytest.mark.parametrize("gz,pads", [(True, range(23000, 31000, 4)), (False, range(15000, 16500, 4))])
-def test_http_headers_split_across_read_buffers(gz, pads):
+def test_http_headers_split_across_read_buffers(gz, pads, reader):
     # warcio reads the file in 16 KiB blocks. Slide the second record's start across the end of the
     # first block so that its WARC and HTTP header lines get split there, one position at a time.
     rng = random.Random(7)
@@ -183,62 +186,154 @@ def test_http_headers_split_across_read_buffers(gz, pads):
         if not 16384 - 400 <= start <= 16384:
             continue
         b.response("http://ex.com/next", page_bytes(1), content_type="text/html; charset=utf-8")
-        recs = warc_records(b.bytes())
+        recs = warc_records(b.bytes(), reader)
         assert [r.reason for r in recs] == [None, None], (pad, recs[1].detail)
         tested += 1
     # gzip sizes vary with the random record ids, so how many pads land in the window varies a little
     assert tested >= 40
 
 
-def test_min_chars_and_max_record_bytes():
+def test_min_chars_and_max_record_bytes(reader):
     b = WarcBuilder()
     b.response("http://ex.com/short", b"<p>tiny</p>")
     b.response("http://ex.com/long", page_bytes(3))
-    recs = warc_records(b.bytes(), min_chars=50, max_record_bytes=len(page_bytes(3)))
+    recs = warc_records(b.bytes(), reader, min_chars=50, max_record_bytes=len(page_bytes(3)))
     assert [r.reason for r in recs] == ["too_short", None]
-    recs = warc_records(b.bytes(), max_record_bytes=100)
+    recs = warc_records(b.bytes(), reader, max_record_bytes=100)
     assert [r.reason for r in recs] == [None, "too_large"]
 
 
 @pytest.mark.parametrize("gz", [True, False])
 @pytest.mark.parametrize("keep", [0.35, 0.6, 0.97])
-def test_truncated_warc_counts_records_before_the_break_and_one_bad_tail(gz, keep):
+def test_truncated_warc_counts_records_before_the_break_and_one_bad_tail(gz, keep, reader):
     b = WarcBuilder(gzip=gz)
     for i in range(8):
         b.response("http://ex.com/%d" % i, page_bytes(i, words=300))
     data = b.bytes()
-    recs = warc_records(data[:int(len(data) * keep)])
+    recs = warc_records(data[:int(len(data) * keep)], reader)
     good = [r for r in recs if r.reason is None]
     assert len(recs) == len(good) + 1 and recs[-1].reason == "bad_record"
     assert "truncated" in recs[-1].detail
     assert [r.id for r in good] == b.ids[:len(good)] and 0 < len(good) < 8
 
 
-def test_gzip_member_cut_inside_its_trailer_is_still_truncated():
+def test_gzip_member_cut_inside_its_trailer_is_still_truncated(reader):
     b = WarcBuilder()
     for i in range(3):
         b.response("http://ex.com/%d" % i, page_bytes(i))
     data = b.bytes()
     for cut in (2, 8):  # the body is complete, only the CRC/size trailer is missing
-        recs = warc_records(data[:-cut])
+        recs = warc_records(data[:-cut], reader)
         assert [r.reason for r in recs] == [None, None, "bad_record"]
 
 
-def test_file_that_is_not_a_warc_is_one_unreadable_file_record():
+def test_file_that_is_not_a_warc_is_one_unreadable_file_record(reader):
     # b"\n" + junk: after a leading blank line warcio hands out a header-less record for any bytes.
     for junk in (os.urandom(5000), b"\n" + os.urandom(4999), gzip.compress(b"just some text\n" * 50),
                  b"hello, world\n" * 10):
-        recs = warc_records(junk)
+        recs = warc_records(junk, reader)
         assert len(recs) == 1 and recs[0].reason == "unreadable_file" and recs[0].source == "mem.warc.gz"
-    assert warc_records(b"") == []
+    assert warc_records(b"", reader) == []
 
 
-def test_garbage_after_valid_records_is_one_bad_tail():
+def test_garbage_after_valid_records_is_one_bad_tail(reader):
     b = WarcBuilder()
     for i in range(3):
         b.response("http://ex.com/%d" % i, page_bytes(i))
-    recs = warc_records(b.bytes() + os.urandom(3000))
+    recs = warc_records(b.bytes() + os.urandom(3000), reader)
     assert [r.reason for r in recs] == [None, None, None, "bad_record"]
+
+
+# --- the two WARC readers agree -------------------------------------------------------------------
+
+class OneWayStream(io.RawIOBase):
+    """Bytes that can be read once, like an S3 body: no seek, so no second read of the file."""
+
+    def __init__(self, data: bytes):
+        super().__init__()
+        self.buf = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        return self.buf.readinto(b)
+
+
+def small_warc(gz: bool):
+    b = WarcBuilder(gzip=gz)
+    b.warcinfo()
+    b.response("http://ex.com/a", page_bytes(1, words=300))
+    b.response("http://ex.com/gz", gzip.compress(page_bytes(2)), headers=[("Content-Encoding", "gzip")])
+    b.raw_response("http://ex.com/broken", b"NOT-HTTP garbage\r\n\r\n<p>hi</p>")
+    b.response("http://ex.com/png", b"\x89PNG\r\n\x1a\n" + bytes(300), content_type="image/png")
+    b.response("http://ex.com/z", page_bytes(3, words=300))
+    return b
+
+
+def damaged_files():
+    """(name, bytes): the ways a WARC file arrives broken, each a different challenge to a reader."""
+    rng = random.Random(17)
+    for gz in (True, False):
+        b = small_warc(gz)
+        data, kind = b.bytes(), "gz" if gz else "plain"
+        for i in range(1, 20):  # cut anywhere: inside headers, blocks, gzip members and trailers
+            yield "%s-cut-%d" % (kind, i), data[:len(data) * i // 20]
+        yield "%s-cut-in-last-header" % kind, data[:b.offsets[-1] + 40]
+        yield "%s-garbage-tail" % kind, data + rng.randbytes(3000)
+        yield "%s-text-tail" % kind, data + b"this line is not a record\n"
+        yield "%s-blank-lines-tail" % kind, data + b"\r\n" * 3
+    plain = small_warc(False)
+    data = plain.bytes()
+    yield "whole-file-gzip", gzip.compress(data)
+    for cut in (2, 8, 30):
+        yield "whole-file-gzip-cut-%d" % cut, gzip.compress(data)[:-cut]
+    # a Content-Length that lies, in either direction, in the middle of a file
+    head_end = data.index(b"\r\n\r\n", plain.offsets[2])
+    declared = data.rindex(b"Content-Length: ", plain.offsets[2], head_end)
+    line_end = data.index(b"\r\n", declared)
+    length = int(data[declared + 16:line_end])
+    for delta in (-7, 7):
+        yield "lying-length-%+d" % delta, data[:declared + 16] + str(length + delta).encode() + data[line_end:]
+    yield "junk", rng.randbytes(5000)
+    yield "gzip-of-text", gzip.compress(b"just some text\n" * 50)
+
+
+DAMAGED = list(damaged_files())
+
+
+@pytest.mark.parametrize("name,data", DAMAGED, ids=[n for n, _ in DAMAGED])
+def test_readers_give_the_same_records_for_damaged_files(name, data):
+    fast = list(iter_warc(io.BytesIO(data), "mem.warc.gz", IngestOptions(warc_reader="fastwarc")))
+    slow = list(iter_warc(io.BytesIO(data), "mem.warc.gz", IngestOptions(warc_reader="warcio")))
+    assert fast == slow  # same documents, drops, reasons, details and positions
+    assert fast  # every file yields at least one record: nothing vanishes without a trace
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fastwarc_reads_whole_files_in_one_pass(gz):
+    """On a sound file FastWARC's records are proven whole without a second read: a stream that
+    cannot be read again gives the same records as warcio."""
+    b, _ = mixed_warc(gz)
+    one_pass = list(iter_warc(OneWayStream(b.bytes()), "mem.warc.gz",
+                              IngestOptions(warc_reader="fastwarc", max_record_bytes=1 << 20)))
+    assert one_pass == warc_records(b.bytes(), "warcio", max_record_bytes=1 << 20)
+
+
+def test_what_fastwarc_alone_misses_is_caught():
+    """A gzip member cut inside its CRC/size trailer: FastWARC hands out every record as whole.
+    Our FastWARC path notices; on a stream it cannot read again it says so in a drop row."""
+    from fastwarc.warc import ArchiveIterator
+
+    b = small_warc(True)
+    cut = b.bytes()[:-8]
+    alone = [(r.record_id, r.content_length, len(r.reader.read())) for r in
+             ArchiveIterator(io.BytesIO(cut), parse_http=False)]
+    assert [rid for rid, _, _ in alone] == b.ids and all(n == got for _, n, got in alone)
+    recs = list(iter_warc(OneWayStream(cut), "mem.warc.gz", IngestOptions(warc_reader="fastwarc")))
+    assert recs[-1].reason == "bad_record" and "--warc-reader warcio" in recs[-1].detail
+    assert [r.id for r in recs[:-1]] == b.ids[:-1]  # the records proven whole before the last one
+    assert warc_records(cut, "fastwarc")[-1].detail.startswith("truncated file: the gzip member")
 
 
 # --- JSON lines -----------------------------------------------------------------------------------
@@ -330,7 +425,7 @@ def test_plan_inputs_by_extension(tmp_path):
     assert len(plan["warc"]) == 1 and not skipped
 
 
-def test_warc_streamed_from_s3(monkeypatch):
+def test_warc_streamed_from_s3(monkeypatch, reader):
     moto = pytest.importorskip("moto")
     import boto3
 
@@ -345,20 +440,20 @@ def test_warc_streamed_from_s3(monkeypatch):
         s3.put_object(Bucket="crawl", Key="cc/part-0.warc.gz", Body=b.bytes())
         plan, _ = core.plan_inputs(["s3://crawl/cc/"])
         assert plan["warc"] == ["s3://crawl/cc/part-0.warc.gz"]
-        recs = list(core.process_file(plan["warc"][0], "warc", IngestOptions(max_record_bytes=1 << 20)))
+        recs = list(core.process_file(plan["warc"][0], "warc", IngestOptions(warc_reader=reader, max_record_bytes=1 << 20)))
     assert {r.id: r.reason for r in recs} == expect
     assert all(r.source == "s3://crawl/cc/part-0.warc.gz" for r in recs)
 
 
-def test_warc_gzipped_as_a_whole_is_read_through(tmp_path):
+def test_warc_gzipped_as_a_whole_is_read_through(tmp_path, reader):
     b, expect = mixed_warc(gz=False)
     path = tmp_path / "whole.warc.gz"
     path.write_bytes(gzip.compress(b.bytes()))
-    recs = list(core.process_file(str(path), "warc", IngestOptions(max_record_bytes=1 << 20)))
+    recs = list(core.process_file(str(path), "warc", IngestOptions(warc_reader=reader, max_record_bytes=1 << 20)))
     assert [r.id for r in recs] == b.ids and {r.id: r.reason for r in recs} == expect
 
 
-def test_large_warc_gzipped_as_a_whole(tmp_path):
+def test_large_warc_gzipped_as_a_whole(tmp_path, reader):
     # Larger than warcio's read block, so the single gzip member is still open after record one.
     b = WarcBuilder(gzip=False)
     for i in range(40):
@@ -366,5 +461,5 @@ def test_large_warc_gzipped_as_a_whole(tmp_path):
     path = tmp_path / "whole-big.warc.gz"
     path.write_bytes(gzip.compress(b.bytes()))
     assert path.stat().st_size > 16384
-    recs = list(core.process_file(str(path), "warc", OPTS))
+    recs = list(core.process_file(str(path), "warc", IngestOptions(warc_reader=reader)))
     assert [r.id for r in recs] == b.ids and all(r.reason is None for r in recs)

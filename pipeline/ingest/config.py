@@ -1,14 +1,29 @@
 """The ingest job's frozen config (CLI flags declared on the fields, see pipeline/config.py)."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Callable, Tuple
 
 from pipeline.config import JobConfig, flag
-from pipeline.ingest.extract import EXTRACTORS
+from pipeline.ingest import extract, warc
 
 FORMATS = ("auto", "warc", "parquet", "jsonl")
 DEFAULT_MAX_RECORD_BYTES = 5 * 1024 * 1024
+
+
+def _installed(resolve: Callable[[str], tuple]) -> Callable[[str], str]:
+    """An argparse `type` that rejects an explicit choice whose package is missing, at parse time:
+    before any Spark work, with the install hint (`auto` always parses; it falls back at run time)."""
+    def check(choice: str) -> str:
+        try:
+            resolve(choice)
+        except (extract.ExtractorUnavailable, warc.ReaderUnavailable) as e:
+            raise argparse.ArgumentTypeError(str(e))
+        except ValueError:
+            pass  # an unknown name: argparse's `choices` says which names there are
+        return choice
+    return check
 
 
 @dataclass(frozen=True)
@@ -24,9 +39,14 @@ class IngestConfig(JobConfig):
     format: str = field(default="auto", metadata=flag(
         "--format", choices=FORMATS,
         help="input format; auto decides per file by extension (.warc[.gz], .parquet, .jsonl[.gz])"))
-    extractor: str = field(default="bs4", metadata=flag(
-        "--extractor", choices=sorted(EXTRACTORS),
-        help="HTML-to-text extractor for WARC input"))
+    extractor: str = field(default=extract.AUTO, metadata=flag(
+        "--extractor", choices=[extract.AUTO] + sorted(extract.EXTRACTORS),
+        type=_installed(extract.resolve_extractor),
+        help="HTML-to-text extractor for WARC input; auto = %s where it is installed, else %s (the "
+             "job says so and records which one ran)" % (extract.DEFAULT_EXTRACTOR, extract.FALLBACK_EXTRACTOR)))
+    warc_reader: str = field(default=warc.AUTO, metadata=flag(
+        "--warc-reader", choices=[warc.AUTO] + list(warc.READERS), type=_installed(warc.resolve_reader),
+        help="WARC reader; both give the same records; auto = fastwarc where it is installed, else warcio"))
     text_col: str = field(default="text", metadata=flag(
         "--text-col", help="text column of parquet/jsonl input"))
     id_col: str = field(default="id", metadata=flag(
@@ -49,5 +69,9 @@ class IngestConfig(JobConfig):
         object.__setattr__(self, "input", paths)
         if self.format not in FORMATS:
             raise ValueError("format must be one of %s, not %r" % (FORMATS, self.format))
+        if self.extractor != extract.AUTO and self.extractor not in extract.EXTRACTORS:
+            raise ValueError("unknown extractor %r" % self.extractor)
+        if self.warc_reader not in (warc.AUTO,) + warc.READERS:
+            raise ValueError("unknown WARC reader %r" % self.warc_reader)
         if self.min_chars < 0 or self.max_record_bytes <= 0 or self.num_partitions < 0:
             raise ValueError("min_chars >= 0, max_record_bytes > 0 and num_partitions >= 0 required")

@@ -20,8 +20,10 @@ RECORD_DDL = ("source string, pos long, id string, url string, text string, warc
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """What executors need from the config (small and picklable)."""
-    extractor: str = "bs4"
+    """What executors need from the config (small and picklable). `extractor` and `warc_reader` are
+    concrete names here: `auto` in the config is resolved on the driver (spark_plan.resolve_tools)."""
+    extractor: str = "resiliparse"
+    warc_reader: str = "fastwarc"
     min_chars: int = 1
     max_record_bytes: int = 5 * 1024 * 1024
     text_col: str = "text"
@@ -29,8 +31,8 @@ class IngestOptions:
     url_col: str = "url"
 
     @classmethod
-    def from_config(cls, cfg) -> "IngestOptions":
-        return cls(extractor=cfg.extractor, min_chars=cfg.min_chars,
+    def from_config(cls, cfg, extractor: str, warc_reader: str) -> "IngestOptions":
+        return cls(extractor=extractor, warc_reader=warc_reader, min_chars=cfg.min_chars,
                    max_record_bytes=cfg.max_record_bytes, text_col=cfg.text_col, id_col=cfg.id_col,
                    url_col=cfg.url_col)
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from pyspark import StorageLevel
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from pipeline import accounting, storage
-from pipeline.ingest import core, tabular
+from pipeline.ingest import core, tabular, warc
 from pipeline.ingest.config import IngestConfig
-from pipeline.ingest.extract import get_extractor
+from pipeline.ingest.extract import resolve_extractor
 from pipeline.ingest.records import RECORD_DDL, IngestOptions
 from pipeline.ingest.spark_parquet import parquet_records
 
@@ -38,6 +38,17 @@ class IngestError(RuntimeError):
 def output_dirs(cfg: IngestConfig) -> Dict[str, str]:
     return {"docs": storage.join(cfg.output, "docs"),
             "dropped": storage.join(cfg.output, "ingest", "dropped")}
+
+
+def resolve_tools(cfg: IngestConfig) -> Tuple[IngestOptions, Dict[str, str], List[str]]:
+    """The executors' options with `auto` resolved to the extractor and WARC reader this machine has,
+    what was resolved ({"extractor", "warc_reader"}: recorded in the stats and _config.json) and a
+    note per fallback. An explicitly chosen tool that is not installed raises here, before Spark."""
+    extractor, extractor_note = resolve_extractor(cfg.extractor)
+    reader, reader_note = warc.resolve_reader(cfg.warc_reader)
+    notes = [n for n in (extractor_note, reader_note) if n]
+    resolved = {"extractor": extractor, "warc_reader": reader}
+    return IngestOptions.from_config(cfg, extractor, reader), resolved, notes
 
 
 def read_records(spark, plan: Dict[str, List[str]], opts: IngestOptions):
@@ -94,8 +105,9 @@ def _missing_text_column(records, jsonl_files: List[str], text_col: str) -> None
 
 def run(spark, cfg: IngestConfig) -> dict:
     t0 = time.time()
-    get_extractor(cfg.extractor)  # fail now, not in every task, if its library is missing
-    opts = IngestOptions.from_config(cfg)
+    opts, resolved, fallbacks = resolve_tools(cfg)  # fails now, not in every task, if a library is missing
+    for note in fallbacks:
+        print("ingest: WARNING: %s" % note, file=sys.stderr)
     plan, skipped = core.plan_inputs(cfg.input, cfg.format)
     for path in skipped:
         print("ingest: skipping %s (unknown extension; use --format)" % path, file=sys.stderr)
@@ -155,6 +167,8 @@ def run(spark, cfg: IngestConfig) -> dict:
         "text_bytes": text_bytes,
         "output_partitions": n_parts,
         "output": dirs["docs"],
+        "resolved": resolved,  # the extractor and WARC reader that ran
+        "fallbacks": fallbacks,
     }
     accounting.check_stage(stats)
     return stats

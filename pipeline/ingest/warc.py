@@ -1,29 +1,81 @@
 """A WARC stream -> one `Record` per WARC record: kept HTML documents and named drops.
 
-Streams with warcio's ArchiveIterator (gzip or plain, detected from the bytes); nothing holds more
-than one record body, and bodies over `max_record_bytes` are skipped without being read into memory.
-HTTP headers are parsed here rather than by warcio, so one malformed response costs one
-`bad_record` instead of ending the file.
+Two readers give the same records and the same accounting (`IngestOptions.warc_reader`):
 
-Broken files: warcio ends silently on a truncated file, handing out a last record whose block is
-shorter than its Content-Length (or, cut inside the gzip trailer, whose gzip member never ends). We
-count the bytes of every block and check the last member, so that record becomes the single
+- `fastwarc` (FastWARC, C++/Rust) frames the records and gunzips; the default where it installs.
+- `warcio` (pure Python, the reference) reads what FastWARC cannot describe the way we count it.
+
+Either way nothing holds more than one record body, bodies over `max_record_bytes` are skipped
+without being read into memory, and the HTTP headers, content decoding (chunked, gzip, brotli ...),
+charset and extraction are the same code (`_classify`): HTTP headers are parsed here rather than by
+the reader, so one malformed response costs one `bad_record` instead of ending the file.
+
+Broken files with warcio: warcio ends silently on a truncated file, handing out a last record whose
+block is shorter than its Content-Length (or, cut inside the gzip trailer, whose gzip member never
+ends). We count the bytes of every block and check the last member, so that record becomes the single
 `bad_record` for the broken tail; an exception or garbage after the last record does the same. A
 file that fails before its first record is not a WARC at all: one `unreadable_file`. A WARC gzipped
 as a whole (`gzip x.warc`, which warcio refuses) is read again through Python's gzip module.
+
+Broken files with FastWARC: FastWARC also stops quietly on several kinds of damage (a gzip member cut
+in its trailer or header, a gzip of a text file, garbage after the last record of an uncompressed
+file), reports a record whose header block was cut off with Content-Length 0, and numbers records of
+a whole-file gzip by a shared offset. So the FastWARC path hands out a record only once it is proven
+whole: its block has Content-Length bytes, the next record starts at a real record boundary (a gzip
+member or a `WARC/` line in the raw bytes), and the last record is followed by exactly the end of
+the file (its gzip member complete, or its block and the closing CRLF CRLF). At the first thing it
+cannot prove, the file is read again from the start with warcio, which skips the records already
+handed out and accounts for the rest as above. Damaged files are rare and cost a second read; whole
+files never do.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import zlib
+from collections import namedtuple
 from typing import IO, Callable, Iterator, Optional, Tuple
 
 from pipeline.ingest import charset
-from pipeline.ingest.records import IngestOptions, Record, dropped, kept, text_problem
 from pipeline.ingest.extract import get_extractor
+from pipeline.ingest.records import IngestOptions, Record, dropped, kept, text_problem
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+READERS = ("fastwarc", "warcio")
+AUTO = "auto"
 _CHUNK = 1 << 16
 _MAX_TRAILING_BYTES = 4  # an uncompressed WARC ends with the CRLF CRLF after its last record
+_GZIP_MAGIC = b"\x1f\x8b"
+# The raw bytes the FastWARC path keeps to check record boundaries: from the current record's start
+# to FastWARC's read position. A record larger than this is read on with warcio instead.
+_MAX_KEPT_BYTES = 64 << 20
+
+# What `_classify` needs of a record's WARC headers, whichever reader parsed them.
+WarcFields = namedtuple("WarcFields", ["rec_type", "rid", "url", "date", "content_type", "payload_type",
+                                       "length"])
+
+
+class ReaderUnavailable(RuntimeError):
+    """The chosen WARC reader's library is not installed (the message says what to install)."""
+
+
+def resolve_reader(choice: str) -> Tuple[str, Optional[str]]:
+    """(reader to use, note) for a `--warc-reader` choice. `auto` takes FastWARC when it imports and
+    otherwise warcio, with a note saying so; an explicit `fastwarc` that does not import raises."""
+    if choice not in READERS + (AUTO,):
+        raise ValueError("unknown WARC reader %r (choose from %s)" % (choice, ", ".join(READERS + (AUTO,))))
+    if choice == "warcio":
+        return "warcio", None
+    try:
+        import fastwarc.warc  # noqa: F401
+    except ImportError as e:
+        if choice == "fastwarc":
+            raise ReaderUnavailable("WARC reader 'fastwarc' needs the fastwarc package: pip install fastwarc "
+                                    "(or pip install '.[fast]')") from e
+        return "warcio", ("FastWARC is not installed (%s): reading WARC files with warcio instead, which "
+                          "is slower; pip install fastwarc" % e)
+    return "fastwarc", None
 
 
 class _CountingReader:
@@ -70,9 +122,17 @@ def _parse_http(stream):
     return StatusAndHeadersParser([], verify=False).parse(stream)
 
 
-def _response(rec, block: _CountingReader, opts: IngestOptions) -> Tuple[str, Optional[str], str]:
+def _content_stream(http, block, length):
+    """The body with chunking and gzip/deflate/brotli content encodings undone, by warcio's own rules
+    (a warcio record around the block we already hold, whichever reader framed it)."""
+    from warcio.recordloader import ArcWarcRecord
+
+    return ArcWarcRecord("warc", "response", None, block, http, None, length).content_stream()
+
+
+def _response(f: WarcFields, block: _CountingReader, opts: IngestOptions) -> Tuple[str, Optional[str], str]:
     """Turn one `response` record into ("ok", text, encoding) or (reason, None, detail)."""
-    warc_type = _mime(rec.rec_headers.get_header("Content-Type"))
+    warc_type = _mime(f.content_type)
     if warc_type and not warc_type.startswith("application/http"):
         return "not_html", None, "not an HTTP response (WARC Content-Type %s)" % warc_type
     try:
@@ -83,19 +143,17 @@ def _response(rec, block: _CountingReader, opts: IngestOptions) -> Tuple[str, Op
     if status != 200:
         return "http_status", None, "HTTP %d" % status
     content_type = http.get_header("Content-Type")
-    mime = _mime(content_type) or _mime(rec.rec_headers.get_header("WARC-Identified-Payload-Type"))
+    mime = _mime(content_type) or _mime(f.payload_type)
     if mime and mime not in HTML_TYPES:
         return "not_html", None, "content type %s" % mime
 
-    rec.http_headers = http
     encoded = bool(http.get_header("Content-Encoding")) or \
         (http.get_header("Transfer-Encoding") or "").lower() == "chunked"
-    if rec.length is not None and not encoded and rec.length - block.count > opts.max_record_bytes:
+    if f.length is not None and not encoded and f.length - block.count > opts.max_record_bytes:
         return "too_large", None, "body of %d bytes > --max-record-bytes %d" % (
-            rec.length - block.count, opts.max_record_bytes)
+            f.length - block.count, opts.max_record_bytes)
     try:
-        # content_stream() undoes chunking and gzip/deflate/brotli content encodings.
-        body = rec.content_stream().read(opts.max_record_bytes + 1)
+        body = _content_stream(http, block, f.length).read(opts.max_record_bytes + 1)
     except Exception as e:
         return "decode_error", None, "cannot decode %s body: %s" % (
             http.get_header("Content-Encoding") or "chunked", str(e)[:200])
@@ -117,6 +175,47 @@ def _response(rec, block: _CountingReader, opts: IngestOptions) -> Tuple[str, Op
     return "ok", text, encoding
 
 
+def _classify(f: WarcFields, block: _CountingReader, opts: IngestOptions) -> Tuple[str, Optional[str], str]:
+    if f.rec_type != "response":
+        return "not_response", None, "WARC-Type %s" % f.rec_type
+    if not f.rid:
+        return "bad_record", None, "response record without WARC-Record-ID"
+    return _response(f, block, opts)
+
+
+def _record(source: str, pos: int, f: WarcFields, result: Tuple[str, Optional[str], str]) -> Record:
+    reason, text, detail = result
+    if reason == "ok":
+        return kept(source, pos, f.rid, f.url, text, f.date)
+    return dropped(source, pos, reason, detail, f.rid, f.url, f.date)
+
+
+def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions,
+              reopen: Optional[Callable[[], IO[bytes]]] = None) -> Iterator[Record]:
+    """Records of one WARC stream, read with `opts.warc_reader`. `reopen` (a fresh stream of the
+    same file; a seekable `stream` is rewound instead) lets a file be read a second time: a WARC
+    gzipped as a whole, and whatever the FastWARC path hands over to warcio."""
+    if opts.warc_reader == "fastwarc":
+        yield from _fastwarc_records(stream, source, opts, reopen)
+    elif opts.warc_reader == "warcio":
+        yield from _warcio_records(stream, source, opts, reopen, skip=0)
+    else:
+        raise ValueError("unknown WARC reader %r" % opts.warc_reader)
+
+
+def _read_again(stream: IO[bytes], reopen: Optional[Callable[[], IO[bytes]]]):
+    """A context manager giving the same file from its first byte (a fresh stream from `reopen`, or
+    `stream` rewound when it can seek), or None when there is no way to read it again."""
+    if reopen is not None:
+        return reopen()
+    if getattr(stream, "seekable", lambda: False)():
+        stream.seek(0)
+        return contextlib.nullcontext(stream)  # the caller's stream: the caller closes it
+    return None
+
+
+# --- warcio -----------------------------------------------------------------------------------------
+
 class _WholeFileGzip(Exception):
     """warcio's complaint about a WARC gzipped as one stream instead of one member per record."""
 
@@ -125,18 +224,17 @@ class _WholeFileGzip(Exception):
         self.done = done
 
 
-def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions,
-              reopen: Optional[Callable[[], IO[bytes]]] = None) -> Iterator[Record]:
-    """Records of one WARC stream. `reopen` (a fresh stream of the same file) lets a WARC that was
-    gzipped as a whole (`gzip x.warc`, which warcio refuses) be read on through Python's gzip."""
+def _warcio_records(stream: IO[bytes], source: str, opts: IngestOptions,
+                    reopen: Optional[Callable[[], IO[bytes]]], skip: int) -> Iterator[Record]:
     try:
-        yield from _iter_archive(stream, source, opts, skip=0)
+        yield from _iter_archive(stream, source, opts, skip=skip)
     except _WholeFileGzip as e:
-        if reopen is None:
+        again = _read_again(stream, reopen)
+        if again is None:
             yield dropped(source, 1, "bad_record", "gzip of the whole file, not per record: run "
                           "`warcio recompress` on it")
             return
-        with reopen() as raw, gzip.GzipFile(fileobj=raw) as unzipped:
+        with again as raw, gzip.GzipFile(fileobj=raw) as unzipped:
             yield from _iter_archive(unzipped, source, opts, skip=e.done)
 
 
@@ -163,27 +261,20 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
                 yield pending
                 yielded, pending = yielded + 1, None
             h = rec.rec_headers
-            rid, url, date = (h.get_header("WARC-Record-ID"), h.get_header("WARC-Target-URI"),
-                              h.get_header("WARC-Date"))
+            f = WarcFields(rec.rec_type, h.get_header("WARC-Record-ID"), h.get_header("WARC-Target-URI"),
+                           h.get_header("WARC-Date"), h.get_header("Content-Type"),
+                           h.get_header("WARC-Identified-Payload-Type"), rec.length)
             block = _CountingReader(rec.raw_stream)
             rec.raw_stream = block  # so warcio's own skip-to-end is counted too
-            if rec.rec_type != "response":
-                reason, text, detail = "not_response", None, "WARC-Type %s" % rec.rec_type
-            elif not rid:
-                reason, text, detail = "bad_record", None, "response record without WARC-Record-ID"
-            else:
-                reason, text, detail = _response(rec, block, opts)
+            result = _classify(f, block, opts)
             block.drain()
             pos = it.get_record_offset()
             if rec.length is None or block.count < rec.length:
                 # End of file inside this record: the broken tail of a truncated file.
                 yield dropped(source, pos, "bad_record", "truncated file: record at offset %d is cut off "
-                              "(%d of %s bytes)" % (pos, block.count, rec.length or "?"), rid, url, date)
+                              "(%d of %s bytes)" % (pos, block.count, rec.length or "?"), f.rid, f.url, f.date)
                 return
-            if reason == "ok":
-                pending = kept(source, pos, rid, url, text, date)
-            else:
-                pending = dropped(source, pos, reason, detail, rid, url, date)
+            pending = _record(source, pos, f, result)
             pending_gzip = it.reader.decompressor if it.reader is not None else None
             last_end = pos + it.member_info[1]
         if pending is not None:
@@ -204,7 +295,7 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
                           "complete record (offset %d) are not a record" % (size - last_end, last_end))
     except Exception as e:
         if n > 0 and "non-chunked gzip" in str(e):
-            raise _WholeFileGzip(yielded)
+            raise _WholeFileGzip(skip + yielded)
         if pending is not None:  # whole, and read before the break
             yield pending
         # warcio quotes the unparseable first line (binary junk, for a non-WARC file): leave it out.
@@ -215,3 +306,140 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
             offset = it.offset if it is not None else -1
             yield dropped(source, offset, "bad_record",
                           "broken tail after %d records (from offset ~%d): %s" % (n, offset, msg))
+
+
+# --- FastWARC ---------------------------------------------------------------------------------------
+
+class _Tap:
+    """The raw file as FastWARC reads it: counts the bytes, notices the end of the file, and keeps
+    the bytes from the current record's start on, to check record boundaries against them."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.pos = 0            # bytes read so far
+        self.eof = False
+        self.kept = bytearray()
+        self.kept_from = 0      # file offset of kept[0]
+        self.overflow = False   # a record too large to keep: its boundaries cannot be checked
+
+    def read(self, size=-1):
+        b = self.raw.read(size if size is not None and size >= 0 else -1)
+        if not b and size != 0:
+            self.eof = True
+        if not self.overflow:
+            self.kept += b
+            if len(self.kept) > _MAX_KEPT_BYTES:
+                self.overflow, self.kept = True, bytearray()
+        self.pos += len(b)
+        return b
+
+    def tell(self):  # FastWARC asks; its own record offsets come from its decoder
+        return self.pos
+
+    def close(self):  # the caller closes the real stream
+        pass
+
+    def flush(self):
+        pass
+
+    def starts_record(self, offset: int, gzipped: bool) -> bool:
+        """Whether the raw bytes at `offset` begin a record; keeps nothing before `offset` after."""
+        if self.overflow or offset < self.kept_from:
+            return False
+        del self.kept[:offset - self.kept_from]
+        self.kept_from = offset
+        return bytes(self.kept[:5]).startswith(_GZIP_MAGIC if gzipped else b"WARC/")
+
+    def ends_after_one_record(self, gzipped: bool, length: int) -> bool:
+        """Whether the kept bytes (the last record's start to the end of the file) are exactly one
+        whole record: one complete gzip member, or headers, `length` bytes of block and CRLF CRLF."""
+        if self.overflow or not self.eof:
+            return False
+        if gzipped:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data = bytes(self.kept)
+            while data and not d.eof:
+                d.decompress(data, _CHUNK)  # output is thrown away: only the framing matters
+                data = d.unconsumed_tail
+            return d.eof and not d.unused_data and not data
+        head_end = self.kept.find(b"\r\n\r\n")
+        return head_end >= 0 and len(self.kept) == head_end + 4 + length + 4 and self.kept.endswith(b"\r\n\r\n")
+
+
+class _FastwarcBlock(io.RawIOBase):
+    """A FastWARC record's block as a Python raw stream (io.BufferedReader adds readline)."""
+
+    def __init__(self, reader):
+        super().__init__()
+        self.reader = reader
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        data = self.reader.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _target_uri(uri: Optional[str]) -> Optional[str]:
+    # warcio's reading of WARC-Target-URI: Wget's <angle brackets> removed, spaces %-encoded.
+    if uri is not None and uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1]
+    return uri.replace(" ", "%20") if uri is not None else None
+
+
+class _HandOver(Exception):
+    """Something the FastWARC path cannot prove about the file: warcio reads on from here."""
+
+
+def _fastwarc_records(stream: IO[bytes], source: str, opts: IngestOptions,
+                      reopen: Optional[Callable[[], IO[bytes]]]) -> Iterator[Record]:
+    from fastwarc.warc import ArchiveIterator
+
+    tap = _Tap(stream)
+    n = yielded = length = 0
+    pending, gzipped = None, False
+    try:
+        # parse_http=False: the HTTP part is ours (_classify), as with warcio. verify_digests stays
+        # off: FastWARC would skip a record with a bad digest without a trace.
+        for rec in ArchiveIterator(tap, parse_http=False):
+            if n == 0:
+                gzipped = tap.kept_from == 0 and bytes(tap.kept[:2]) == _GZIP_MAGIC
+            n += 1
+            if not tap.starts_record(rec.stream_pos, gzipped):
+                raise _HandOver("record at %d is not at a record boundary" % rec.stream_pos)
+            if pending is not None:  # the next record is where it should be: the previous one is whole
+                yield pending
+                yielded, pending = yielded + 1, None
+            h = rec.headers
+            declared = h.get("Content-Length")
+            if declared is None or not declared.strip().isdigit():
+                raise _HandOver("no usable Content-Length")
+            length = int(declared)
+            f = WarcFields(h.get("WARC-Type"), h.get("WARC-Record-ID"), _target_uri(h.get("WARC-Target-URI")),
+                           h.get("WARC-Date"), h.get("Content-Type"), h.get("WARC-Identified-Payload-Type"),
+                           length)
+            block = _CountingReader(io.BufferedReader(_FastwarcBlock(rec.reader), _CHUNK))
+            result = _classify(f, block, opts)
+            block.drain()
+            if block.count != length:
+                raise _HandOver("block of %d bytes, Content-Length %d" % (block.count, length))
+            pending = _record(source, rec.stream_pos, f, result)
+        if pending is not None and not tap.ends_after_one_record(gzipped, length):
+            raise _HandOver("the file does not end right after its last record")
+        if pending is None and not (tap.eof and tap.pos == 0):
+            raise _HandOver("no record found")
+    except (GeneratorExit, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # _HandOver, FastWARC's errors, and a Rust panic (not an Exception)
+        again = _read_again(stream, reopen)
+        if again is None:
+            yield dropped(source, tap.pos, "bad_record", "broken or unusual file after %d records, and "
+                          "the stream cannot be read again: read it with --warc-reader warcio" % yielded)
+            return
+        with again as raw:
+            yield from _warcio_records(raw, source, opts, reopen, skip=yielded)
+        return
+    if pending is not None:
+        yield pending

@@ -3,6 +3,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 
 import pytest
 
@@ -10,8 +11,11 @@ from ingest_inputs import WarcBuilder, page_bytes, write_jsonl, write_parquet
 from jobs import ingest_job
 from pipeline.accounting import DROP_REASONS, NOT_DOCUMENT_REASONS
 from pipeline.ingest import spark_plan
+from pipeline.ingest import extract
 from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.extract import ExtractorUnavailable
 from pipeline.ingest.tabular import MissingColumnError, content_id
+from pipeline.ingest.warc import ReaderUnavailable
 
 DUP_ID = "<urn:uuid:00000000-0000-0000-0000-00000000d0d0>"
 
@@ -81,6 +85,8 @@ def test_every_record_is_accounted_for(ingested):
     assert s["not_documents"] == {"not_response": 1}  # the warcinfo record
     assert s["records_out"] == 12 + 1 + 5 + 3 + 2 + 2
     assert s["files"] == 6 and s["skipped_files"] == [os.path.join(ingested["inp"], "README.txt")]
+    # the defaults, where both libraries are installed (the test environment has them)
+    assert s["resolved"] == {"extractor": "resiliparse", "warc_reader": "fastwarc"} and s["fallbacks"] == []
 
 
 def test_outputs_agree_with_stats_and_schema(spark, ingested):
@@ -166,6 +172,58 @@ def test_rerun_gives_identical_files(spark, ingested):
     assert _file_digests(ingested["dropped"]) == _file_digests(os.path.join(out2, "ingest", "dropped"))
 
 
+def test_warcio_reader_gives_identical_outputs(spark, ingested):
+    """The same inputs (a truncated file and a non-WARC file among them) read with warcio instead of
+    FastWARC: the same counts and byte-identical docs and drop rows."""
+    out2 = str(ingested["root"] / "out-warcio")
+    stats = spark_plan.run(spark, IngestConfig(input=(ingested["inp"],), output=out2, warc_reader="warcio"))
+    assert stats["resolved"]["warc_reader"] == "warcio" and ingested["stats"]["resolved"]["warc_reader"] == "fastwarc"
+    same = ("seconds", "output", "resolved")
+    assert {k: v for k, v in stats.items() if k not in same} == \
+        {k: v for k, v in ingested["stats"].items() if k not in same}
+    assert _file_digests(ingested["docs"]) == _file_digests(os.path.join(out2, "docs"))
+    assert _file_digests(ingested["dropped"]) == _file_digests(os.path.join(out2, "ingest", "dropped"))
+
+
+def _uninstall(monkeypatch, *modules):
+    """Make `import <module>` fail in this process, as on a machine without the package."""
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)
+    monkeypatch.setattr(extract, "_loaded", {})  # extractors this process already built
+
+
+def test_without_the_fast_libraries_auto_falls_back_loudly(spark, tmp_path, capsys, monkeypatch):
+    w = WarcBuilder()
+    for i in range(3):
+        w.response("http://f.example/%d" % i, page_bytes(i))
+    warc_path = w.write(str(tmp_path / "f.warc.gz"))
+    _uninstall(monkeypatch, "resiliparse", "resiliparse.extract", "resiliparse.extract.html2text",
+               "fastwarc", "fastwarc.warc")
+    out = str(tmp_path / "out")
+    assert ingest_job.main(["--input", warc_path, "--output", out]) == 0
+    printed = capsys.readouterr()
+    assert "3 records in, 3 documents out" in printed.out and "extractor bs4, WARC reader warcio" in printed.out
+    assert "WARNING: extractor 'resiliparse' needs the resiliparse package" in printed.err
+    assert "FastWARC is not installed" in printed.err
+    for d in ("docs", os.path.join("ingest", "dropped")):
+        saved = json.load(open(os.path.join(out, d, "_config.json")))
+        assert saved["config"]["extractor"] == saved["config"]["warc_reader"] == "auto"
+        assert saved["resolved"] == {"extractor": "bs4", "warc_reader": "warcio"}
+    texts = sorted(r.text for r in spark.read.parquet(os.path.join(out, "docs")).collect())
+    assert texts == sorted(extract.extract_bs4(page_bytes(i).decode()) for i in range(3))
+
+    # A tool chosen by name that is not installed is an error at once, before Spark is asked anything.
+    for flag, package in (("--extractor", "resiliparse"), ("--warc-reader", "fastwarc")):
+        with pytest.raises(SystemExit) as e:
+            ingest_job.main(["--input", warc_path, "--output", str(tmp_path / "o2"), flag, package])
+        assert e.value.code == 2 and "pip install %s" % package in capsys.readouterr().err
+    with pytest.raises(ExtractorUnavailable):
+        spark_plan.run(spark, IngestConfig(input=(warc_path,), output=str(tmp_path / "o3"), extractor="resiliparse"))
+    with pytest.raises(ReaderUnavailable):
+        spark_plan.run(spark, IngestConfig(input=(warc_path,), output=str(tmp_path / "o3"), warc_reader="fastwarc"))
+    assert not os.path.exists(str(tmp_path / "o2")) and not os.path.exists(str(tmp_path / "o3"))
+
+
 def test_missing_text_column_is_a_clear_error(spark, tmp_path):
     pq = write_parquet(str(tmp_path / "x.parquet"), {"content": ["a"], "url": ["u"]})
     with pytest.raises(MissingColumnError, match=r"'text' not found in .*x\.parquet.*content, url"):
@@ -198,6 +256,7 @@ def test_cli_main_with_resiliparse_and_non_string_text_column(spark, tmp_path, c
     assert "5 records in, 3 documents out" in printed and "bad_record" in printed
     saved = json.load(open(os.path.join(out, "docs", "_config.json")))
     assert saved["job"] == "IngestConfig" and saved["config"]["extractor"] == "resiliparse"
+    assert saved["resolved"] == {"extractor": "resiliparse", "warc_reader": "fastwarc"}
     assert os.path.exists(os.path.join(out, "ingest", "dropped", "_config.json"))
     texts = [r.text for r in spark.read.parquet(os.path.join(out, "docs")).collect()]
     assert len(texts) == 3 and all(t.startswith("Page ") for t in texts)

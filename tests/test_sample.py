@@ -100,8 +100,9 @@ def test_ingest_extractors_yield_document_text(sample_dir):
             assert extract(d["html"]) == d["text"], (name, d["id"])
 
 
-def test_ingest_reads_the_warc_files(sample_dir):
-    """pipeline.ingest's WARC reader keeps exactly the HTML documents, with the parquet's ids and text."""
+@pytest.mark.parametrize("reader", ["fastwarc", "warcio"])
+def test_ingest_reads_the_warc_files(sample_dir, reader):
+    """pipeline.ingest's WARC readers keep exactly the HTML documents, with the parquet's ids and text."""
     from pipeline.ingest.records import IngestOptions
     from pipeline.ingest.warc import iter_warc
 
@@ -110,7 +111,7 @@ def test_ingest_reads_the_warc_files(sample_dir):
     got, reasons = {}, {}
     for path in res["warc"]:
         with open(path, "rb") as f:
-            for rec in iter_warc(f, path, IngestOptions()):
+            for rec in iter_warc(f, path, IngestOptions(warc_reader=reader)):
                 if rec.reason is None:
                     got[rec.id] = rec.text
                 else:

@@ -1,34 +1,47 @@
-"""Ingest throughput per HTML extractor, on generated pages (no Spark, one thread).
+"""Ingest throughput per HTML extractor and per WARC reader, in documents per CPU-second (no Spark).
 
-Two measurements per extractor:
-  extract   HTML str -> text only (the extractor itself)
-  warc      a .warc.gz stream -> records (warcio, HTTP parsing, charset decoding, extraction)
+Two page sets:
+  large    generated pages shaped like crawled ones: navigation, inline scripts/styles, headings,
+           20-80 paragraphs, a list, a table, a footer; ~34 KB of HTML per page
+  sample   the WARC files `pipeline sample` writes (short plain pages, ~2 KB, with their request
+           records, warcinfo and non-HTML responses), what the demo and the tests ingest
 
-    python bench/bench_ingest.py [--pages 400] [--repeat 3]
+Three measurements:
+  extract   HTML str -> text, the extractor alone (per extractor)
+  read      a WARC stream -> records with a no-op extractor: framing, gunzip, HTTP headers, content
+            decoding and charset detection (per WARC reader)
+  warc      a WARC stream -> records, everything one Spark task does per record (reader x extractor)
 
-Rates are per CPU-second of the one benchmark thread (time.process_time), so that a busy shared
-machine does not distort them; a Spark executor core delivers about this rate per task slot.
-Prints a table and writes bench/results/ingest.json. Pages are synthetic but shaped like crawled
-ones: navigation, inline scripts/styles, headings, paragraphs, lists, a table, footer; ~30-60 KB.
+    python bench/bench_ingest.py [--pages 300] [--sample-docs 2000] [--repeat 3]
+
+Rates are per CPU-second of this single-threaded process (time.process_time, best of --repeat), so
+that a busy shared machine does not distort them: a Spark executor core delivers about this rate
+per task slot. Both readers must return the same records (checked on every pass). Prints a table and
+writes docs/benchmarks/results/ingest_extractors.json.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as importlib_metadata
 import io
 import json
 import os
-import platform
 import random
 import sys
+import tempfile
 import time
 
 from runinfo import run_info  # bench/ is sys.path[0] when a bench script runs
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from pipeline.ingest.extract import get_extractor
+from pipeline import sample
+from pipeline.ingest.extract import get_extractor, register_extractor
 from pipeline.ingest.records import IngestOptions
-from pipeline.ingest.warc import iter_warc
+from pipeline.ingest.warc import READERS, iter_warc
+
+EXTRACTORS = ("bs4", "resiliparse", "resiliparse-main")
+NO_EXTRACTION = "bench-no-extraction"  # what reading costs without turning HTML into text
 
 WORDS = ("the of and to in is was for on that with as by at from his her an were which this be are "
          "river mountain history science music market paper data model garden ocean window city "
@@ -68,63 +81,101 @@ def best_rate(fn, n: int, repeat: int) -> float:
     return n / best
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pages", type=int, default=400)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--extractors", nargs="+", default=["bs4", "resiliparse", "resiliparse-main"])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                  "ingest.json"))
-    args = ap.parse_args(argv)
-
+def large_pages_warc(n: int):
     rng = random.Random(0)
-    pages = [make_page(rng) for _ in range(args.pages)]
-    html_mb = sum(len(p.encode("utf-8")) for p in pages) / 1e6
+    pages = [make_page(rng) for _ in range(n)]
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=True)
     for i, p in enumerate(pages):
         http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
         writer.write_record(writer.create_warc_record("http://bench.example/%d" % i, "response",
                                                       payload=io.BytesIO(p.encode("utf-8")), http_headers=http))
-    warc_bytes = buf.getvalue()
+    return pages, [buf.getvalue()]
 
-    rows = []
-    for name in args.extractors:
-        fn = get_extractor(name)
+
+def sample_warc(n_docs: int):
+    with tempfile.TemporaryDirectory() as d:
+        res = sample.write_sample(d, n_docs, seed=0)
+        files = []
+        for path in sorted(res["warc"]):
+            with open(path, "rb") as f:
+                files.append(f.read())
+    return [doc["html"] for doc in sample.generate_documents(n_docs, seed=0)], files
+
+
+def read_all(files, reader: str, extractor: str):
+    opts = IngestOptions(extractor=extractor, warc_reader=reader)
+    return [r for data in files for r in iter_warc(io.BytesIO(data), "bench.warc.gz", opts)]
+
+
+def measure(name: str, pages, files, repeat: int) -> dict:
+    html_mb = sum(len(p.encode("utf-8")) for p in pages) / 1e6
+    reference = read_all(files, "warcio", "bs4")
+    n_docs = sum(1 for r in reference if r.reason is None)
+    out = {"pages": name, "docs": n_docs, "warc_records": len(reference),
+           "html_kb_per_doc": round(1000 * html_mb / len(pages), 1),
+           "warc_gz_mb": round(sum(len(f) for f in files) / 1e6, 2), "extract": [], "read": [], "warc": []}
+    for ex in EXTRACTORS:
+        fn = get_extractor(ex)
         chars = sum(len(fn(p)) for p in pages)  # warm-up, and the text yield
-        extract_rate = best_rate(lambda: [fn(p) for p in pages], len(pages), args.repeat)
-        opts = IngestOptions(extractor=name)
+        rate = best_rate(lambda: [fn(p) for p in pages], len(pages), repeat)
+        out["extract"].append({"extractor": ex, "docs_per_cpu_s": round(rate, 1),
+                               "html_mb_per_cpu_s": round(rate * html_mb / len(pages), 2),
+                               "text_chars_per_doc": round(chars / len(pages))})
+    for reader in READERS:
+        rate = best_rate(lambda: read_all(files, reader, NO_EXTRACTION), n_docs, repeat)
+        out["read"].append({"warc_reader": reader, "docs_per_cpu_s": round(rate, 1)})
+    for reader in READERS:
+        for ex in EXTRACTORS:
+            expected = read_all(files, "warcio", ex)
+            got = []
+            rate = best_rate(lambda: got.append(read_all(files, reader, ex)), n_docs, repeat)
+            assert all(g == expected for g in got), (reader, ex)  # the readers agree, record for record
+            out["warc"].append({"warc_reader": reader, "extractor": ex, "docs_per_cpu_s": round(rate, 1),
+                                "kept": sum(1 for r in expected if r.reason is None)})
+    return out
 
-        kept = []
 
-        def warc_pass():
-            recs = list(iter_warc(io.BytesIO(warc_bytes), "bench.warc.gz", opts))
-            assert len(recs) == len(pages)
-            kept.append(sum(1 for r in recs if r.reason is None))
-
-        warc_rate = best_rate(warc_pass, len(pages), args.repeat)
-        rows.append({"extractor": name, "extract_docs_per_s": round(extract_rate, 1),
-                     "extract_html_mb_per_s": round(extract_rate * html_mb / len(pages), 2),
-                     "warc_docs_per_s": round(warc_rate, 1), "text_chars_per_doc": round(chars / len(pages)),
-                     "kept": kept[-1]})
-
-    header = ("extractor", "extract docs/s", "extract MB/s", "warc->records docs/s", "text chars/doc", "kept")
-    table = [header] + [(r["extractor"], "%.1f" % r["extract_docs_per_s"], "%.2f" % r["extract_html_mb_per_s"],
-                         "%.1f" % r["warc_docs_per_s"], str(r["text_chars_per_doc"]), str(r["kept"]))
-                        for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
-    print("%d pages, %.1f MB of HTML (%.0f KB/page), %.1f MB .warc.gz; per CPU-second, best of %d" % (
-        len(pages), html_mb, 1000 * html_mb / len(pages), len(warc_bytes) / 1e6, args.repeat))
-    for i, t in enumerate(table):
-        print("  ".join(c.ljust(wd) if j == 0 else c.rjust(wd) for j, (c, wd) in enumerate(zip(t, widths))))
+def print_table(res: dict) -> None:
+    print("\n%s pages: %d documents in %d WARC records, %.1f KB of HTML per document, %.2f MB .warc.gz" % (
+        res["pages"], res["docs"], res["warc_records"], res["html_kb_per_doc"], res["warc_gz_mb"]))
+    rows = [("", "extract only") + tuple("WARC -> records, %s" % r for r in READERS)]
+    read = {r["warc_reader"]: r["docs_per_cpu_s"] for r in res["read"]}
+    rows.append(("(no extraction)", "-") + tuple("%.0f" % read[r] for r in READERS))
+    for e in res["extract"]:
+        cells = ["%.0f" % next(w["docs_per_cpu_s"] for w in res["warc"]
+                               if w["warc_reader"] == r and w["extractor"] == e["extractor"]) for r in READERS]
+        rows.append((e["extractor"], "%.0f" % e["docs_per_cpu_s"]) + tuple(cells))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
         if i == 0:
-            print("  ".join("-" * wd for wd in widths))
-    result = {"run": run_info(), "bench": "ingest", "pages": len(pages), "html_mb": round(html_mb, 2), "repeat": args.repeat,
-              "python": platform.python_version(), "machine": platform.machine(),
-              "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2), "rows": rows}
+            print("  ".join("-" * w for w in widths))
+    print("(documents per CPU-second; text chars/doc: %s)" % ", ".join(
+        "%s %d" % (e["extractor"], e["text_chars_per_doc"]) for e in res["extract"]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, default=300, help="large generated pages (~34 KB each)")
+    ap.add_argument("--sample-docs", type=int, default=2000, help="documents of the `pipeline sample` set")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                  "docs", "benchmarks", "results", "ingest_extractors.json"))
+    args = ap.parse_args(argv)
+    register_extractor(NO_EXTRACTION, lambda: (lambda html: "x"))
+
+    versions = {p: importlib_metadata.version(p) for p in ("beautifulsoup4", "lxml", "resiliparse",
+                                                             "fastwarc", "warcio")}
+    results = []
+    for name, (pages, files) in (("large", large_pages_warc(args.pages)), ("sample", sample_warc(args.sample_docs))):
+        results.append(measure(name, pages, files, args.repeat))
+        print_table(results[-1])
+    doc = {"run": run_info(), "bench": "ingest_extractors", "repeat": args.repeat, "versions": versions,
+           "results": results}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(doc, f, indent=2)
         f.write("\n")
     print("wrote %s" % args.out)
     return 0

@@ -19,14 +19,16 @@ as a whole (`gzip x.warc`, which warcio refuses) is read again through Python's 
 
 Broken files with FastWARC: FastWARC also stops quietly on several kinds of damage (a gzip member cut
 in its trailer or header, a gzip of a text file, garbage after the last record of an uncompressed
-file), reports a record whose header block was cut off with Content-Length 0, and numbers records of
-a whole-file gzip by a shared offset. So the FastWARC path hands out a record only once it is proven
-whole: its block has Content-Length bytes, the next record starts at a real record boundary (a gzip
-member or a `WARC/` line in the raw bytes), and the last record is followed by exactly the end of
-the file (its gzip member complete, or its block and the closing CRLF CRLF). At the first thing it
-cannot prove, the file is read again from the start with warcio, which skips the records already
-handed out and accounts for the rest as above. Damaged files are rare and cost a second read; whole
-files never do.
+file), reports a record whose header block was cut off with Content-Length 0, numbers the records of
+a whole-file gzip by a shared offset, and decodes header bytes that are not UTF-8 otherwise than
+warcio. So the FastWARC path hands out a record only once it is proven whole and read alike: its WARC
+headers are the ones warcio's parser reads from the same raw bytes, its block has Content-Length
+bytes, the next record starts at a real record boundary (a gzip member, or a `WARC/` line exactly
+after the block and its CRLF CRLF), and the last record is followed by exactly the end of the file
+(its gzip member complete, or its block and the closing CRLF CRLF). At the first thing it cannot
+prove, the file is read again from the start with warcio, which skips the records already handed
+out and accounts for the rest as above. Damaged files are rare and cost a second read; sound files
+never do (tests compare the two readers record for record on hand-made and randomly damaged files).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # The raw bytes the FastWARC path keeps to check record boundaries: from the current record's start
 # to FastWARC's read position. A record larger than this is read on with warcio instead.
 _MAX_KEPT_BYTES = 64 << 20
+_MAX_HEADER_BYTES = 1 << 16  # WARC header blocks are a few hundred bytes; a longer one goes to warcio
 
 # What `_classify` needs of a record's WARC headers, whichever reader parsed them.
 WarcFields = namedtuple("WarcFields", ["rec_type", "rid", "url", "date", "content_type", "payload_type",
@@ -350,6 +353,14 @@ class _Tap:
         self.kept_from = offset
         return bytes(self.kept[:5]).startswith(_GZIP_MAGIC if gzipped else b"WARC/")
 
+    def header_bytes(self, gzipped: bool) -> bytes:
+        """The first bytes of the record the kept bytes start with (gunzipped for a gzip member):
+        its WARC header block, unless that is longer than _MAX_HEADER_BYTES."""
+        with memoryview(self.kept) as view:  # no copy; released before `kept` changes size again
+            if gzipped:
+                return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(view, _MAX_HEADER_BYTES)
+            return bytes(view[:_MAX_HEADER_BYTES])
+
     def ends_after_one_record(self, gzipped: bool, length: int) -> bool:
         """Whether the kept bytes (the last record's start to the end of the file) are exactly one
         whole record: one complete gzip member, or headers, `length` bytes of block and CRLF CRLF."""
@@ -389,6 +400,19 @@ def _target_uri(uri: Optional[str]) -> Optional[str]:
     return uri.replace(" ", "%20") if uri is not None else None
 
 
+def _warcio_headers(data: bytes) -> Tuple[Optional[list], int]:
+    """([(name, value)], bytes it spans) of the WARC header block at the start of `data`, parsed by
+    warcio's parser; (None, 0) if it cannot parse one."""
+    from warcio.recordloader import ArcWarcRecordLoader
+    from warcio.statusandheaders import StatusAndHeadersParser
+
+    stream = io.BytesIO(data)
+    try:
+        return StatusAndHeadersParser(ArcWarcRecordLoader.WARC_TYPES).parse(stream).headers, stream.tell()
+    except Exception:
+        return None, 0
+
+
 class _HandOver(Exception):
     """Something the FastWARC path cannot prove about the file: warcio reads on from here."""
 
@@ -398,25 +422,36 @@ def _fastwarc_records(stream: IO[bytes], source: str, opts: IngestOptions,
     from fastwarc.warc import ArchiveIterator
 
     tap = _Tap(stream)
-    n = yielded = length = 0
+    n = yielded = length = next_start = 0
     pending, gzipped = None, False
     try:
         # parse_http=False: the HTTP part is ours (_classify), as with warcio. verify_digests stays
         # off: FastWARC would skip a record with a bad digest without a trace.
         for rec in ArchiveIterator(tap, parse_http=False):
             if n == 0:
-                gzipped = tap.kept_from == 0 and bytes(tap.kept[:2]) == _GZIP_MAGIC
+                gzipped = bytes(tap.kept[:2]) == _GZIP_MAGIC
+                if rec.stream_pos != 0:  # FastWARC skips leading blank lines, warcio rejects the file
+                    raise _HandOver("the file does not start with a record")
             n += 1
             if not tap.starts_record(rec.stream_pos, gzipped):
                 raise _HandOver("record at %d is not at a record boundary" % rec.stream_pos)
+            if not gzipped and n > 1 and rec.stream_pos != next_start:
+                raise _HandOver("record at %d, the one before ends at %d" % (rec.stream_pos, next_start))
             if pending is not None:  # the next record is where it should be: the previous one is whole
                 yield pending
                 yielded, pending = yielded + 1, None
             h = rec.headers
+            # The WARC headers as warcio reads them, from the raw bytes: FastWARC decodes bytes that
+            # are not UTF-8 otherwise (drops them or puts U+FFFD where warcio reads Latin-1) and does
+            # not split lines at a bare LF. Where the two disagree, warcio reads the file.
+            headers, header_len = _warcio_headers(tap.header_bytes(gzipped))
+            if headers != list(h.items()):
+                raise _HandOver("the readers see other WARC headers")
             declared = h.get("Content-Length")
             if declared is None or not declared.strip().isdigit():
                 raise _HandOver("no usable Content-Length")
             length = int(declared)
+            next_start = rec.stream_pos + header_len + length + 4  # uncompressed: block, CRLF CRLF
             f = WarcFields(h.get("WARC-Type"), h.get("WARC-Record-ID"), _target_uri(h.get("WARC-Target-URI")),
                            h.get("WARC-Date"), h.get("Content-Type"), h.get("WARC-Identified-Payload-Type"),
                            length)

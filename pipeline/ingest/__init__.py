@@ -4,8 +4,9 @@ The plain-Python core works on streams and needs no Spark:
 
 - `records`  the record tuple every reader yields, and the options executors need
 - `charset`  bytes -> str for HTML bodies (BOM, HTTP header, `<meta>`, then sane fallbacks)
-- `extract`  HTML str -> plain text, through a small registry of extractors (bs4, resiliparse)
-- `warc`     a WARC stream -> records (WARC-Record-ID, URL, date, text) or drop rows
+- `extract`  HTML str -> plain text, through a small registry of extractors (resiliparse, bs4)
+- `warc`     a WARC stream -> records (WARC-Record-ID, URL, date, text) or drop rows, read
+              with FastWARC or warcio (the same records either way)
 - `tabular`  JSON-lines streams -> records
 - `core`     input planning, and `process_file` (all records of one streamed file)
 - `config`   IngestConfig, the flags of `pipeline ingest`

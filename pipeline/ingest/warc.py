@@ -37,7 +37,7 @@ import gzip
 import io
 import zlib
 from collections import namedtuple
-from typing import IO, Callable, Iterator, Optional, Tuple
+from typing import IO, Callable, Dict, Iterator, Optional, Tuple
 
 from pipeline.ingest import charset
 from pipeline.ingest.extract import get_extractor
@@ -323,6 +323,7 @@ class _Tap:
         self.eof = False
         self.kept = bytearray()
         self.kept_from = 0      # file offset of kept[0]
+        self.start = 0          # index in `kept` of the current record's first byte
         self.overflow = False   # a record too large to keep: its boundaries cannot be checked
 
     def read(self, size=-1):
@@ -331,7 +332,7 @@ class _Tap:
             self.eof = True
         if not self.overflow:
             self.kept += b
-            if len(self.kept) > _MAX_KEPT_BYTES:
+            if len(self.kept) - self.start > _MAX_KEPT_BYTES:
                 self.overflow, self.kept = True, bytearray()
         self.pos += len(b)
         return b
@@ -346,35 +347,46 @@ class _Tap:
         pass
 
     def starts_record(self, offset: int, gzipped: bool) -> bool:
-        """Whether the raw bytes at `offset` begin a record; keeps nothing before `offset` after."""
-        if self.overflow or offset < self.kept_from:
+        """Whether the raw bytes at `offset` begin a record; from now on the current record."""
+        if self.overflow or offset < self.kept_from + self.start:
             return False
-        del self.kept[:offset - self.kept_from]
-        self.kept_from = offset
-        return bytes(self.kept[:5]).startswith(_GZIP_MAGIC if gzipped else b"WARC/")
+        self.start = offset - self.kept_from
+        if self.start > _MAX_HEADER_BYTES:  # forget what lies before, now and then, not per record
+            del self.kept[:self.start]
+            self.kept_from, self.start = offset, 0
+        return self.kept.startswith(_GZIP_MAGIC if gzipped else b"WARC/", self.start)
 
     def header_bytes(self, gzipped: bool) -> bytes:
-        """The first bytes of the record the kept bytes start with (gunzipped for a gzip member):
-        its WARC header block, unless that is longer than _MAX_HEADER_BYTES."""
+        """The first bytes of the current record (gunzipped for a gzip member), up to the blank line
+        that ends its WARC header block, or _MAX_HEADER_BYTES without one."""
         with memoryview(self.kept) as view:  # no copy; released before `kept` changes size again
-            if gzipped:
-                return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(view, _MAX_HEADER_BYTES)
-            return bytes(view[:_MAX_HEADER_BYTES])
+            rest, out, want = view[self.start:], b"", 1024  # a few hundred bytes, usually
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+            while len(out) < _MAX_HEADER_BYTES and b"\n\r\n" not in out and b"\n\n" not in out:
+                if d is None:
+                    more, rest = bytes(rest[:want]), rest[want:]
+                else:
+                    more = d.decompress(rest, want)
+                    rest = d.unconsumed_tail
+                if not more:
+                    break
+                out, want = out + more, want * 4
+            return out
 
     def ends_after_one_record(self, gzipped: bool, length: int) -> bool:
-        """Whether the kept bytes (the last record's start to the end of the file) are exactly one
+        """Whether the bytes from the current record's start to the end of the file are exactly one
         whole record: one complete gzip member, or headers, `length` bytes of block and CRLF CRLF."""
         if self.overflow or not self.eof:
             return False
+        data = bytes(self.kept[self.start:])
         if gzipped:
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            data = bytes(self.kept)
             while data and not d.eof:
                 d.decompress(data, _CHUNK)  # output is thrown away: only the framing matters
                 data = d.unconsumed_tail
             return d.eof and not d.unused_data and not data
-        head_end = self.kept.find(b"\r\n\r\n")
-        return head_end >= 0 and len(self.kept) == head_end + 4 + length + 4 and self.kept.endswith(b"\r\n\r\n")
+        head_end = data.find(b"\r\n\r\n")
+        return head_end >= 0 and len(data) == head_end + 4 + length + 4 and data.endswith(b"\r\n\r\n")
 
 
 class _FastwarcBlock(io.RawIOBase):
@@ -398,6 +410,22 @@ def _target_uri(uri: Optional[str]) -> Optional[str]:
     if uri is not None and uri.startswith("<") and uri.endswith(">"):
         uri = uri[1:-1]
     return uri.replace(" ", "%20") if uri is not None else None
+
+
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7f))
+
+
+def _plain_header_pairs(block: bytes) -> Optional[list]:
+    """[name, value] per line of a WARC header block (status line and closing blank line
+    included) made of plain `name: value` lines of printable ASCII, each ending in CRLF, none
+    folded or padded with blanks: there warcio's parser and FastWARC read the same thing, and a
+    split is all it takes. None for anything else (warcio's parser decides then)."""
+    if block.translate(None, _PRINTABLE_ASCII).replace(b"\r\n", b"") or b"\r\n " in block or \
+            b"\r\n\t" in block or b" \r\n" in block or b"\t\r\n" in block:
+        return None
+    lines = block[:-4].decode("ascii").split("\r\n")
+    pairs = [line.split(":", 1) for line in lines[1:]]
+    return pairs if lines[0] in ("WARC/1.0", "WARC/1.1") and all(len(p) == 2 for p in pairs) else None
 
 
 def _warcio_headers(data: bytes) -> Tuple[Optional[list], int]:
@@ -429,7 +457,7 @@ def _fastwarc_records(stream: IO[bytes], source: str, opts: IngestOptions,
         # off: FastWARC would skip a record with a bad digest without a trace.
         for rec in ArchiveIterator(tap, parse_http=False):
             if n == 0:
-                gzipped = bytes(tap.kept[:2]) == _GZIP_MAGIC
+                gzipped = tap.kept.startswith(_GZIP_MAGIC)
                 if rec.stream_pos != 0:  # FastWARC skips leading blank lines, warcio rejects the file
                     raise _HandOver("the file does not start with a record")
             n += 1
@@ -440,26 +468,40 @@ def _fastwarc_records(stream: IO[bytes], source: str, opts: IngestOptions,
             if pending is not None:  # the next record is where it should be: the previous one is whole
                 yield pending
                 yielded, pending = yielded + 1, None
-            h = rec.headers
-            # The WARC headers as warcio reads them, from the raw bytes: FastWARC decodes bytes that
-            # are not UTF-8 otherwise (drops them or puts U+FFFD where warcio reads Latin-1) and does
-            # not split lines at a bare LF. Where the two disagree, warcio reads the file.
-            headers, header_len = _warcio_headers(tap.header_bytes(gzipped))
-            if headers != list(h.items()):
-                raise _HandOver("the readers see other WARC headers")
-            declared = h.get("Content-Length")
-            if declared is None or not declared.strip().isdigit():
-                raise _HandOver("no usable Content-Length")
+            # The WARC headers as warcio reads them, from the raw bytes (FastWARC's own reading is
+            # used for the framing only: it decodes bytes that are not UTF-8 otherwise than warcio,
+            # dropping them or putting U+FFFD where warcio reads Latin-1, and does not split lines at
+            # a bare LF). Plain `name: value` ASCII lines are split here, as warcio's parser would;
+            # anything else goes through that parser.
+            raw = tap.header_bytes(gzipped)
+            header_len = raw.find(b"\r\n\r\n") + 4
+            pairs = _plain_header_pairs(raw[:header_len]) if header_len > 3 else None
+            if pairs is None:
+                pairs, header_len = _warcio_headers(raw)
+                if pairs is None:
+                    raise _HandOver("no WARC header block that warcio can read")
+            h: Dict[str, str] = {}
+            for name, value in pairs:
+                h.setdefault(name.rstrip(" \t").lower(), value.strip())
+            declared = h.get("content-length")
+            if declared is None or not declared.isdigit() or int(declared) != rec.content_length:
+                raise _HandOver("FastWARC frames the record otherwise than its Content-Length says")
             length = int(declared)
             next_start = rec.stream_pos + header_len + length + 4  # uncompressed: block, CRLF CRLF
-            f = WarcFields(h.get("WARC-Type"), h.get("WARC-Record-ID"), _target_uri(h.get("WARC-Target-URI")),
-                           h.get("WARC-Date"), h.get("Content-Type"), h.get("WARC-Identified-Payload-Type"),
+            f = WarcFields(h.get("warc-type"), h.get("warc-record-id"), _target_uri(h.get("warc-target-uri")),
+                           h.get("warc-date"), h.get("content-type"), h.get("warc-identified-payload-type"),
                            length)
-            block = _CountingReader(io.BufferedReader(_FastwarcBlock(rec.reader), _CHUNK))
-            result = _classify(f, block, opts)
-            block.drain()
-            if block.count != length:
-                raise _HandOver("block of %d bytes, Content-Length %d" % (block.count, length))
+            if f.rec_type == "response":
+                block = _CountingReader(io.BufferedReader(_FastwarcBlock(rec.reader), _CHUNK))
+                result = _classify(f, block, opts)
+                block.drain()
+                count = block.count
+            else:  # no HTTP to parse: count the block's bytes straight from FastWARC
+                result, count = _classify(f, None, opts), 0
+                for chunk in iter(lambda: rec.reader.read(_CHUNK), b""):
+                    count += len(chunk)
+            if count != length:
+                raise _HandOver("block of %d bytes, Content-Length %d" % (count, length))
             pending = _record(source, rec.stream_pos, f, result)
         if pending is not None and not tap.ends_after_one_record(gzipped, length):
             raise _HandOver("the file does not end right after its last record")

@@ -92,7 +92,7 @@ chmod -R a+rX "$(dirname "$VENV")" "$TIKTOKEN_DIR"
 "$VPY" - <<PYCHECK
 import os, sys
 import bs4, boto3, fastwarc, lxml, numpy, pandas, pyarrow, resiliparse, tiktoken, warcio, xxhash
-# ingest's default extractor and WARC reader (without them it would fall back to bs4 + warcio)
+# ingest's default extractor (without it ingest falls back to bs4) and FastWARC (--warc-reader fastwarc)
 from fastwarc.warc import ArchiveIterator
 from resiliparse.extract.html2text import extract_plain_text
 assert extract_plain_text("<p>ok</p>").strip() == "ok"

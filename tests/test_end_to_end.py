@@ -101,7 +101,7 @@ def test_accounting_adds_up(runs, sample):
     assert kept == s["kept"] and kept + s["duplicates_removed"] == docs
     assert [st["stage"] for st in s["stages"]] == ["ingest", "dedup", "tokenize", "shards"]
     # the summary says which extractor and WARC reader ran (the defaults, installed here)
-    assert s["stages"][0]["resolved"] == {"extractor": "resiliparse", "warc_reader": "fastwarc"}
+    assert s["stages"][0]["resolved"] == {"extractor": "resiliparse", "warc_reader": "warcio"}
 
 
 def test_report_covers_every_document_and_keeps_one_per_cluster(runs):

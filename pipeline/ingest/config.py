@@ -14,7 +14,8 @@ DEFAULT_MAX_RECORD_BYTES = 5 * 1024 * 1024
 
 def _installed(resolve: Callable[[str], tuple]) -> Callable[[str], str]:
     """An argparse `type` that rejects an explicit choice whose package is missing, at parse time:
-    before any Spark work, with the install hint (`auto` always parses; it falls back at run time)."""
+    before any Spark work, with the install hint (`--extractor auto` always parses; it falls back at
+    run time)."""
     def check(choice: str) -> str:
         try:
             resolve(choice)
@@ -44,9 +45,9 @@ class IngestConfig(JobConfig):
         type=_installed(extract.resolve_extractor),
         help="HTML-to-text extractor for WARC input; auto = %s where it is installed, else %s (the "
              "job says so and records which one ran)" % (extract.DEFAULT_EXTRACTOR, extract.FALLBACK_EXTRACTOR)))
-    warc_reader: str = field(default=warc.AUTO, metadata=flag(
-        "--warc-reader", choices=[warc.AUTO] + list(warc.READERS), type=_installed(warc.resolve_reader),
-        help="WARC reader; both give the same records; auto = fastwarc where it is installed, else warcio"))
+    warc_reader: str = field(default=warc.DEFAULT_READER, metadata=flag(
+        "--warc-reader", choices=list(warc.READERS), type=_installed(warc.resolve_reader),
+        help="WARC reader; both give the same records and drop rows"))
     text_col: str = field(default="text", metadata=flag(
         "--text-col", help="text column of parquet/jsonl input"))
     id_col: str = field(default="id", metadata=flag(
@@ -71,7 +72,7 @@ class IngestConfig(JobConfig):
             raise ValueError("format must be one of %s, not %r" % (FORMATS, self.format))
         if self.extractor != extract.AUTO and self.extractor not in extract.EXTRACTORS:
             raise ValueError("unknown extractor %r" % self.extractor)
-        if self.warc_reader not in (warc.AUTO,) + warc.READERS:
+        if self.warc_reader not in warc.READERS:
             raise ValueError("unknown WARC reader %r" % self.warc_reader)
         if self.min_chars < 0 or self.max_record_bytes <= 0 or self.num_partitions < 0:
             raise ValueError("min_chars >= 0, max_record_bytes > 0 and num_partitions >= 0 required")

@@ -21,9 +21,9 @@ RECORD_DDL = ("source string, pos long, id string, url string, text string, warc
 @dataclass(frozen=True)
 class IngestOptions:
     """What executors need from the config (small and picklable). `extractor` and `warc_reader` are
-    concrete names here: `auto` in the config is resolved on the driver (spark_plan.resolve_tools)."""
+    concrete names here: the config's `auto` extractor is resolved on the driver (spark_plan.resolve_tools)."""
     extractor: str = "resiliparse"
-    warc_reader: str = "fastwarc"
+    warc_reader: str = "warcio"
     min_chars: int = 1
     max_record_bytes: int = 5 * 1024 * 1024
     text_col: str = "text"

@@ -41,8 +41,8 @@ def output_dirs(cfg: IngestConfig) -> Dict[str, str]:
 
 
 def resolve_tools(cfg: IngestConfig) -> Tuple[IngestOptions, Dict[str, str], List[str]]:
-    """The executors' options with `auto` resolved to the extractor and WARC reader this machine has,
-    what was resolved ({"extractor", "warc_reader"}: recorded in the stats and _config.json) and a
+    """The executors' options with `--extractor auto` resolved to the extractor this machine has, the
+    tools that will run ({"extractor", "warc_reader"}: recorded in the stats and _config.json) and a
     note per fallback. An explicitly chosen tool that is not installed raises here, before Spark."""
     extractor, extractor_note = resolve_extractor(cfg.extractor)
     reader, reader_note = warc.resolve_reader(cfg.warc_reader)

@@ -7,7 +7,7 @@ and other non-prose elements are removed; markup is never part of the text.
     get_extractor("resiliparse")(html) -> str
 
 - `resiliparse` (Resiliparse's HTML2Text, C++): the default (`--extractor auto`) wherever it installs,
-  about 6x the documents per CPU-second of bs4 (docs/benchmarks/ingest.md).
+  7-10x the documents per CPU-second of bs4 (docs/benchmarks/ingest.md).
 - `bs4` (BeautifulSoup with lxml): pure-Python-installable, the fallback when Resiliparse is missing.
   It follows the same rules, so both give the same text on the pages we measure: switching between
   them changes the speed, not the data.
@@ -18,10 +18,11 @@ Why plain `resiliparse` and not `resiliparse-main` by default: main-content extr
 filter, applied before anything downstream can look at the text. Large pretraining sets do choose
 it (DCLM extracts with Resiliparse's `main_content=True`, FineWeb with trafilatura), and for real
 crawls it is the better choice of text; `--extractor resiliparse-main` is one flag. But it decides
-what a document *is*: on the generated sample it removes 17% of the characters (site navigation,
-footers, newsletter lines), and near-duplicate detection, which this pipeline defines on the
-extracted text, then finds other clusters than the sample's ground truth (computed on the full page
-text; dup-doc F1 0.875 instead of 1.0). The default keeps every visible line, as bs4 did, so the
+what a document *is*: on the 1,000-document sample (`pipeline sample --docs 1000`) it removes 17% of
+the characters (site navigation, footers, newsletter lines), and near-duplicate detection, which this
+pipeline defines on the extracted text, then finds other clusters than the sample's ground truth
+(computed on the full page text; dup-doc F1 0.875 instead of 1.0, and 1.0 against a truth computed
+on its own output). The default keeps every visible line, as bs4 does, so the
 default output is the same data, only faster.
 
 `extractor=auto` in the ingest config resolves (`resolve_extractor`) to `resiliparse` when it imports,
@@ -138,5 +139,5 @@ def resolve_extractor(choice: str) -> Tuple[str, Optional[str]]:
         return DEFAULT_EXTRACTOR, None
     except ExtractorUnavailable as e:
         get_extractor(FALLBACK_EXTRACTOR)
-        return FALLBACK_EXTRACTOR, ("%s: extracting with %s instead, about 6x fewer documents per "
+        return FALLBACK_EXTRACTOR, ("%s: extracting with %s instead, 7-10x fewer documents per "
                                     "CPU-second" % (e, FALLBACK_EXTRACTOR))

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from pipeline.dedup.minhash import MinHasher, band_keys
 from pipeline.dedup.shingles import DEFAULT_NORMALIZE, jaccard
@@ -27,7 +27,7 @@ MAX_CHARS_PER_PIECE = 32 * 1024 * 1024
 
 def _bounded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        lengths = pa.compute.utf8_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
+        lengths = pc.utf8_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
         ends = np.cumsum(lengths)
         start = 0
         while start < len(lengths):
@@ -77,9 +77,18 @@ def candidate_batches(batches: Iterator[pa.RecordBatch], window: int) -> Iterato
     if not parts:
         return
     table = pa.Table.from_batches(parts)
-    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
-    uniq, rank = np.unique(ids, return_inverse=True)
-    rank = rank.reshape(-1).astype(np.int64)
+    # Dense rank of the ids by Arrow's C++ sort (binary order of UTF-8 = code-point order), no Python
+    # string objects: names[rank] is the id again.
+    ids = table.column("id").combine_chunks()
+    by_id = pc.sort_indices(ids).to_numpy()
+    sorted_ids = ids.take(pa.array(by_id))
+    first_of_run = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        first_of_run[1:] = pc.not_equal(sorted_ids.slice(1), sorted_ids.slice(0, len(ids) - 1)).to_numpy(
+            zero_copy_only=False)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[by_id] = np.cumsum(first_of_run) - 1
+    names = sorted_ids.filter(pa.array(first_of_run))
     n = table.column("n").to_numpy()
     band = table.column("band").to_numpy()
     key = table.column("key").to_numpy()
@@ -94,9 +103,8 @@ def candidate_batches(batches: Iterator[pa.RecordBatch], window: int) -> Iterato
         lo.append(np.minimum(r[:-step], r[step:])[same])
         hi.append(np.maximum(r[:-step], r[step:])[same])
     lo, hi = np.concatenate(lo), np.concatenate(hi)
-    pairs = np.unique(lo[lo != hi] * len(uniq) + hi[lo != hi])
-    src, dst = np.divmod(pairs, len(uniq))
-    names = pa.array(uniq.tolist(), pa.string())
+    pairs = np.unique(lo[lo != hi] * len(names) + hi[lo != hi])
+    src, dst = np.divmod(pairs, len(names))
     for i in range(0, len(pairs), EDGE_BATCH_ROWS):
         yield pa.RecordBatch.from_arrays([names.take(pa.array(src[i:i + EDGE_BATCH_ROWS])),
                                           names.take(pa.array(dst[i:i + EDGE_BATCH_ROWS]))], names=["src", "dst"])

@@ -3,6 +3,7 @@
     python bench/bench_dedup.py --docs 10000                 # writes docs/benchmarks/results/dedup_side_by_side_10000.json
     python bench/bench_dedup.py --docs 100000
     python bench/bench_dedup.py --docs 1000000 --no-rerun-check
+    python bench/bench_dedup.py --docs 10000 --sweep 9x13w4 16x8w2 18x7w4 25x5w4   # banding vs recall
 
 For each `--docs N` it uses the `pipeline sample --docs N --seed 0` corpus (generated into `--data-dir`
 when missing) and times, one after another in this process, on the same documents:
@@ -235,6 +236,30 @@ def print_table(row: dict, master: str) -> None:
             print("%s: %s" % (key, job[key]))
 
 
+def sweep(size: int, args, specs) -> list:
+    """The single-process core with other bands x rows / windows (`--sweep 18x7w4 25x5w4 ...`),
+    scored against the truth: the recall each banding buys, and its candidate count."""
+    import pandas as pd
+
+    from pipeline.dedup.local import dedup_local
+
+    sample_dir, docs = corpus(size, args.data_dir, args.seed)
+    truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
+    out = []
+    print("\n%-10s %7s %11s %9s %9s %9s %8s" % ("bands", "window", "candidates", "verified", "pairs P",
+                                                "pairs R", "F1"))
+    for spec in specs:
+        br, window = spec.split("w")
+        bands, rows = (int(x) for x in br.split("x"))
+        report, stats = dedup_local(docs["id"].tolist(), docs["text"].tolist(), args.threshold,
+                                    num_perm=args.num_perm, bands=bands, rows=rows, window=int(window))
+        pf = quality(pd.DataFrame(report), truth)["pairs"]
+        out.append({"bands": bands, "rows": rows, "window": int(window), "stats": stats, "pairs": pf})
+        print("%-10s %7s %11d %9d %9.4f %9.4f %8.4f" % (br, window, stats["candidate_pairs"],
+                                                     stats["verified_pairs"], pf["precision"], pf["recall"], pf["f1"]))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--docs", type=int, nargs="+", default=[10000], help="corpus sizes, one JSON each")
@@ -253,9 +278,22 @@ def main(argv=None) -> int:
     p.add_argument("--spark-conf", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra Spark settings for the session, e.g. spark.shuffle.compress=false")
     p.add_argument("--skip", nargs="*", default=[], choices=["datasketch", "core", "job"])
+    p.add_argument("--sweep", nargs="*", default=[], metavar="BxRwW",
+                   help="instead of the speed runs: score the core with these bands x rows / windows on "
+                        "each --docs corpus (e.g. 9x13w4 16x8w2 18x7w4 25x5w4); JSON to "
+                        "OUT_DIR/dedup_banding_<docs>.json")
     p.add_argument("--out-dir", default=os.path.join(REPO, "docs", "benchmarks", "results"),
                    help="JSON goes to OUT_DIR/dedup_side_by_side_<docs>.json")
     args = p.parse_args(argv)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.sweep:
+        for size in args.docs:
+            rows = sweep(size, args, args.sweep)
+            with open(os.path.join(args.out_dir, "dedup_banding_%d.json" % size), "w") as f:
+                json.dump({"run": run_info(), "threshold": args.threshold, "num_perm": args.num_perm,
+                           "docs": size, "sweep": rows}, f, indent=2, sort_keys=True, default=str)
+        return 0
 
     from pipeline.spark import get_spark
 

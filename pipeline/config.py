@@ -73,14 +73,17 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-def save_config(cfg: JobConfig, out_dir: str) -> str:
-    """Write `out_dir/_config.json` describing how this output was made; returns the path."""
+def save_config(cfg: JobConfig, out_dir: str, spark: Optional[JobConfig] = None) -> str:
+    """Write `out_dir/_config.json` describing how this output was made (the job's config and, under
+    "spark", how its SparkSession was started: pipeline.spark.SparkOptions); returns the path."""
     doc = {
         "job": type(cfg).__name__,
         "pipeline_version": __version__,
         "python": sys.version.split()[0],
         "config": cfg.to_dict(),
     }
+    if spark is not None:
+        doc["spark"] = spark.to_dict()
     path = storage.join(out_dir, CONFIG_FILE)
     storage.write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path

@@ -76,7 +76,10 @@ def test_output_schemas(runs):
         # snappy, as the autograder expects
         meta = pq.ParquetFile(glob.glob(os.path.join(d, rel, "*.parquet"))[0]).metadata
         assert meta.row_group(0).column(0).compression == "SNAPPY"
-        assert os.path.exists(os.path.join(d, rel, "_config.json"))
+        with open(os.path.join(d, rel, "_config.json")) as f:
+            saved = json.load(f)
+        # the Spark flags are saved beside the stage's config; auto shuffle partitions by default
+        assert saved["spark"]["shuffle_partitions"] == 0 and saved["spark"]["driver_memory"] == "4g", rel
 
 
 def test_accounting_adds_up(runs, sample):

@@ -19,7 +19,7 @@ code of `pipeline run`, each stage under its own Spark job group), the parquet r
   CPU s        from /proc: the driver's Python process + the JVM + every Python worker under it (the
                fair measure on a shared machine; Spark's own executorCpuTime counts JVM task threads
                only and is recorded beside it)
-  peak MB      highest RSS seen (sampled every 0.25 s) of the driver Python, the JVM (driver and
+  peak MB      highest RSS seen (sampled every 0.5 s) of the driver Python, the JVM (driver and
                executor in local mode) and the Python workers together
   shuffle, spill  summed over the stage's Spark stages from the status REST API
 
@@ -122,20 +122,23 @@ class ProcessTreeMeter(threading.Thread):
     that outlive a pyspark daemon (they are re-parented away from the JVM when it stops a daemon);
     sampling loses at most the last `period_s` of a process that exits, and Python workers are
     reused, long-lived processes. Peak RSS: per label (the stage running), of the driver Python, the
-    JVM (driver and executor in local mode) and the Python workers together.
+    JVM (driver and executor in local mode) and the Python workers together. The meter's own CPU
+    (walking /proc) is left out of the driver's.
     """
 
-    def __init__(self, jvm_pid: int, period_s: float = 0.25):
+    def __init__(self, jvm_pid: int, period_s: float = 0.5):
         super().__init__(daemon=True)
         self.jvm_pid, self.period_s = jvm_pid, period_s
         self.label, self.peaks = None, {}
         self._cpu = {}  # (pid, start) -> (kind, own CPU s)
+        self.own_cpu_s = 0.0  # the meter's own CPU: driver process time that is not the pipeline's
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
 
     def sample(self) -> dict:
         """Update the CPU totals and the current label's peaks; return CPU s so far by kind."""
         with self._lock:
+            started = time.thread_time()
             table = _proc_table()
             rss = {"driver_python": table.get(os.getpid(), (0, 0, 0.0, 0))[3], "jvm": 0, "python_workers": 0}
             pids = [(self.jvm_pid, "jvm")] + [(p, "python_workers") for p in _descendants(table, self.jvm_pid)]
@@ -153,7 +156,8 @@ class ProcessTreeMeter(threading.Thread):
             totals = {"jvm": 0.0, "python_workers": 0.0}
             for kind, cpu in self._cpu.values():
                 totals[kind] += cpu
-            totals["driver_python"] = self_cpu_s()
+            self.own_cpu_s += time.thread_time() - started
+            totals["driver_python"] = self_cpu_s() - self.own_cpu_s
             return totals
 
     def run(self):
@@ -216,7 +220,7 @@ def _free_port() -> int:
 def measure_run(inputs, out_dir: str, stage_list, master: str, docs: int, stage_flags=()) -> dict:
     """Run `stage_list` of the pipeline over `inputs` in a fresh SparkSession; measure every stage."""
     from pipeline import accounting, stages
-    from pipeline.spark import SparkOptions, get_spark
+    from pipeline.spark import SparkOptions, get_spark, input_bytes
 
     port = _free_port()
     spark = get_spark("bench-scale", SparkOptions(master=master), progress=False, extra_conf={
@@ -236,6 +240,7 @@ def measure_run(inputs, out_dir: str, stage_list, master: str, docs: int, stage_
     try:
         for stage, cfg in stages.stage_configs(ns):
             meter.label = stage.name
+            stage_input_bytes = input_bytes(spark, [cfg.input] if isinstance(cfg.input, str) else cfg.input)
             c0, t0 = meter.sample(), time.time()
             stats = stages.run_stage(spark, stage, cfg, spark_opts)
             wall, c1 = time.time() - t0, meter.sample()
@@ -244,7 +249,7 @@ def measure_run(inputs, out_dir: str, stage_list, master: str, docs: int, stage_
             all_stats.append(stats)
             results[stage.name] = {
                 "records_in": stats["records_in"], "records_out": stats["records_out"],
-                "wall_s": round(wall, 2), "cpu_s": round(cpu_total, 2), "cpu_s_by_process": cpu,
+                "input_bytes": stage_input_bytes, "wall_s": round(wall, 2), "cpu_s": round(cpu_total, 2), "cpu_s_by_process": cpu,
                 "cpu_ms_per_doc": round(1000.0 * cpu_total / docs, 4),
                 "shuffle_partitions": stats["shuffle_partitions"],
                 "spark": rest.group_totals(stage.name),
@@ -290,8 +295,8 @@ def run_one(args, docs: int, fmt: str, dirs) -> dict:
     subprocess.run(cmd, check=True, cwd=REPO)
     with open(child_json) as f:
         res = json.load(f)
-    res.update({"docs": docs, "format": fmt, "extractor": args.extractor or "(pipeline default)", "input_bytes": tree_bytes(inputs), "input_dirs": inputs,
-                "process_wall_s": round(time.time() - t0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)})
+    res.update({"docs": docs, "format": fmt, "extractor": args.extractor or "(pipeline default)",
+                "input_bytes": tree_bytes(inputs), "input_dirs": inputs, "process_wall_s": round(time.time() - t0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)})
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return res
@@ -313,6 +318,93 @@ def linearity(runs, max_ratio: float):
                                "cpu_ms_per_doc_small": a, "cpu_ms_per_doc_big": b, "ratio": round(ratio, 3),
                                "max_ratio": max_ratio, "pass": ratio <= max_ratio})
     return checks
+
+
+# ---------------------------------------------------------------- projection to a cluster
+
+# The cluster of the projection (EMR emr-7.7.0, Spark 3.5.3): 7 r5.xlarge core nodes of 4 vCPUs, 32 GiB.
+CLUSTER = {
+    "name": "1 + 7 r5.xlarge (EMR 7.7, Spark 3.5.3)",
+    "executor_vcpus": 28,
+    # An r5.xlarge vCPU is a hyperthread: with all 4 busy, each gives ~65% of a full core's work (an
+    # assumption, not measured here); this machine's CPU-seconds are full-core seconds.
+    "vcpu_speed": 0.65,
+    # Share of executor-core time doing task work during a stage (waves, stragglers, the driver between
+    # Spark jobs). Assumed.
+    "utilisation": 0.8,
+    # Scheduling per Spark job on YARN (task launch over the network, result round trips). Assumed.
+    "seconds_per_spark_job": 1.0,
+    # S3 throughput the 7 nodes reach together (about 200 MB/s each); every stage reads its input from
+    # and writes its output to S3. Assumed.
+    "s3_bytes_per_s": 7 * 200e6,
+}
+
+
+def _stage_input_bytes(run, name):
+    s = run["stages"][name]
+    if "input_bytes" in s:
+        return s["input_bytes"]
+    if name == "ingest":
+        return run["input_bytes"]
+    rel = {"dedup": "docs", "tokenize": "dedup/kept", "shards": "tokens"}[name]
+    out = os.path.join(os.path.dirname(run["input_dirs"][0]), "..", "out-%d-%s" % (run["docs"], run["format"]), rel)
+    return tree_bytes([out]) if os.path.isdir(out) else 0
+
+
+def project(runs, docs: int, cluster=CLUSTER):
+    """Per stage: CPU(N) = fixed + marginal * N fitted through the two largest WARC runs; on the
+    cluster, wall = spark jobs * seconds_per_spark_job + marginal * docs / (vcpus * vcpu_speed *
+    utilisation) + S3 bytes / s3_bytes_per_s. Shuffle partitions: what the pipeline's auto rule picks
+    for the stage's projected input bytes on 28 cores."""
+    from pipeline.spark import auto_shuffle_partitions
+
+    warc = sorted((r for r in runs if r["format"] == "warc" and set(STAGE_NAMES) <= set(r["stages"])),
+                  key=lambda r: r["docs"])
+    if len(warc) < 2:
+        return None
+    small, big = warc[-2], warc[-1]
+    scale = docs / big["docs"]
+    rows, total = [], 0.0
+    for name in STAGE_NAMES:
+        a, b = small["stages"][name], big["stages"][name]
+        marginal = (b["cpu_s"] - a["cpu_s"]) / (big["docs"] - small["docs"])
+        fixed = max(0.0, a["cpu_s"] - marginal * small["docs"])
+        cpu_here = fixed + marginal * docs
+        work_s = marginal * docs / (cluster["executor_vcpus"] * cluster["vcpu_speed"] * cluster["utilisation"])
+        jobs_s = b["spark"]["spark_jobs"] * cluster["seconds_per_spark_job"]
+        in_bytes = _stage_input_bytes(big, name) * scale
+        out_bytes = b["spark"]["outputBytes"] * scale
+        io_s = (in_bytes + out_bytes) / cluster["s3_bytes_per_s"]
+        wall = jobs_s + work_s + io_s
+        total += wall
+        rows.append({"stage": name, "marginal_cpu_ms_per_doc": round(1000 * marginal, 4), "fixed_cpu_s": round(fixed, 1),
+                     "cpu_s_this_machine": round(cpu_here, 0),
+                     "cluster_vcpu_s": round(marginal * docs / cluster["vcpu_speed"], 0),
+                     "input_gb": round(in_bytes / 1e9, 2), "output_gb": round(out_bytes / 1e9, 2),
+                     "shuffle_write_gb": round(b["spark"]["shuffleWriteBytes"] * scale / 1e9, 2),
+                     "shuffle_partitions": auto_shuffle_partitions(int(in_bytes), cluster["executor_vcpus"]),
+                     "spark_jobs_s": round(jobs_s, 0), "work_s": round(work_s, 0), "s3_s": round(io_s, 0),
+                     "wall_s": round(wall, 0)})
+    return {"docs": docs, "cluster": cluster, "fit_sizes": [small["docs"], big["docs"]], "stages": rows,
+            "total_wall_s": round(total, 0),
+            "dedup_wall_s": next(r["wall_s"] for r in rows if r["stage"] == "dedup")}
+
+
+def print_projection(p) -> None:
+    print()
+    print("projection: %d docs on %s, from the %d and %d document runs" % (
+        p["docs"], p["cluster"]["name"], p["fit_sizes"][0], p["fit_sizes"][1]))
+    print("%-9s %12s %9s %12s %8s %8s %9s %6s %7s %7s %6s %7s" % (
+        "stage", "marg ms/doc", "fixed s", "vCPU-s", "in GB", "out GB", "shuf GB", "parts", "jobs s", "work s",
+        "S3 s", "wall s"))
+    for r in p["stages"]:
+        print("%-9s %12.4f %9.1f %12.0f %8.2f %8.2f %9.2f %6d %7.0f %7.0f %6.0f %7.0f" % (
+            r["stage"], r["marginal_cpu_ms_per_doc"], r["fixed_cpu_s"], r["cluster_vcpu_s"], r["input_gb"],
+            r["output_gb"], r["shuffle_write_gb"], r["shuffle_partitions"], r["spark_jobs_s"], r["work_s"],
+            r["s3_s"], r["wall_s"]))
+    print("whole pipeline %.0f s (goal 900 s: %s, margin %.1fx); dedup %.0f s (goal 300 s: %s, margin %.1fx)" % (
+        p["total_wall_s"], "met" if p["total_wall_s"] < 900 else "NOT met", 900 / max(p["total_wall_s"], 1),
+        p["dedup_wall_s"], "met" if p["dedup_wall_s"] < 300 else "NOT met", 300 / max(p["dedup_wall_s"], 1)))
 
 
 def print_table(runs, checks) -> None:
@@ -360,6 +452,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-ratio", type=float, default=1.2)
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "scale.json"))
     ap.add_argument("--fresh", action="store_true", help="do not merge with the runs already in --out")
+    ap.add_argument("--project-docs", type=int, default=5000000,
+                    help="project the measured costs to this many documents on the course cluster")
+    ap.add_argument("--project-only", action="store_true", help="measure nothing: print the table and the "
+                    "projection of the runs already in --out")
     for name in ("json", "output", "stages", "docs"):
         ap.add_argument("--child-" + name, help=argparse.SUPPRESS)
     ap.add_argument("--child-inputs", nargs="+", help=argparse.SUPPRESS)
@@ -374,7 +470,7 @@ def main(argv=None) -> int:
         with open(args.out) as f:
             previous = json.load(f).get("runs", [])
     new = []
-    for docs in args.sizes:
+    for docs in ([] if args.project_only else args.sizes):
         dirs = ensure_corpus(args.data, docs, args.part_docs)
         for fmt in args.formats:
             new.append(run_one(args, docs, fmt, dirs))
@@ -391,10 +487,13 @@ def main(argv=None) -> int:
     runs = sorted(runs.values(), key=lambda r: (r["format"], r["docs"]))
     checks = linearity(runs, args.max_ratio)
     print_table(runs, checks)
+    projection = project(runs, args.project_docs)
+    if projection:
+        print_projection(projection)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"run": run_info(), "master": args.master, "part_docs": args.part_docs, "runs": runs,
-                   "linearity": checks}, f, indent=2)
+                   "linearity": checks, "projection": projection}, f, indent=2)
         f.write("\n")
     print("wrote", args.out)
     return 0

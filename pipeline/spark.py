@@ -31,9 +31,11 @@ from typing import Dict, Optional, Sequence, Tuple, Type, TypeVar
 from pipeline.config import JobConfig, flag
 
 DEFAULT_LOCAL_MASTER = "local[*]"
-# Bytes a stage reads per shuffle partition (auto). The stages' shuffles carry up to ~2x their input
-# (dedup: shingle hashes of both ends of every candidate pair), so ~32 MiB of input keeps a task's
-# shuffle block well inside a 2-core local run's execution memory and a cluster executor's share.
+# Bytes a stage reads per shuffle partition (auto). The shuffles of a stage together move about 1x
+# its input bytes (ingest, tokenize) to 6x (dedup: shingle hashes for the buckets and for both ends of
+# every candidate pair, over several exchanges; docs/SCALE.md), so 32 MiB of input keeps each task's
+# share of one exchange near 100 MB: inside a 2-core local run's execution memory, and a few waves
+# of tasks per core on a cluster.
 INPUT_BYTES_PER_SHUFFLE_PARTITION = 32 << 20
 # At least this many shuffle tasks per core, so one slow task does not leave the other cores idle.
 MIN_SHUFFLE_TASKS_PER_CORE = 2

@@ -326,6 +326,7 @@ def linearity(runs, max_ratio: float):
 CLUSTER = {
     "name": "1 + 7 r5.xlarge (EMR 7.7, Spark 3.5.3)",
     "executor_vcpus": 28,
+    "vcpus_per_executor": 4,
     # An r5.xlarge vCPU is a hyperthread: with all 4 busy, each gives ~65% of a full core's work (an
     # assumption, not measured here); this machine's CPU-seconds are full-core seconds.
     "vcpu_speed": 0.65,
@@ -334,6 +335,10 @@ CLUSTER = {
     "utilisation": 0.8,
     # Scheduling per Spark job on YARN (task launch over the network, result round trips). Assumed.
     "seconds_per_spark_job": 1.0,
+    # Connected components past --single-task-max-edges (1M verified edges): rounds of large-star +
+    # small-star, each a few Spark jobs; "a handful of rounds in practice" (spark_components.py). Assumed.
+    "component_rounds": 6,
+    "spark_jobs_per_component_round": 4,
     # S3 throughput the 7 nodes reach together (about 200 MB/s each); every stage reads its input from
     # and writes its output to S3. Assumed.
     "s3_bytes_per_s": 7 * 200e6,
@@ -353,8 +358,8 @@ def _stage_input_bytes(run, name):
 
 def project(runs, docs: int, cluster=CLUSTER):
     """Per stage: CPU(N) = fixed + marginal * N fitted through the two largest WARC runs; on the
-    cluster, wall = spark jobs * seconds_per_spark_job + marginal * docs / (vcpus * vcpu_speed *
-    utilisation) + S3 bytes / s3_bytes_per_s. Shuffle partitions: what the pipeline's auto rule picks
+    cluster, wall = spark jobs * seconds_per_spark_job + fixed / (vcpus_per_executor * vcpu_speed)
+    + marginal * docs / (vcpus * vcpu_speed * utilisation) + S3 bytes / s3_bytes_per_s. Shuffle partitions: what the pipeline's auto rule picks
     for the stage's projected input bytes on 28 cores."""
     from pipeline.spark import auto_shuffle_partitions
 
@@ -371,9 +376,16 @@ def project(runs, docs: int, cluster=CLUSTER):
         fixed = max(0.0, a["cpu_s"] - marginal * small["docs"])
         cpu_here = fixed + marginal * docs
         work_s = marginal * docs / (cluster["executor_vcpus"] * cluster["vcpu_speed"] * cluster["utilisation"])
-        jobs_s = b["spark"]["spark_jobs"] * cluster["seconds_per_spark_job"]
+        # start-up and JIT warm-up happen in every executor at once: one executor's share of the fixed CPU
+        fixed_s = fixed / (cluster["vcpus_per_executor"] * cluster["vcpu_speed"])
+        jobs = b["spark"]["spark_jobs"]
+        if name == "dedup" and b["stats"]["verified_pairs"] * scale > b["stats"].get("single_task_max_edges", 1000000):
+            # too many edges for the one-task union-find: distributed large-star/small-star rounds
+            jobs += cluster["component_rounds"] * cluster["spark_jobs_per_component_round"]
+        jobs_s = jobs * cluster["seconds_per_spark_job"] + fixed_s
         in_bytes = _stage_input_bytes(big, name) * scale
-        out_bytes = b["spark"]["outputBytes"] * scale
+        # shards are written by the tasks themselves (2 bytes a token), not by a Spark writer
+        out_bytes = (2 * b["stats"]["tokens"] if name == "shards" else b["spark"]["outputBytes"]) * scale
         io_s = (in_bytes + out_bytes) / cluster["s3_bytes_per_s"]
         wall = jobs_s + work_s + io_s
         total += wall
@@ -394,11 +406,11 @@ def print_projection(p) -> None:
     print()
     print("projection: %d docs on %s, from the %d and %d document runs" % (
         p["docs"], p["cluster"]["name"], p["fit_sizes"][0], p["fit_sizes"][1]))
-    print("%-9s %12s %9s %12s %8s %8s %9s %6s %7s %7s %6s %7s" % (
-        "stage", "marg ms/doc", "fixed s", "vCPU-s", "in GB", "out GB", "shuf GB", "parts", "jobs s", "work s",
+    print("%-9s %12s %9s %12s %8s %8s %9s %6s %12s %7s %6s %7s" % (
+        "stage", "marg ms/doc", "fixed s", "vCPU-s", "in GB", "out GB", "shuf GB", "parts", "fixed+jobs s", "work s",
         "S3 s", "wall s"))
     for r in p["stages"]:
-        print("%-9s %12.4f %9.1f %12.0f %8.2f %8.2f %9.2f %6d %7.0f %7.0f %6.0f %7.0f" % (
+        print("%-9s %12.4f %9.1f %12.0f %8.2f %8.2f %9.2f %6d %12.0f %7.0f %6.0f %7.0f" % (
             r["stage"], r["marginal_cpu_ms_per_doc"], r["fixed_cpu_s"], r["cluster_vcpu_s"], r["input_gb"],
             r["output_gb"], r["shuffle_write_gb"], r["shuffle_partitions"], r["spark_jobs_s"], r["work_s"],
             r["s3_s"], r["wall_s"]))

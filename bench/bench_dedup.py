@@ -1,32 +1,72 @@
-"""Dedup speed: our stage vs single-process datasketch MinHash + MinHashLSH, side by side, same corpus.
+"""Dedup speed side by side, one run, same corpus: datasketch vs our single-process core vs the Spark job.
 
-    python bench/bench_dedup.py                       # 10k and 100k docs, Spark local[2]
-    python bench/bench_dedup.py --sizes 10000 --master local[1]
+    python bench/bench_dedup.py --docs 10000                 # writes docs/benchmarks/results/dedup_side_by_side_10000.json
+    python bench/bench_dedup.py --docs 100000
+    python bench/bench_dedup.py --docs 1000000 --no-rerun-check
+    python bench/bench_dedup.py --docs 10000 --sweep 9x13w4 16x8w2 18x7w4 25x5w4   # banding vs recall
 
-For each size it times, on the same documents (the `pipeline sample` corpus, generated if missing):
-  datasketch   per doc: shingle_strings -> MinHash(128).update_batch -> MinHashLSH.insert; then query
-               every doc (threshold as ours; datasketch picks its own bands x rows); one process
-  core         pipeline.dedup.local.dedup_local: our signatures + LSH + verification + components,
-               one process, no Spark
-  spark        pipeline.dedup.spark_plan.run: the whole stage on Spark (read parquet .. write kept + report)
+For each `--docs N` it uses the `pipeline sample --docs N --seed 0` corpus (generated into `--data-dir`
+when missing) and times, one after another in this process, on the same documents:
+  datasketch   MinHash(num_perm) + MinHashLSH with OUR bands x rows (`params=`), one process, shingles
+               from our duplicate definition (`shingle_strings`); insert every doc, then query every
+               doc. Candidate pairs only: no verification, no clusters, nothing written.
+  core         pipeline.dedup.local.dedup_local: signatures, buckets, exact verification, union-find,
+               keep rule; one process, no Spark.
+  job          pipeline.dedup.spark_plan.run (what `pipeline dedup` runs): read parquet .. write
+               dedup/kept + dedup/report, Spark `--master` (local[2]) after a warm-up run on
+               `--warmup-docs` docs in the same application, as a long-running job would be.
+Then the job runs a second time into another directory and the two outputs must be byte-identical
+(`--no-rerun-check` skips that), and the job's report must equal the core's (same algorithm).
 
-Times are wall seconds and CPU seconds. For Spark the CPU seconds are those of the JVM and every
-Python worker (the /proc process tree under the JVM), so "docs per CPU-second" compares work per core
-fairly even on a shared, noisy machine; wall x cores is printed too. Results: bench/results/dedup.json.
+CPU seconds: resource.getrusage for datasketch and the core; for the job the JVM (driver and executor
+threads, JIT and GC included), every Python worker under it (live and reaped), and the driver's Python,
+each reported apart. On a shared machine CPU seconds, not wall seconds, are the fair measure of work.
+Quality: pairs/dup-doc precision, recall and F1 of the core's and the job's reports against the
+corpus's truth.parquet (exact all-pairs Jaccard, `pipeline.exact_jaccard`, independent of MinHash/LSH).
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
-import platform
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from runinfo import proc_tree_cpu_s, run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
+from runinfo import run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
+
+
+def spark_cpu_s(jvm_pid: int) -> dict:
+    """CPU seconds so far of the JVM itself, of the Python workers (every process under the JVM, live
+    ones from /proc and reaped ones from the JVM's cutime/cstime) and of this driver process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, times = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(name)] = int(fields[1])
+        times[int(name)] = [int(x) / tick for x in fields[11:15]]  # utime stime cutime cstime
+    children = {}
+    for p, pp in parent.items():
+        children.setdefault(pp, []).append(p)
+    jvm_times = times.get(jvm_pid, [0.0] * 4)
+    workers, stack = sum(jvm_times[2:]), list(children.get(jvm_pid, []))
+    while stack:
+        p = stack.pop()
+        workers += sum(times.get(p, [0.0] * 4))
+        stack.extend(children.get(p, []))
+    return {"jvm": sum(jvm_times[:2]), "python_workers": workers, "driver_python": self_cpu_s()}
 
 
 def corpus(size: int, data_dir: str, seed: int):
@@ -34,20 +74,19 @@ def corpus(size: int, data_dir: str, seed: int):
 
     out = os.path.join(data_dir, "sample-%d-seed%d" % (size, seed))
     if not os.path.exists(os.path.join(out, "truth.parquet")):
-        from pipeline.sample import write_sample
-
         print("generating %d-doc sample in %s ..." % (size, out), flush=True)
-        write_sample(out, size, seed)
+        subprocess.run([sys.executable, "-m", "pipeline", "sample", "--docs", str(size), "--seed", str(seed),
+                        "--out", out], check=True, cwd=REPO)
     return out, pd.read_parquet(os.path.join(out, "parquet"))
 
 
-def bench_datasketch(ids, texts, threshold: float, num_perm: int):
+def bench_datasketch(ids, texts, threshold: float, num_perm: int, bands: int, rows: int):
     from datasketch import MinHash, MinHashLSH
 
     from pipeline.dedup.shingles import shingle_strings
 
     t0, c0 = time.time(), self_cpu_s()
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=(bands, rows))
     sketches = []
     for doc_id, text in zip(ids, texts):
         m = MinHash(num_perm=num_perm)
@@ -57,164 +96,234 @@ def bench_datasketch(ids, texts, threshold: float, num_perm: int):
     pairs = 0
     for doc_id, m in zip(ids, sketches):
         pairs += sum(1 for other in lsh.query(m) if other != doc_id)
-    return {"wall_s": time.time() - t0, "cpu_s": self_cpu_s() - c0, "cores": 1,
-            "candidate_pairs": pairs // 2, "bands_rows": [lsh.b, lsh.r]}
+    return {"wall_s": time.time() - t0, "cpu_s": self_cpu_s() - c0, "candidate_pairs": pairs // 2,
+            "bands_rows": [lsh.b, lsh.r]}
 
 
 def bench_core(ids, texts, threshold: float, num_perm: int):
     from pipeline.dedup.local import dedup_local
 
     t0, c0 = time.time(), self_cpu_s()
-    _, stats = dedup_local(ids, texts, threshold=threshold, num_perm=num_perm)
-    return {"wall_s": time.time() - t0, "cpu_s": self_cpu_s() - c0, "cores": 1,
+    report, stats = dedup_local(ids, texts, threshold=threshold, num_perm=num_perm)
+    return {"wall_s": time.time() - t0, "cpu_s": self_cpu_s() - c0,
             "candidate_pairs": stats["candidate_pairs"], "verified_pairs": stats["verified_pairs"],
-            "duplicates_removed": stats["duplicates_removed"]}
+            "duplicates_removed": stats["duplicates_removed"]}, report
 
 
-def bench_spark(spark, cores: int, sample_dir: str, out_dir: str, threshold: float, num_perm: int):
-    from pipeline.dedup.spark_plan import run
+def bench_job(spark, input_dir: str, out_dir: str, threshold: float, num_perm: int):
     from pipeline.dedup.config import DedupConfig
-    from pipeline.evaluate import score
+    from pipeline.dedup.spark_plan import run
 
-    import pandas as pd
+    cfg = DedupConfig(input=input_dir, output=out_dir, threshold=threshold, num_perm=num_perm)
+    jvm = spark.sparkContext._gateway.proc.pid
+    t0, c0 = time.time(), spark_cpu_s(jvm)
+    stats = run(spark, cfg)
+    wall, c1 = time.time() - t0, spark_cpu_s(jvm)
+    cpu = {k: c1[k] - c0[k] for k in c0}
+    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "cpu_s_parts": cpu,
+            "candidate_pairs": stats["candidate_pairs"], "verified_pairs": stats["verified_pairs"],
+            "duplicates_removed": stats["duplicates_removed"], "records_in": stats["records_in"],
+            "records_out": stats["records_out"], "cc_rounds": stats["cc_rounds"],
+            "phase_seconds": stats["phase_seconds"], "bands_rows": [stats["bands"], stats["rows"]]}
 
+
+def job_input(sample_dir: str, dest: str, cores: int, limit: int = 0) -> str:
+    """The sample is one parquet file with one row group, which Spark would read as ONE task; ingest
+    output is many part files. Rewrite it with 4 row groups per core so every core gets work."""
     import pyarrow.parquet as pq
 
-    # The sample is one parquet file with one row group, which Spark reads as ONE task; ingest output
-    # is many part files. Give Spark 4 row groups per core so every core gets work, as it would.
     table = pq.read_table(os.path.join(sample_dir, "parquet"))
-    os.makedirs(os.path.join(out_dir, "in"))
-    pq.write_table(table, os.path.join(out_dir, "in", "docs.parquet"),
-                   row_group_size=max(1, -(-table.num_rows // (4 * cores))))
-    cfg = DedupConfig(input=os.path.join(out_dir, "in"), output=out_dir, threshold=threshold,
-                      num_perm=num_perm)
-    jvm = spark.sparkContext._gateway.proc.pid
-    t0, c0 = time.time(), proc_tree_cpu_s(jvm) + self_cpu_s()
-    stats = run(spark, cfg)
-    wall, cpu = time.time() - t0, proc_tree_cpu_s(jvm) + self_cpu_s() - c0
-    report = pd.read_parquet(os.path.join(out_dir, "dedup", "report"))
-    truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
+    if limit:
+        table = table.slice(0, limit)
+    os.makedirs(dest)
+    pq.write_table(table, os.path.join(dest, "docs.parquet"), row_group_size=max(1, -(-table.num_rows // (4 * cores))))
+    return dest
+
+
+def output_bytes(out_dir: str) -> dict:
+    """{'kept/part-00000': bytes, ...}: the data files of the job's two outputs (names without the
+    per-write uuid)."""
+    files = {}
+    for d in ("kept", "report"):
+        for p in glob.glob(os.path.join(out_dir, "dedup", d, "part-*.parquet")):
+            with open(p, "rb") as f:
+                files["%s/%s" % (d, os.path.basename(p)[:10])] = f.read()
+    return files
+
+
+def quality(report, truth) -> dict:
+    from pipeline.evaluate import score
+
     s = score(report, truth)
-    return {"wall_s": wall, "cpu_s": cpu, "cores": cores, "candidate_pairs": stats["candidate_pairs"],
-            "verified_pairs": stats["verified_pairs"], "duplicates_removed": stats["duplicates_removed"],
-            "cc_rounds": stats["cc_rounds"], "phase_seconds": stats["phase_seconds"],
-            "bands_rows": [stats["bands"], stats["rows"]], "scores": s}
+    return {k: s[k] for k in ("pairs", "has_dup")}
+
+
+def bench_size(spark, size: int, args, cores: int) -> dict:
+    import pandas as pd
+
+    from pipeline.dedup.lsh import resolve_bands_rows
+
+    sample_dir, docs = corpus(size, args.data_dir, args.seed)
+    ids, texts = docs["id"].tolist(), docs["text"].tolist()
+    truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
+    bands, rows = resolve_bands_rows(args.threshold, args.num_perm)
+    row = {"docs": size, "corpus": sample_dir}
+    core_report = None
+    if "datasketch" not in args.skip:
+        row["datasketch"] = bench_datasketch(ids, texts, args.threshold, args.num_perm, bands, rows)
+        print("datasketch: %(wall_s).1f s wall, %(cpu_s).1f cpu-s" % row["datasketch"], flush=True)
+    if "core" not in args.skip:
+        row["core"], core_report = bench_core(ids, texts, args.threshold, args.num_perm)
+        row["core"]["quality"] = quality(pd.DataFrame(core_report), truth)
+        print("core: %(wall_s).1f s wall, %(cpu_s).1f cpu-s" % row["core"], flush=True)
+    del docs, ids, texts
+    if spark is not None:
+        tmp = tempfile.mkdtemp(prefix="bench-dedup-", dir=args.work_dir)
+        try:
+            src = job_input(sample_dir, os.path.join(tmp, "in"), cores)
+            row["job"] = bench_job(spark, src, os.path.join(tmp, "a"), args.threshold, args.num_perm)
+            report = pd.read_parquet(os.path.join(tmp, "a", "dedup", "report"))
+            row["job"]["quality"] = quality(report, truth)
+            if core_report is not None:
+                core_labels = {r["id"]: (r["cluster_id"], r["kept"]) for r in core_report}
+                row["job"]["report_equals_core"] = core_labels == dict(
+                    zip(report["id"], zip(report["cluster_id"], report["kept"])))
+            del report
+            print("job: %(wall_s).1f s wall, %(cpu_s).1f cpu-s %(cpu_s_parts)s" % row["job"], flush=True)
+            if args.rerun_check:
+                again = bench_job(spark, src, os.path.join(tmp, "b"), args.threshold, args.num_perm)
+                row["job_rerun"] = again
+                a, b = output_bytes(os.path.join(tmp, "a")), output_bytes(os.path.join(tmp, "b"))
+                row["job"]["rerun_byte_identical"] = bool(a) and a == b
+                row["job"]["output_files"] = len(a)
+                print("job again: %(wall_s).1f s wall, %(cpu_s).1f cpu-s" % again, flush=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for name in ("datasketch", "core", "job", "job_rerun"):
+        if name in row:
+            row[name]["docs_per_cpu_s"] = size / row[name]["cpu_s"]
+    if "job" in row:
+        job = row["job"]
+        if "datasketch" in row:
+            job["per_cpu_s_vs_datasketch"] = job["docs_per_cpu_s"] / row["datasketch"]["docs_per_cpu_s"]
+        if "core" in row:
+            job["cpu_s_vs_core"] = job["cpu_s"] / row["core"]["cpu_s"]
+    return row
+
+
+def print_table(row: dict, master: str) -> None:
+    head = "%-8s %-22s %8s %8s %8s %8s %8s %11s %10s %9s" % (
+        "docs", "system", "wall s", "CPU s", "JVM s", "Py wrk s", "docs/CPU", "vs dsketch", "CPU/core", "pair F1")
+    print("\n" + head + "\n" + "-" * len(head))
+    base = row.get("datasketch")
+    core = row.get("core")
+    for name, label in (("datasketch", "datasketch (1 proc)"), ("core", "core (1 proc)"),
+                        ("job", "job " + master), ("job_rerun", "job again " + master)):
+        if name not in row:
+            continue
+        r = row[name]
+        parts = r.get("cpu_s_parts", {})
+        f1 = r.get("quality", {}).get("pairs") or {}
+        print("%-8d %-22s %8.1f %8.1f %8s %8s %8.0f %11s %10s %9s" % (
+            row["docs"], label, r["wall_s"], r["cpu_s"],
+            "%.1f" % parts["jvm"] if parts else "-", "%.1f" % parts["python_workers"] if parts else "-",
+            r["docs_per_cpu_s"], "%.2fx" % (r["docs_per_cpu_s"] / base["docs_per_cpu_s"]) if base else "-",
+            "%.2fx" % (r["cpu_s"] / core["cpu_s"]) if core else "-",
+            "%.4f" % f1["f1"] if f1 else "-"))
+    job = row.get("job", {})
+    for key in ("report_equals_core", "rerun_byte_identical"):
+        if key in job:
+            print("%s: %s" % (key, job[key]))
+
+
+def sweep(size: int, args, specs) -> list:
+    """The single-process core with other bands x rows / windows (`--sweep 18x7w4 25x5w4 ...`),
+    scored against the truth: the recall each banding buys, and its candidate count."""
+    import pandas as pd
+
+    from pipeline.dedup.local import dedup_local
+
+    sample_dir, docs = corpus(size, args.data_dir, args.seed)
+    truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
+    out = []
+    print("\n%-10s %7s %11s %9s %9s %9s %8s" % ("bands", "window", "candidates", "verified", "pairs P",
+                                                "pairs R", "F1"))
+    for spec in specs:
+        br, window = spec.split("w")
+        bands, rows = (int(x) for x in br.split("x"))
+        report, stats = dedup_local(docs["id"].tolist(), docs["text"].tolist(), args.threshold,
+                                    num_perm=args.num_perm, bands=bands, rows=rows, window=int(window))
+        pf = quality(pd.DataFrame(report), truth)["pairs"]
+        out.append({"bands": bands, "rows": rows, "window": int(window), "stats": stats, "pairs": pf})
+        print("%-10s %7s %11d %9d %9.4f %9.4f %8.4f" % (br, window, stats["candidate_pairs"],
+                                                     stats["verified_pairs"], pf["precision"], pf["recall"], pf["f1"]))
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    p.add_argument("--docs", type=int, nargs="+", default=[10000], help="corpus sizes, one JSON each")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--threshold", type=float, default=0.8)
     p.add_argument("--num-perm", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="`pipeline sample --seed`")
     p.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pipeline-bench-data"),
                    help="where generated sample corpora are cached")
+    p.add_argument("--work-dir", default=None, help="where the job's input copy and outputs go (temporary)")
     p.add_argument("--warmup-docs", type=int, default=2000,
                    help="run the Spark job once on this many docs first (JVM JIT, codegen cache, "
                         "Python workers), as a long-running job would be; 0 = cold")
-    p.add_argument("--sweep", nargs="*", default=[], metavar="BxRwW",
-                   help="also score the single-process core with these bands x rows / windows on the "
-                        "first size, e.g. 9x13w4 16x8w2 18x7w4 25x5w4")
+    p.add_argument("--no-rerun-check", dest="rerun_check", action="store_false",
+                   help="skip the second job run and the byte-identical comparison")
     p.add_argument("--spark-conf", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra Spark settings for the session, e.g. spark.shuffle.compress=false")
-    p.add_argument("--skip", nargs="*", default=[], choices=["datasketch", "core", "spark"])
-    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dedup.json"))
+    p.add_argument("--skip", nargs="*", default=[], choices=["datasketch", "core", "job"])
+    p.add_argument("--sweep", nargs="*", default=[], metavar="BxRwW",
+                   help="instead of the speed runs: score the core with these bands x rows / windows on "
+                        "each --docs corpus (e.g. 9x13w4 16x8w2 18x7w4 25x5w4); JSON to "
+                        "OUT_DIR/dedup_banding_<docs>.json")
+    p.add_argument("--out-dir", default=os.path.join(REPO, "docs", "benchmarks", "results"),
+                   help="JSON goes to OUT_DIR/dedup_side_by_side_<docs>.json")
     args = p.parse_args(argv)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.sweep:
+        for size in args.docs:
+            rows = sweep(size, args, args.sweep)
+            with open(os.path.join(args.out_dir, "dedup_banding_%d.json" % size), "w") as f:
+                json.dump({"run": run_info(), "threshold": args.threshold, "num_perm": args.num_perm,
+                           "docs": size, "sweep": rows}, f, indent=2, sort_keys=True, default=str)
+        return 0
 
     from pipeline.spark import get_spark
 
     cores = int(args.master[6:-1]) if args.master.startswith("local[") and args.master[6:-1].isdigit() \
         else os.cpu_count()
     spark = None
-    if "spark" not in args.skip:
+    if "job" not in args.skip:
         spark = get_spark("bench-dedup", master=args.master,
                           extra_conf=dict(kv.split("=", 1) for kv in args.spark_conf))
         spark.range(1000).selectExpr("sum(id)").collect()  # start the JVM and Python workers first
-    results = []
-    if spark is not None and args.warmup_docs:
-        sample_dir, docs = corpus(args.sizes[0], args.data_dir, args.seed)
-        with tempfile.TemporaryDirectory(prefix="bench-dedup-warmup-") as tmp:
-            os.makedirs(os.path.join(tmp, "sample", "parquet"))
-            docs.head(args.warmup_docs).to_parquet(os.path.join(tmp, "sample", "parquet", "docs.parquet"))
-            docs.head(args.warmup_docs)[["id"]].assign(cluster=docs["id"]).to_parquet(
-                os.path.join(tmp, "sample", "truth.parquet"))
-            w = bench_spark(spark, cores, os.path.join(tmp, "sample"), os.path.join(tmp, "out"),
-                            args.threshold, args.num_perm)
-            print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]))
-    for size in args.sizes:
-        sample_dir, docs = corpus(size, args.data_dir, args.seed)
-        ids, texts = docs["id"].tolist(), docs["text"].tolist()
-        row = {"docs": size, "corpus": sample_dir}
-        if "datasketch" not in args.skip:
-            row["datasketch"] = bench_datasketch(ids, texts, args.threshold, args.num_perm)
-        if "core" not in args.skip:
-            row["core"] = bench_core(ids, texts, args.threshold, args.num_perm)
-        if spark is not None:
-            with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
-                row["spark"] = bench_spark(spark, cores, sample_dir, tmp, args.threshold, args.num_perm)
-        for name in ("datasketch", "core", "spark"):
-            if name in row:
-                r = row[name]
-                r["docs_per_cpu_s"] = size / r["cpu_s"]
-                r["docs_per_core_s"] = size / (r["wall_s"] * r["cores"])
-        results.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "corpus"}, default=str)[:400], flush=True)
-
-    head = "%-7s %-11s %9s %9s %7s %14s %15s %10s" % ("docs", "method", "wall s", "cpu s", "cores",
-                                                      "docs/cpu-s", "docs/core-s", "vs dsketch")
-    print("\n" + head + "\n" + "-" * len(head))
-    for row in results:
-        base = row.get("datasketch")
-        for name in ("datasketch", "core", "spark"):
-            if name not in row:
-                continue
-            r = row[name]
-            speed = "%.2fx" % (r["docs_per_cpu_s"] / base["docs_per_cpu_s"]) if base else "-"
-            print("%-7d %-11s %9.2f %9.2f %7d %14.0f %15.0f %10s" % (
-                row["docs"], name if name != "spark" else "spark " + args.master, r["wall_s"], r["cpu_s"],
-                r["cores"], r["docs_per_cpu_s"], r["docs_per_core_s"], speed))
-    if len(results) >= 2:
-        a, b = results[0], results[-1]
-        for name in ("datasketch", "core", "spark"):
-            if name in a and name in b:
-                print("scaling %-10s %dk -> %dk docs: cpu x%.1f for x%.1f docs" % (
-                    name, a["docs"] // 1000, b["docs"] // 1000, b[name]["cpu_s"] / a[name]["cpu_s"],
-                    b["docs"] / a["docs"]))
-    for row in results:
-        if "spark" in row:
-            pf = row["spark"]["scores"]
-            print("quality %dk (spark vs truth.parquet): %s" % (row["docs"] // 1000, json.dumps(
-                {k: pf[k] for k in ("pairs", "has_dup")}, default=str)))
-    sweep = []
-    if args.sweep:
-        import pandas as pd
-
-        from pipeline.dedup.local import dedup_local
-        from pipeline.evaluate import score
-
-        sample_dir, docs = corpus(args.sizes[0], args.data_dir, args.seed)
-        truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
-        print("\n%-10s %7s %11s %9s %9s %9s %8s" % ("bands", "window", "candidates", "verified",
-                                                    "pairs P", "pairs R", "F1"))
-        for spec in args.sweep:
-            br, window = spec.split("w")
-            bands, rows = (int(x) for x in br.split("x"))
-            report, stats = dedup_local(docs["id"].tolist(), docs["text"].tolist(), args.threshold,
-                                        num_perm=args.num_perm, bands=bands, rows=rows, window=int(window))
-            pf = score(pd.DataFrame(report), truth)["pairs"]
-            sweep.append({"bands": bands, "rows": rows, "window": int(window), "stats": stats, "pairs": pf})
-            print("%-10s %7s %11d %9d %9.4f %9.4f %8.4f" % (br, window, stats["candidate_pairs"],
-                                                         stats["verified_pairs"], pf["precision"],
-                                                         pf["recall"], pf["f1"]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"run": run_info(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                               "warmup_docs": args.warmup_docs,
-                               "load_avg_at_end": os.getloadavg()},
-                   "master": args.master, "spark_conf": args.spark_conf, "threshold": args.threshold, "num_perm": args.num_perm,
-                   "results": results, "sweep": sweep}, f, indent=2, sort_keys=True, default=str)
-    print("wrote", args.out)
+        if args.warmup_docs:
+            sample_dir, _ = corpus(args.docs[0], args.data_dir, args.seed)
+            tmp = tempfile.mkdtemp(prefix="bench-dedup-warmup-", dir=args.work_dir)
+            try:
+                src = job_input(sample_dir, os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
+                w = bench_job(spark, src, os.path.join(tmp, "out"), args.threshold, args.num_perm)
+                print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(args.out_dir, exist_ok=True)
+    for size in args.docs:
+        row = bench_size(spark, size, args, cores)
+        print_table(row, args.master)
+        out = os.path.join(args.out_dir, "dedup_side_by_side_%d.json" % size)
+        with open(out, "w") as f:
+            json.dump({"run": run_info(), "master": args.master, "spark_conf": args.spark_conf,
+                       "warmup_docs": args.warmup_docs, "threshold": args.threshold, "num_perm": args.num_perm,
+                       "peak_rss_mb_bench_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                       "result": row}, f, indent=2, sort_keys=True, default=str)
+        print("wrote", out, flush=True)
     if spark is not None:
         spark.stop()
     return 0

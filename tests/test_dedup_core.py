@@ -170,3 +170,52 @@ def test_local_core_keeps_one_per_cluster_and_never_matches_empty_docs():
     assert by_id["e0"] == {"id": "e0", "cluster_id": "e0", "cluster_size": 1, "kept": True}
     assert by_id["e1"]["cluster_size"] == 1
     assert stats["records_in"] == stats["records_out"] + stats["duplicates_removed"] == 5
+
+
+def bucket_rule_edges(rows, window):
+    """pipeline/dedup/lsh.py's candidate-edge rule written out plainly: per bucket (band, key) with
+    >= 2 members, every member -> the bucket's smallest id and its next `window` members by (n, id)."""
+    buckets = {}
+    for doc_id, n, band, key in rows:
+        buckets.setdefault((band, key), []).append((n, doc_id))
+    edges = set()
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        first = min(doc_id for _, doc_id in members)
+        ordered = [doc_id for _, doc_id in sorted(members)]
+        for pos, d in enumerate(ordered):
+            for other in [first] + ordered[pos + 1:pos + 1 + window]:
+                if other != d:
+                    edges.add((min(d, other), max(d, other)))
+    return edges
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_candidate_batches_follow_the_bucket_rule(trial):
+    import pyarrow as pa
+
+    from pipeline.dedup.batches import candidate_batches
+
+    rng = random.Random(trial)
+    # non-ASCII ids: string order must be code-point order, as in Spark and in the core
+    ids = list(dict.fromkeys("d%04d%s" % (rng.randint(0, 9999), rng.choice(["", "é", "z", "Ω"]))
+                             for _ in range(rng.randint(1, 250))))
+    rows = []
+    for doc_id in ids:
+        n = rng.randint(1, 12)  # ties in n: the id decides
+        for band in range(rng.randint(1, 5)):
+            key = rng.randint(-3, 3) if rng.random() < 0.8 else rng.randint(-2 ** 63, 2 ** 63 - 1)
+            rows.append((doc_id, n, band, key))
+    rng.shuffle(rows)
+    window = rng.randint(0, 5)
+    doc_id, n, band, key = zip(*rows)
+    batch = pa.RecordBatch.from_arrays([pa.array(doc_id, pa.string()), pa.array(n, pa.int32()),
+                                        pa.array(band, pa.int32()), pa.array(key, pa.int64())],
+                                       names=["id", "n", "band", "key"])
+    cut = rng.randint(0, len(rows))  # a partition arrives as several Arrow batches
+    got = [(s, d) for out in candidate_batches(iter([batch.slice(0, cut), batch.slice(cut)]), window)
+           for s, d in zip(out.column("src").to_pylist(), out.column("dst").to_pylist())]
+    assert len(got) == len(set(got))
+    assert set(got) == bucket_rule_edges(rows, window)
+    assert list(candidate_batches(iter([]), window)) == []

@@ -9,13 +9,15 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from pipeline.dedup.minhash import MinHasher, band_keys
 from pipeline.dedup.shingles import DEFAULT_NORMALIZE, jaccard
 
 SIGNATURE_SCHEMA = "id string, n int, length long, shingles binary, bands array<long>"
 VERIFY_SCHEMA = "src string, dst string, jaccard double"
+EDGE_SCHEMA = "src string, dst string"
+EDGE_BATCH_ROWS = 65536
 
 
 # Text characters per piece of an Arrow batch: bounds the uint64 shingle buffer (at most ~8 bytes per
@@ -25,7 +27,7 @@ MAX_CHARS_PER_PIECE = 32 * 1024 * 1024
 
 def _bounded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        lengths = pa.compute.utf8_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
+        lengths = pc.utf8_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
         ends = np.cumsum(lengths)
         start = 0
         while start < len(lengths):
@@ -61,13 +63,68 @@ def signature_batches(batches: Iterator[pa.RecordBatch], num_perm: int, seed: in
             names=["id", "n", "length", "shingles", "bands"])
 
 
+def candidate_batches(batches: Iterator[pa.RecordBatch], window: int) -> Iterator[pa.RecordBatch]:
+    """ALL bucket rows (id, n, band, key) of one partition, hash-partitioned by (key, band) -> the
+    partition's distinct candidate edges (src < dst): pipeline.dedup.lsh's rule, with numpy.
+
+    Every member of a bucket with >= 2 members gets an edge to the bucket's smallest id and to its
+    next `window` members in (n, id) order. The partition's rows are held as a few numpy arrays (about
+    100 bytes a row); the plan sizes partitions so that they hold a bounded number of rows. Ids are
+    compared through their dense rank in the partition, which orders them as strings compare (code
+    points, the same as Spark's UTF-8 byte order), so every comparison is the string one.
+    """
+    parts = [batch for batch in batches if batch.num_rows]
+    if not parts:
+        return
+    table = pa.Table.from_batches(parts)
+    # Dense rank of the ids by Arrow's C++ sort (binary order of UTF-8 = code-point order), no Python
+    # string objects: names[rank] is the id again.
+    ids = table.column("id").combine_chunks()
+    by_id = pc.sort_indices(ids).to_numpy()
+    sorted_ids = ids.take(pa.array(by_id))
+    first_of_run = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        first_of_run[1:] = pc.not_equal(sorted_ids.slice(1), sorted_ids.slice(0, len(ids) - 1)).to_numpy(
+            zero_copy_only=False)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[by_id] = np.cumsum(first_of_run) - 1
+    names = sorted_ids.filter(pa.array(first_of_run))
+    n = table.column("n").to_numpy()
+    band = table.column("band").to_numpy()
+    key = table.column("key").to_numpy()
+    order = np.lexsort((rank, n, band, key))
+    r, b, k = rank[order], band[order], key[order]
+    starts = np.flatnonzero(np.r_[True, (k[1:] != k[:-1]) | (b[1:] != b[:-1])])
+    bucket = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(r)]))
+    first = np.minimum.reduceat(r, starts)[bucket]   # the bucket's smallest id, as a rank
+    lo, hi = [np.minimum(r, first)], [np.maximum(r, first)]
+    for step in range(1, window + 1):
+        same = bucket[step:] == bucket[:-step]
+        lo.append(np.minimum(r[:-step], r[step:])[same])
+        hi.append(np.maximum(r[:-step], r[step:])[same])
+    lo, hi = np.concatenate(lo), np.concatenate(hi)
+    pairs = np.unique(lo[lo != hi] * len(names) + hi[lo != hi])
+    src, dst = np.divmod(pairs, len(names))
+    for i in range(0, len(pairs), EDGE_BATCH_ROWS):
+        yield pa.RecordBatch.from_arrays([names.take(pa.array(src[i:i + EDGE_BATCH_ROWS])),
+                                          names.take(pa.array(dst[i:i + EDGE_BATCH_ROWS]))], names=["src", "dst"])
+
+
+def _uint64_views(column: pa.Array):
+    """The values of a binary column of packed uint64s, as numpy views into Arrow's data buffer (no
+    per-row bytes objects: the two shingle columns are most of what verification receives)."""
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[column.offset:column.offset + len(column) + 1]
+    if data_buf is None or offsets[-1] == offsets[0]:
+        return [np.empty(0, dtype=np.uint64)] * len(column)
+    data = np.frombuffer(data_buf, dtype=np.uint8)
+    return [data[lo:hi].view(np.uint64) for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
 def verify_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """(src, dst, a, b) shingle-hash bytes -> (src, dst, exact Jaccard)."""
     for batch in batches:
-        a = batch.column("a").to_pylist()
-        b = batch.column("b").to_pylist()
-        sims = [jaccard(np.frombuffer(x, dtype=np.uint64), np.frombuffer(y, dtype=np.uint64))
-                for x, y in zip(a, b)]
+        sims = [jaccard(x, y) for x, y in zip(_uint64_views(batch.column("a")), _uint64_views(batch.column("b")))]
         yield pa.RecordBatch.from_arrays(
             [batch.column("src"), batch.column("dst"), pa.array(sims, type=pa.float64())],
             names=["src", "dst", "jaccard"])

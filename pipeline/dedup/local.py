@@ -46,7 +46,7 @@ def dedup_local(ids: Sequence[str], texts: Sequence[Optional[str]], threshold: f
                 for band, key in enumerate(keys[i]):
                     buckets.setdefault((band, key), []).append(start + i)
 
-    # Same edge rule as spark_plan.candidate_edges (see lsh.py): bucket min id + next `window` members by (size, id).
+    # Same edge rule as batches.candidate_batches (see lsh.py): bucket min id + next `window` members by (size, id).
     edges = set()
     for members in buckets.values():
         if len(members) < 2:

@@ -11,14 +11,15 @@ this found 99.6% of true duplicate pairs, against 98.2% for 16 x 8 (weights 0.05
 for datasketch's equal weights (9 x 13, P(0.8)=0.40).
 
 Candidate edges. A bucket (band, key) can be huge (a boilerplate page copied 100k times) and may
-mix such a cluster with an unrelated true pair. We never materialise a bucket's member list: members
-are ordered by (shingle count, id) inside a window partition and each member emits an edge to
+mix such a cluster with an unrelated true pair. We never enumerate a bucket's pairs: members are
+ordered by (shingle count, id) (one numpy sort of a bounded partition of bucket rows) and each member
+emits an edge to
   * the bucket's minimum id (a star: one exact-copy cluster connects in one hop), and
   * its next `window` neighbours in that order (a chain: near-duplicates have similar shingle counts
     -- Jaccard >= t implies a size ratio >= t -- so a true pair stays close in this order even when
     the bucket's minimum belongs to some other cluster).
 That is at most (1 + window) edges per member per band, whatever the bucket size. The rule is
-implemented twice, on Spark (`pipeline.dedup.spark_plan.candidate_edges`) and in one process
+implemented twice, for Spark (`pipeline.dedup.batches.candidate_batches`) and in one process
 (`pipeline.dedup.local`); the tests hold the two to the same report.
 """
 from __future__ import annotations

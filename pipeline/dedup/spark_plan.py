@@ -2,7 +2,8 @@
 (one row per document).
 
   signatures  mapInArrow: text -> shingle hashes, MinHash signature, LSH band keys   (persisted)
-  candidates  explode bands; per bucket: edge to the bucket min + chain to the next `window` by size
+  candidates  explode bands, hash-partition by bucket; per bucket (numpy, mapInArrow): edge to the bucket
+              min + chain to the next `window` by size
   verify      join both ends' shingle hashes, keep pairs with exact Jaccard >= threshold
   components  large-star/small-star on the verified edges -> cluster_id = smallest id
   keep        per cluster one document by the `--keep` rule (pipeline/dedup/keep.py); the rest are removed
@@ -21,7 +22,8 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from pipeline import storage
-from pipeline.dedup.batches import SIGNATURE_SCHEMA, VERIFY_SCHEMA, signature_batches, verify_batches
+from pipeline.dedup.batches import (EDGE_SCHEMA, SIGNATURE_SCHEMA, VERIFY_SCHEMA, candidate_batches,
+                                    signature_batches, verify_batches)
 from pipeline.dedup.config import DedupConfig
 from pipeline.dedup.keep import COLUMNS_NEEDED
 from pipeline.dedup.lsh import resolve_bands_rows
@@ -55,23 +57,22 @@ def keep_key_column(rule: str):
     raise ValueError("unknown keep rule %r" % rule)
 
 
-def candidate_edges(buckets, window: int = 4):
+# Bucket rows per candidate task at most (on average): candidate_batches holds its partition in numpy
+# arrays, about 100 bytes a row, so a task stays near 100 MB whatever the corpus size.
+BUCKET_ROWS_PER_TASK = 1000000
+
+
+def candidate_edges(buckets, window: int = 4, partitions: int = 8):
     """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work.
 
     `n` is the document's shingle count. Only members of buckets with >= 2 documents produce edges.
+    Rows are hash-partitioned by bucket (no sort) and each partition is one numpy pass in Python
+    (`batches.candidate_batches`): a window sort over string ids plus an explode of (1 + window)
+    partners per row cost the JVM several times more CPU than the whole numpy pass.
     """
-    # "key" before "band": the window's sort compares the first column's 8-byte prefix first, and the
-    # random 64-bit key settles almost every comparison there (band has only ~18 values). Same buckets.
-    ordered = Window.partitionBy("key", "band").orderBy("n", "id")
-    # one window spec (one sort) for both: the min over the whole ordered partition, and the leads
-    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    partners = [F.min("id").over(whole)] + [F.lead("id", k).over(ordered) for k in range(1, window + 1)]
-    edges = (buckets
-             .select("id", F.array(*partners).alias("others"))
-             .select("id", F.explode("others").alias("other"))
-             .where(F.col("other").isNotNull() & (F.col("other") != F.col("id")))
-             .select(F.least("id", "other").alias("src"), F.greatest("id", "other").alias("dst")))
-    return edges.distinct()
+    return (buckets.repartition(partitions, "key", "band")
+            .mapInArrow(partial(candidate_batches, window=window), EDGE_SCHEMA)
+            .distinct())
 
 
 def _write_sorted(df, path: str, partitions: int) -> None:
@@ -94,9 +95,13 @@ def run(spark, cfg: DedupConfig) -> Dict:
         # Cut lineage between phases; reliable checkpoints survive executors lost to dynamic allocation.
         return df.checkpoint(eager=True) if cfg.checkpoint_dir else df.localCheckpoint(eager=True)
 
+    # Cached hash-partitioned and sorted by id: both verification joins and the report's join then
+    # find the shingle side already in place, so its ~2 KB per document is shuffled once, here.
+    shuffle_partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
     sig = (docs.select("id", "text")
            .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
                                bands=bands, rows=rows, normalize=cfg.normalize), SIGNATURE_SCHEMA)
+           .repartition(shuffle_partitions, "id").sortWithinPartitions("id")
            .persist(StorageLevel.MEMORY_AND_DISK))
     # One action fills the cache and gives both counts (each Spark action costs scheduling time).
     head = sig.agg(F.count("*").alias("n"), F.sum(F.col("bands").isNull().cast("int")).alias("empty")).first()
@@ -106,12 +111,14 @@ def run(spark, cfg: DedupConfig) -> Dict:
     # Candidates are not materialised on their own: they stream into the verification joins, and the
     # one checkpoint after verification (all candidate pairs with their Jaccard: small) gives both counts.
     buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
-    candidates = candidate_edges(buckets, cfg.window)
+    candidate_tasks = max(shuffle_partitions, -(-(records_in - empty_docs) * bands // BUCKET_ROWS_PER_TASK))
+    candidates = candidate_edges(buckets, cfg.window, candidate_tasks)
     shingles = sig.select("id", "shingles")
+    a, b = shingles.alias("a"), shingles.alias("b")
     pairs = (candidates
-             .join(shingles.withColumnRenamed("id", "src").withColumnRenamed("shingles", "a"), "src")
-             .join(shingles.withColumnRenamed("id", "dst").withColumnRenamed("shingles", "b"), "dst")
-             .select("src", "dst", "a", "b"))
+             .join(a, F.col("src") == F.col("a.id"))
+             .join(b, F.col("dst") == F.col("b.id"))
+             .select("src", "dst", F.col("a.shingles").alias("a"), F.col("b.shingles").alias("b")))
     scored = cut(pairs.mapInArrow(verify_batches, VERIFY_SCHEMA))
     ok = F.col("jaccard") >= cfg.threshold
     counts = scored.agg(F.count("*").alias("candidates"), F.sum(ok.cast("int")).alias("verified")).first()

@@ -249,7 +249,8 @@ def measure_run(inputs, out_dir: str, stage_list, master: str, docs: int, stage_
             all_stats.append(stats)
             results[stage.name] = {
                 "records_in": stats["records_in"], "records_out": stats["records_out"],
-                "input_bytes": stage_input_bytes, "wall_s": round(wall, 2), "cpu_s": round(cpu_total, 2), "cpu_s_by_process": cpu,
+                "input_bytes": stage_input_bytes, "wall_s": round(wall, 2), "cpu_s": round(cpu_total, 2),
+                "cpu_s_by_process": cpu,
                 "cpu_ms_per_doc": round(1000.0 * cpu_total / docs, 4),
                 "shuffle_partitions": stats["shuffle_partitions"],
                 "spark": rest.group_totals(stage.name),
@@ -296,7 +297,8 @@ def run_one(args, docs: int, fmt: str, dirs) -> dict:
     with open(child_json) as f:
         res = json.load(f)
     res.update({"docs": docs, "format": fmt, "extractor": args.extractor or "(pipeline default)",
-                "input_bytes": tree_bytes(inputs), "input_dirs": inputs, "process_wall_s": round(time.time() - t0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)})
+                "input_bytes": tree_bytes(inputs), "input_dirs": inputs,
+                "process_wall_s": round(time.time() - t0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)})
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return res

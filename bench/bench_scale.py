@@ -26,6 +26,10 @@ code of `pipeline run`, each stage under its own Spark job group), the parquet r
 Linearity: for every stage, CPU-s per document at the largest size must be within --max-ratio
 (1.2) of the next size down; PASS/FAIL per stage. Prints a table and merges the runs into the JSON
 (--out), keyed by size and format, so sizes can be measured in separate invocations.
+
+Projection (`project`, also alone with --project-only): the measured CPU-s per document at the
+largest size, carried to --project-docs (5M) on the course's EMR cluster (CLUSTER: 28 executor vCPUs
+of 7 r5.xlarge) with the assumptions written beside CLUSTER; docs/SCALE.md explains them.
 """
 from __future__ import annotations
 

@@ -19,20 +19,22 @@ from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.extract import ExtractorUnavailable
 from pipeline.ingest.tabular import MissingColumnError
 from pipeline.ingest.warc import ReaderUnavailable
-from pipeline.spark import get_spark
+from pipeline.spark import get_spark, parse_job_args, set_shuffle_partitions
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = IngestConfig.from_argv(argv, prog="pipeline ingest")
+    cfg, spark_opts = parse_job_args(IngestConfig, argv, prog="pipeline ingest")
     try:
-        stats = spark_plan.run(get_spark("ingest"), cfg)
+        spark = get_spark("ingest", spark_opts)
+        set_shuffle_partitions(spark, spark_opts, cfg.input)
+        stats = spark_plan.run(spark, cfg)
     except (storage.InputError, MissingColumnError, spark_plan.IngestError, ExtractorUnavailable,
             ReaderUnavailable) as e:
         print("ingest: error: %s" % e, file=sys.stderr)
         return 2
     dirs = spark_plan.output_dirs(cfg)
     for d in dirs.values():
-        save_config(cfg, d, stats["resolved"])
+        save_config(cfg, d, stats["resolved"], spark=spark_opts)
     print("ingest: %d records in, %d documents out -> %s (%.1f s; extractor %s, WARC reader %s)" % (
         stats["records_in"], stats["records_out"], dirs["docs"], stats["seconds"],
         stats["resolved"]["extractor"], stats["resolved"]["warc_reader"]))

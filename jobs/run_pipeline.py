@@ -11,12 +11,12 @@ import sys
 from typing import List, Optional
 
 from pipeline import accounting, storage, stages
-from pipeline.spark import get_spark
+from pipeline.spark import SparkOptions, get_spark
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ns = stages.build_parser().parse_args(argv)
-    summary = stages.run_stages(get_spark("pipeline-run"), ns)
+    summary = stages.run_stages(get_spark("pipeline-run", SparkOptions.from_args(ns)), ns)
     print(accounting.format_table(summary))
     print("summary: %s" % storage.join(ns.output, "summary.json"))
     return 0

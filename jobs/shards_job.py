@@ -14,12 +14,13 @@ from pipeline.config import save_config
 from pipeline.shards import spark_plan
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.plan import PlanError
-from pipeline.spark import get_spark
+from pipeline.spark import get_spark, parse_job_args, set_shuffle_partitions
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = ShardsConfig.from_argv(argv, prog="pipeline shards")
-    spark = get_spark("pipeline-shards")
+    cfg, spark_opts = parse_job_args(ShardsConfig, argv, prog="pipeline shards")
+    spark = get_spark("pipeline-shards", spark_opts)
+    set_shuffle_partitions(spark, spark_opts, [cfg.input])
     try:
         stats = spark_plan.run(spark, cfg)
     except PlanError as e:  # a layout problem the user can fix with flags: no traceback
@@ -27,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     dirs = spark_plan.output_dirs(cfg)
     for d in dirs.values():
-        save_config(cfg, d)
+        save_config(cfg, d, spark=spark_opts)
     print("shards: %d docs, %d tokens (val %d) -> %d shard(s) in %s (%.1fs)" % (
         stats["records_out"], stats["tokens"], stats["val_tokens"], stats["shards"], dirs["shards"],
         stats["seconds"]))

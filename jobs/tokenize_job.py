@@ -12,21 +12,23 @@ from typing import Optional, Sequence
 
 from pipeline.bpe import BpeError
 from pipeline.config import save_config
-from pipeline.spark import get_spark
+from pipeline.spark import get_spark, parse_job_args, set_shuffle_partitions
 from pipeline.tokenize import spark_plan
 from pipeline.tokenize.config import TokenizeConfig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = TokenizeConfig.from_argv(argv, prog="pipeline tokenize")
+    cfg, spark_opts = parse_job_args(TokenizeConfig, argv, prog="pipeline tokenize")
     try:
-        stats = spark_plan.run(get_spark("pipeline-tokenize"), cfg)
+        spark = get_spark("pipeline-tokenize", spark_opts)
+        set_shuffle_partitions(spark, spark_opts, [cfg.input])
+        stats = spark_plan.run(spark, cfg)
     except BpeError as e:  # missing/wrong BPE ranks: say which flag fixes it, no traceback
         print("pipeline tokenize: error: %s" % e, file=sys.stderr)
         return 2
     dirs = spark_plan.output_dirs(cfg)
     for d in dirs.values():
-        save_config(cfg, d)
+        save_config(cfg, d, spark=spark_opts)
     print("tokenize: %d docs -> %d tokens in %s (%.1fs)" % (
         stats["records_out"], stats["tokens"], dirs["tokens"], stats["seconds"]))
     return 0

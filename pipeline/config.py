@@ -73,11 +73,13 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-def save_config(cfg: JobConfig, out_dir: str, resolved: Optional[Dict[str, Any]] = None) -> str:
+def save_config(cfg: JobConfig, out_dir: str, resolved: Optional[Dict[str, Any]] = None,
+                spark: Optional[JobConfig] = None) -> str:
     """Write `out_dir/_config.json` describing how this output was made; returns the path.
 
     `resolved` records what the job chose at run time where the config left it open (ingest's
-    `extractor=auto` becomes the extractor that ran)."""
+    `extractor=auto` becomes the extractor that ran); `spark` records how its SparkSession was started
+    (pipeline.spark.SparkOptions), under "spark"."""
     doc = {
         "job": type(cfg).__name__,
         "pipeline_version": __version__,
@@ -86,6 +88,8 @@ def save_config(cfg: JobConfig, out_dir: str, resolved: Optional[Dict[str, Any]]
     }
     if resolved:
         doc["resolved"] = dict(resolved)
+    if spark is not None:
+        doc["spark"] = spark.to_dict()
     path = storage.join(out_dir, CONFIG_FILE)
     storage.write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path

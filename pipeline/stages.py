@@ -20,6 +20,7 @@ from pipeline.ingest import spark_plan as ingest_plan
 from pipeline.ingest.config import IngestConfig
 from pipeline.shards import spark_plan as shards_plan
 from pipeline.shards.config import ShardsConfig
+from pipeline.spark import SparkOptions, set_shuffle_partitions
 from pipeline.tokenize import spark_plan as tokenize_plan
 from pipeline.tokenize.config import TokenizeConfig
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         group = parser.add_argument_group("%s options" % stage.name)
         stage.config_class.add_arguments(group, skip=("input", "output"))
+    SparkOptions.add_arguments(parser.add_argument_group("Spark options"))
     return parser
 
 
@@ -70,20 +72,37 @@ def stage_configs(ns: argparse.Namespace) -> List[tuple]:
     return out
 
 
+def run_stage(spark, stage: Stage, cfg, spark_opts: SparkOptions) -> dict:
+    """Run one stage under the Spark job group of its name (the Spark UI and its REST API show which
+    stage a Spark job belongs to); write its configs; return its stats."""
+    t0 = time.time()
+    print("[%s] reading %s" % (stage.name, _describe(cfg.input)), flush=True)
+    sc = spark.sparkContext
+    sc.setJobGroup(stage.name, "pipeline stage %s" % stage.name)
+    try:
+        set_shuffle_partitions(spark, spark_opts, [cfg.input] if isinstance(cfg.input, str) else cfg.input)
+        stats = dict(stage.plan.run(spark, cfg))
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)
+    for d in stage.plan.output_dirs(cfg).values():
+        save_config(cfg, d, stats.get("resolved"), spark=spark_opts)
+    stats.setdefault("stage", stage.name)
+    stats.setdefault("seconds", round(time.time() - t0, 3))
+    stats["shuffle_partitions"] = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    print("[%s] %d -> %d records in %.1fs" % (stage.name, stats["records_in"], stats["records_out"],
+                                               stats["seconds"]), flush=True)
+    return stats
+
+
 def run_stages(spark, ns: argparse.Namespace) -> dict:
     """Run the chosen stages one after the other; write and return the checked run summary."""
-    all_stats = []
-    for stage, cfg in stage_configs(ns):
-        t0 = time.time()
-        print("[%s] reading %s" % (stage.name, _describe(cfg.input)), flush=True)
-        stats = dict(stage.plan.run(spark, cfg))
-        for d in stage.plan.output_dirs(cfg).values():
-            save_config(cfg, d, stats.get("resolved"))
-        stats.setdefault("stage", stage.name)
-        stats.setdefault("seconds", round(time.time() - t0, 3))
-        all_stats.append(stats)
-        print("[%s] %d -> %d records in %.1fs" % (stage.name, stats["records_in"], stats["records_out"],
-                                                   stats["seconds"]), flush=True)
+    spark_opts = SparkOptions.from_args(ns)
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        all_stats = [run_stage(spark, stage, cfg, spark_opts) for stage, cfg in stage_configs(ns)]
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
     summary = accounting.build_summary(all_stats, extra={"input": list(ns.input), "output": ns.output})
     accounting.write_summary(summary, ns.output)
     return summary

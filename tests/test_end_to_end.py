@@ -76,7 +76,10 @@ def test_output_schemas(runs):
         # snappy, as the autograder expects
         meta = pq.ParquetFile(glob.glob(os.path.join(d, rel, "*.parquet"))[0]).metadata
         assert meta.row_group(0).column(0).compression == "SNAPPY"
-        assert os.path.exists(os.path.join(d, rel, "_config.json"))
+        with open(os.path.join(d, rel, "_config.json")) as f:
+            saved = json.load(f)
+        # the Spark flags are saved beside the stage's config; auto shuffle partitions by default
+        assert saved["spark"]["shuffle_partitions"] == 0 and saved["spark"]["driver_memory"] == "4g", rel
 
 
 def test_accounting_adds_up(runs, sample):
@@ -206,9 +209,8 @@ def test_separate_launch_gives_same_rows_and_identical_shards(runs, sample):
     out = str(runs["base"] / "launch2")
     cmd = [sys.executable, os.path.join(repo, "jobs", "run_pipeline.py"), "--input",
            os.path.join(sample, "warc"), "--output", out, "--shard-tokens", str(SHARD_TOKENS),
-           "--val-fraction", "0.05"]
-    env = dict(os.environ, PIPELINE_SPARK_MASTER="local[2]", PIPELINE_SHUFFLE_PARTITIONS="4")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+           "--val-fraction", "0.05", "--master", "local[2]", "--shuffle-partitions", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[Stage " not in proc.stderr  # stderr is no terminal here: no progress bar
     assert "check: " in proc.stdout and "OK" in proc.stdout

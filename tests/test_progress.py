@@ -20,7 +20,6 @@ def test_progress_bar_in_a_terminal():
     import pty
 
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    env.pop("PIPELINE_SPARK_MASTER", None)
     chunks = []
 
     def read(fd):

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from pipeline import storage
 from pipeline.bpe import load_bpe_bytes
+from pipeline.spark import input_bytes
 from pipeline.tokenize.config import TokenizeConfig
 from pipeline.tokenize.encode import tokenize_arrow_batches
 
@@ -26,21 +27,13 @@ def output_dirs(cfg: TokenizeConfig) -> Dict[str, str]:
     return {"tokens": storage.join(cfg.output, "tokens")}
 
 
-def input_bytes(spark, path: str) -> int:
-    """Total size of the input files via Hadoop (local, HDFS, S3 alike): one listing, no reads."""
-    jvm = spark.sparkContext._jvm
-    jpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return int(fs.getContentSummary(jpath).getLength())
-
-
 def run(spark, cfg: TokenizeConfig) -> dict:
     t0 = time.time()
     out_dir = output_dirs(cfg)["tokens"]
     bpe_data = spark.sparkContext.broadcast(load_bpe_bytes(cfg.tiktoken_cache, cfg.bpe_file))
     in_path = storage.to_spark_path(cfg.input)
     docs = spark.read.parquet(in_path).select("id", "text")
-    n_parts = cfg.tokenize_partitions or max(1, math.ceil(input_bytes(spark, in_path) / INPUT_BYTES_PER_PARTITION))
+    n_parts = cfg.tokenize_partitions or max(1, math.ceil(input_bytes(spark, [cfg.input]) / INPUT_BYTES_PER_PARTITION))
 
     batch_size, threads = cfg.encode_batch_size, cfg.encode_threads  # plain values for the closure
 

@@ -1,0 +1,49 @@
+"""The Spark flags every job takes (pipeline.spark.SparkOptions) and the per-stage shuffle sizing,
+against sizes measured independently (os.path.getsize) and on a real SparkSession."""
+import os
+
+from pipeline.dedup.config import DedupConfig
+from pipeline.spark import (INPUT_BYTES_PER_SHUFFLE_PARTITION, SparkOptions, auto_shuffle_partitions, input_bytes,
+                            parse_job_args, set_shuffle_partitions)
+
+
+def test_job_flags_give_the_stage_config_and_spark_options():
+    cfg, opts = parse_job_args(DedupConfig, ["--input", "in/docs", "--output", "out", "--master", "local[3]",
+                                             "--driver-memory", "6g", "--shuffle-partitions", "12"])
+    assert cfg.input == "in/docs" and cfg.output == "out"
+    assert opts == SparkOptions(master="local[3]", driver_memory="6g", shuffle_partitions=12)
+    _, default = parse_job_args(DedupConfig, ["--input", "in/docs", "--output", "out"])
+    assert default.master is None and default.shuffle_partitions == 0 and default.driver_memory == "4g"
+
+
+def test_auto_shuffle_partitions():
+    mib = 1 << 20
+    assert auto_shuffle_partitions(0, 2) == 4  # at least 2 per core
+    assert auto_shuffle_partitions(10 * mib, 28) == 56
+    # 1 GiB on 2 cores: 32 partitions of 32 MiB; 1 byte more needs a 33rd, rounded up to 34 for 2 cores
+    assert INPUT_BYTES_PER_SHUFFLE_PARTITION == 32 * mib
+    assert auto_shuffle_partitions(1024 * mib, 2) == 32
+    assert auto_shuffle_partitions(1024 * mib + 1, 2) == 34
+    assert auto_shuffle_partitions(10 * 1024 * mib, 28) == 336  # 320 -> the next multiple of 28
+
+
+def test_input_bytes_and_setting_partitions(spark, tmp_path):
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    sizes = {"a.parquet": 1000, "b.parquet": 2500, "sub/c.warc.gz": 70000}
+    for name, n in sizes.items():
+        (d / name).write_bytes(os.urandom(n))
+    expected = sum(os.path.getsize(str(d / n)) for n in sizes)
+    assert input_bytes(spark, [str(d)]) == expected
+    assert input_bytes(spark, [str(d / "*.parquet")]) == 3500  # globs
+    assert input_bytes(spark, [str(d / "a.parquet"), str(d / "sub")]) == 71000
+    assert input_bytes(spark, [str(d / "missing-*")]) == 0
+
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        assert set_shuffle_partitions(spark, SparkOptions(shuffle_partitions=7), [str(d)]) == 7
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "7"
+        cores = spark.sparkContext.defaultParallelism
+        assert set_shuffle_partitions(spark, SparkOptions(), [str(d)]) == auto_shuffle_partitions(expected, cores)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)

@@ -79,7 +79,7 @@ def test_output_schemas(runs):
         with open(os.path.join(d, rel, "_config.json")) as f:
             saved = json.load(f)
         # the Spark flags are saved beside the stage's config; auto shuffle partitions by default
-        assert saved["spark"]["shuffle_partitions"] == 0 and saved["spark"]["driver_memory"] == "4g", rel
+        assert saved["spark"]["shuffle_partitions"] == 0 and saved["spark"]["driver_memory"] == "auto", rel
 
 
 def test_accounting_adds_up(runs, sample):

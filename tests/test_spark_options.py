@@ -4,7 +4,7 @@ import os
 
 from pipeline.dedup.config import DedupConfig
 from pipeline.spark import (INPUT_BYTES_PER_SHUFFLE_PARTITION, SparkOptions, auto_shuffle_partitions, input_bytes,
-                            parse_job_args, set_shuffle_partitions)
+                            local_driver_memory, parse_job_args, set_shuffle_partitions)
 
 
 def test_job_flags_give_the_stage_config_and_spark_options():
@@ -13,7 +13,20 @@ def test_job_flags_give_the_stage_config_and_spark_options():
     assert cfg.input == "in/docs" and cfg.output == "out"
     assert opts == SparkOptions(master="local[3]", driver_memory="6g", shuffle_partitions=12)
     _, default = parse_job_args(DedupConfig, ["--input", "in/docs", "--output", "out"])
-    assert default.master is None and default.shuffle_partitions == 0 and default.driver_memory == "4g"
+    assert default.master is None and default.shuffle_partitions == 0 and default.driver_memory == "auto"
+
+
+def test_local_driver_memory_auto_is_half_the_machine(spark):
+    gib = 1 << 30
+    assert local_driver_memory("auto", 24 * gib) == "12g"
+    assert local_driver_memory("auto", 25 * gib) == "12g"  # whole GiB, rounded down
+    assert local_driver_memory("auto", 1 * gib) == "1g"  # never below 1g
+    assert local_driver_memory("auto", 256 * gib) == "32g"  # nor above 32g
+    assert local_driver_memory("6g", 24 * gib) == "6g"  # an explicit size is used as given
+    # the test session was started with the default options: its heap is half of this machine
+    with open("/proc/meminfo") as f:
+        total_kib = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
+    assert spark.conf.get("spark.driver.memory") == "%dg" % min(32, max(1, total_kib * 1024 // 2 // gib))
 
 
 def test_auto_shuffle_partitions():

@@ -32,11 +32,11 @@ embedding's in the update.
 
 The state (`step`, `exp_avg`, `exp_avg_sq` per parameter) and `state_dict()` are PyTorch's, so
 checkpoints move between this and `torch.optim.AdamW`. Off CUDA, without Triton, or with
-`GPT_TRITON_ADAMW=0`, the same step runs through PyTorch's AdamW (its fused kernel on CUDA).
+`triton=False` (the plan's `adamw="torch"`), the same step runs through PyTorch's AdamW (its fused
+kernel on CUDA).
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, NamedTuple, Optional
 
 import torch
@@ -209,10 +209,12 @@ class MirrorView(NamedTuple):
 
 
 class AdamW(torch.optim.AdamW):
-    """`torch.optim.AdamW` plus `clip_and_step()` (Triton on CUDA) and bf16 weight mirrors."""
+    """`torch.optim.AdamW` plus `clip_and_step()` (Triton on CUDA unless `triton=False`) and bf16
+    weight mirrors."""
 
-    def __init__(self, params, **kwargs):
+    def __init__(self, params, triton: bool = True, **kwargs):
         super().__init__(params, **kwargs)
+        self.use_triton = bool(triton)
         self.mirrors: Dict[torch.Tensor, MirrorView] = {}  # float32 parameter -> its place in a bf16 leaf
         self._launches: Optional[List[_Launch]] = None
         self._launch_key = None
@@ -305,7 +307,7 @@ class AdamW(torch.optim.AdamW):
 
     def _triton_ready(self) -> bool:
         params = [p for g in self.param_groups for p in g["params"]]
-        return (triton is not None and os.environ.get("GPT_TRITON_ADAMW", "1") != "0"
+        return (triton is not None and self.use_triton
                 and all(p.is_cuda and p.dtype == torch.float32 for p in params)
                 and not self.defaults.get("amsgrad") and not self.defaults.get("maximize"))
 

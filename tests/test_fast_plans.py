@@ -1,0 +1,187 @@
+"""The fast path against the reference, plan by plan: how `resolve_plan` picks a plan (CPU), and,
+on a GPU, one training step of each plan against the reference model's step on the same batch and
+the same initial weights (loss, gradient norm, updated weights), plus the fast decode engine's
+greedy tokens against the reference model's.
+
+Plans compared on the GPU (`pipeline train` flags; d2 with 128 channels so every kernel's shape
+constraints hold):
+- "default": the trainer's defaults with the set-up forced on (a model this small would otherwise
+  skip it): on an H100, cuDNN attention, cuBLASLt with the ones column, fused residual+layernorm,
+  the Hopper loss kernel, the Triton AdamW with bf16 mirrors, torch.compile, CUDA graphs;
+- "sm86": what an A10G-class GPU resolves to (no cuBLASLt, no cuDNN-frontend attention);
+- "eager-torch": the fast path with PyTorch's ops only (no compile, no graphs).
+The reference is `--reference`: pipeline/gpt/model.py under bf16 autocast with PyTorch's clip and
+AdamW. Tolerances (bf16 training): loss within 2e-2, gradient norm within 5% relative, and the
+first AdamW update (lr x sign(gradient) per element) pointing the same way: cosine similarity of
+the two updates >= 0.9 over all parameters.
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipeline.gpt import train as tr  # noqa: E402
+from pipeline.gpt.data import DataLoader  # noqa: E402
+from pipeline.gpt.engine import Engine, reference_generate  # noqa: E402
+from pipeline.gpt.fast.model import FastGPT  # noqa: E402
+from pipeline.gpt.fast.plan import REFERENCE, FastPlan, resolve_plan  # noqa: E402
+from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
+from pipeline.shards.llmc import write_shard  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+MODEL = ["-e", "d2", "-1c", "128", "-1h", "2"]
+FORCED = ["--compile", "1", "--cuda-graphs", "1", "--cublaslt", "1", "--cudnn-attention", "1"]
+PLANS = {
+    "default": FORCED,
+    "sm86": ["--compile", "1", "--cuda-graphs", "1", "--cublaslt", "0", "--cudnn-attention", "0"],
+    "eager-torch": ["--compile", "0", "--cuda-graphs", "0", "--cublaslt", "0", "--cudnn-attention", "0"],
+}
+LR = 1e-3
+
+
+@pytest.fixture(scope="module")
+def shard_glob(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plan_shards")
+    write_shard(str(d / "p_train_000001.bin"), np.random.default_rng(5).integers(0, 50257, size=20000))
+    return str(d / "p_train_*.bin")
+
+
+def _resolve(argv, device="cpu", accum=1, ddp=False, tokens=10 ** 12, bf16=False):
+    cfg = tr.parse_args(["-i", "unused"] + argv)
+    return resolve_plan(cfg, torch.device(device), GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),
+                        accum, ddp, tokens, bf16)
+
+
+# ----------------------------------------------------------------------------- resolution (CPU)
+
+def test_cpu_runs_the_reference_model_and_reference_is_a_flag():
+    assert _resolve([]) == (REFERENCE, [])
+    assert _resolve(["--reference"])[0] == REFERENCE
+    plan, _ = _resolve(["--attention", "eager"])  # only the fast path has the T x T matrix
+    assert not plan.reference and plan.attention == "eager" and plan.matmul == "torch"
+    assert not (plan.compile or plan.cuda_graphs or plan.fused_loss or plan.bf16_mirrors)
+    assert plan.adamw == "torch"
+    plan, _ = _resolve(["-r", "1"])
+    assert plan.recompute and not plan.fused_residual
+
+
+def test_plan_is_frozen_and_validated():
+    plan = FastPlan()
+    with pytest.raises(Exception):
+        plan.matmul = "cublaslt"
+    with pytest.raises(ValueError):
+        FastPlan(attention="flash3")
+    rows = FastPlan(matmul="cublaslt").describe()
+    assert rows["plan matmul"] == "cublaslt" and rows["plan cuda_graphs"] == 0
+    assert REFERENCE.describe() == {"plan": "reference (pipeline/gpt/model.py, PyTorch AdamW)"}
+
+
+def test_cuda_graphs_cannot_be_forced_where_they_cannot_run():
+    with pytest.raises(SystemExit):
+        _resolve(["--cuda-graphs", "1", "--attention", "eager"])
+
+
+def test_fast_torch_plan_step_matches_the_reference_step_on_cpu(shard_glob):
+    """The comparison the GPU tests make, on CPU in fp32: the eager-attention fast path is the
+    reference's function, so one step agrees to float32 rounding."""
+    ref = _one_step(shard_glob, ["--reference", "--device", "cpu"])
+    fast = _one_step(shard_glob, ["--attention", "eager", "--device", "cpu"])
+    assert not fast["plan"].reference and ref["plan"].reference
+    assert abs(fast["loss"] - ref["loss"]) < 1e-5
+    assert abs(fast["norm"] - ref["norm"]) < 1e-4 * ref["norm"]
+    assert _update_cosine(fast, ref) > 0.999
+
+
+def test_run_parameters_and_train_config_record_the_plan(shard_glob, tmp_path):
+    out = str(tmp_path / "run")
+    assert tr.main(["-i", shard_glob, "-x", "1", "-v", "0", "-s", "0", "-o", out, "--device", "cpu",
+                    "--quiet", "-b", "2", "-t", "32", "--attention", "eager"] + MODEL) == 0
+    text = open(tmp_path / "run" / "run_parameters.txt").read()
+    for field in ("plan attention", "plan matmul", "plan loss_kernel", "plan adamw", "plan cuda_graphs",
+                  "flag attention", "flag reference"):
+        assert field in text, field
+    import json
+    saved = json.load(open(tmp_path / "run" / "train_config.json"))
+    assert saved["attention"] == "eager" and saved["b"] == 2
+
+
+# ----------------------------------------------------------------------------- one step, any device
+
+def _one_step(shard_glob, flags, B=4, T=64):
+    cfg = tr.parse_args(["-i", shard_glob, "-b", str(B), "-t", str(T), "--quiet", "--seed", "7"] + MODEL + flags)
+    run = tr.Run(cfg)
+    raw = tr.build_model(cfg, run, -1)
+    before = {n: p.detach().clone() for n, p in raw.named_parameters()}
+    plan, _, _, _, step_fn = tr.build_trainer(cfg, run, raw, 1, 10 ** 12)
+    batches = tr.batch_source(DataLoader(shard_glob, B, T), run)
+    loss, norm = step_fn(batches, LR)
+    return dict(plan=plan, loss=loss.item(), norm=norm.item(),
+                update={n: (p.detach() - before[n]).float() for n, p in raw.named_parameters()})
+
+
+def _update_cosine(a, b):
+    x = torch.cat([a["update"][n].flatten() for n in sorted(a["update"])])
+    y = torch.cat([b["update"][n].flatten() for n in sorted(b["update"])])
+    return float(torch.dot(x, y) / (x.norm() * y.norm()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_plan_training_step_matches_the_reference_step(shard_glob, name):
+    fast = _one_step(shard_glob, PLANS[name])
+    ref = _one_step(shard_glob, ["--reference"])
+    plan = fast["plan"]
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    if name == "default" and hopper:  # on an H100 every fast kernel self-checks and runs
+        assert (plan.attention, plan.matmul, plan.loss_kernel, plan.adamw) == ("cudnn", "cublaslt", "cuda", "triton"), plan
+        assert plan.ones_column and plan.fused_residual and plan.bf16_mirrors and plan.compile
+    if name != "default":
+        assert plan.matmul == "torch" and plan.attention == "sdpa"
+    assert abs(fast["loss"] - ref["loss"]) < 2e-2, (fast["loss"], ref["loss"])
+    assert abs(fast["norm"] - ref["norm"]) < 5e-2 * ref["norm"], (fast["norm"], ref["norm"])
+    for n, u in fast["update"].items():  # every parameter moved, by at most lr per element (+ decay)
+        assert 0 < u.abs().max().item() <= 1.01 * LR, n
+    assert _update_cosine(fast, ref) >= 0.9
+
+
+@pytest.mark.gpu
+def test_default_plan_resolves_the_sm86_plan_without_hopper_features():
+    """What an A10G gets: resolution from compute capability alone (the default flags, a d12
+    shape), checked on whatever GPU runs this by asking as if the capability were 8.6."""
+    import unittest.mock as mock
+    cfg = tr.parse_args(["-i", "unused", "-b", "4", "-t", "1024"])
+    with mock.patch.object(torch.cuda, "get_device_capability", return_value=(8, 6)):
+        plan, _ = resolve_plan(cfg, torch.device("cuda"), GPTConfig(), 1, False, 10 ** 12, bf16=True)
+    assert plan.attention == "sdpa" and plan.matmul == "torch" and plan.loss_kernel == "triton"
+    assert not (plan.ones_column or plan.fused_residual or plan.bf16_mirrors)
+    assert plan.compile and plan.cuda_graphs and plan.adamw == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fast_decode_greedy_tokens_match_the_reference(dtype):
+    """The decode engine (KV cache, fused kernels, CUDA graphs) against the reference model's
+    greedy loop (full forward per token) in the same dtype: the same tokens."""
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=128)).to("cuda", getattr(torch, dtype))
+    with torch.no_grad():  # sharper logits than the init's near-uniform ones: no argmax near-ties
+        model.transformer.wte.weight.mul_(20)
+    engine = Engine(model, max_batch_size=1)
+    assert engine.fuse_attn and engine.cuda_graphs
+    prompt = [50256, 464, 3290, 318]
+    got = engine.generate([prompt], 24, temperature=0, stop_token=None)[0]
+    assert got == reference_generate(model, prompt, 24, stop_token=None)
+
+
+def test_trainer_sample_is_the_engine_sampling_loop():
+    """The trainer's sanity sample goes through the engine's one sampling loop (seed 1337)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=32))
+    run = tr.Run(tr.parse_args(["-i", "unused", "--device", "cpu"]))
+    text = tr.sample(model, 8, run)
+    want = Engine(model, max_seq_len=8, cuda_graphs=False, fuse=False).generate(
+        [[50256]], 7, temperature=1.0, seed=1337, stop_token=None)[0]
+    assert model.training
+    from pipeline.bpe import get_encoding
+    assert text == get_encoding().decode(want)

@@ -11,9 +11,11 @@ constraints hold):
 - "sm86": what an A10G-class GPU resolves to (no cuBLASLt, no cuDNN-frontend attention);
 - "eager-torch": the fast path with PyTorch's ops only (no compile, no graphs).
 The reference is `--reference`: pipeline/gpt/model.py under bf16 autocast with PyTorch's clip and
-AdamW. Tolerances (bf16 training): loss within 2e-2, gradient norm within 5% relative, and the
-first AdamW update (lr x sign(gradient) per element) pointing the same way: cosine similarity of
-the two updates >= 0.9 over all parameters.
+AdamW. Tolerances (bf16 training): loss within 2e-2; gradient norm within 5% relative; the clipped
+gradient (AdamW's first moment after one step, 0.1 x gradient) within 5% relative L2 error over
+all parameters; and the updated weights: AdamW's first step moves each weight by lr x sign(gradient),
+so the two runs' updates must agree elementwise wherever the reference gradient is at least 5% of
+its tensor's RMS (>= 99% of those elements; a smaller gradient's sign is within bf16 noise).
 """
 import numpy as np
 import pytest
@@ -90,7 +92,8 @@ def test_fast_torch_plan_step_matches_the_reference_step_on_cpu(shard_glob):
     assert not fast["plan"].reference and ref["plan"].reference
     assert abs(fast["loss"] - ref["loss"]) < 1e-5
     assert abs(fast["norm"] - ref["norm"]) < 1e-4 * ref["norm"]
-    assert _update_cosine(fast, ref) > 0.999
+    assert _moment_error(fast, ref) < 1e-4
+    assert _update_agreement(fast, ref) == 1.0
 
 
 def test_run_parameters_and_train_config_record_the_plan(shard_glob, tmp_path):
@@ -113,17 +116,31 @@ def _one_step(shard_glob, flags, B=4, T=64):
     run = tr.Run(cfg)
     raw = tr.build_model(cfg, run, -1)
     before = {n: p.detach().clone() for n, p in raw.named_parameters()}
-    plan, _, _, _, step_fn = tr.build_trainer(cfg, run, raw, 1, 10 ** 12)
+    plan, _, _, opt, step_fn = tr.build_trainer(cfg, run, raw, 1, 10 ** 12)
     batches = tr.batch_source(DataLoader(shard_glob, B, T), run)
     loss, norm = step_fn(batches, LR)
     return dict(plan=plan, loss=loss.item(), norm=norm.item(),
+                moment={n: opt.state[p]["exp_avg"].float() for n, p in raw.named_parameters()},
                 update={n: (p.detach() - before[n]).float() for n, p in raw.named_parameters()})
 
 
-def _update_cosine(a, b):
-    x = torch.cat([a["update"][n].flatten() for n in sorted(a["update"])])
-    y = torch.cat([b["update"][n].flatten() for n in sorted(b["update"])])
-    return float(torch.dot(x, y) / (x.norm() * y.norm()))
+def _moment_error(a, b):
+    """Relative L2 distance of the two runs' clipped gradients (AdamW's first moments)."""
+    x = torch.cat([a["moment"][n].flatten() for n in sorted(a["moment"])])
+    y = torch.cat([b["moment"][n].flatten() for n in sorted(b["moment"])])
+    return float((x - y).norm() / y.norm())
+
+
+def _update_agreement(fast, ref):
+    """Fraction of elements whose update has the reference's sign, among those whose reference
+    gradient is at least 5% of its tensor's RMS."""
+    agree = total = 0
+    for n, m in ref["moment"].items():
+        big = m.abs() >= 0.05 * m.pow(2).mean().sqrt()
+        same = torch.sign(fast["update"][n]) == torch.sign(ref["update"][n])
+        agree += int((same & big).sum())
+        total += int(big.sum())
+    return agree / total
 
 
 @pytest.mark.gpu
@@ -140,9 +157,10 @@ def test_plan_training_step_matches_the_reference_step(shard_glob, name):
         assert plan.matmul == "torch" and plan.attention == "sdpa"
     assert abs(fast["loss"] - ref["loss"]) < 2e-2, (fast["loss"], ref["loss"])
     assert abs(fast["norm"] - ref["norm"]) < 5e-2 * ref["norm"], (fast["norm"], ref["norm"])
-    for n, u in fast["update"].items():  # every parameter moved, by at most lr per element (+ decay)
+    for n, u in fast["update"].items():  # every parameter moved, by at most lr per element
         assert 0 < u.abs().max().item() <= 1.01 * LR, n
-    assert _update_cosine(fast, ref) >= 0.9
+    assert _moment_error(fast, ref) < 5e-2
+    assert _update_agreement(fast, ref) >= 0.99
 
 
 @pytest.mark.gpu
@@ -180,8 +198,8 @@ def test_trainer_sample_is_the_engine_sampling_loop():
     model = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=32))
     run = tr.Run(tr.parse_args(["-i", "unused", "--device", "cpu"]))
     text = tr.sample(model, 8, run)
+    assert model.training  # handed back to the trainer in training mode
     want = Engine(model, max_seq_len=8, cuda_graphs=False, fuse=False).generate(
         [[50256]], 7, temperature=1.0, seed=1337, stop_token=None)[0]
-    assert model.training
     from pipeline.bpe import get_encoding
     assert text == get_encoding().decode(want)

@@ -300,7 +300,8 @@ def test_graph_replay_matches_ordinary_steps(shard_glob, accum):
 def test_trainer_graphs_on_cuda_and_short_run_defaults(shard_glob, tmp_path):
     """CUDA graphs: checkpoints (with lr as a device tensor in the optimizer under graph replay) are
     written, and a resumed run continues on the same losses. A model this small on a run this short
-    skips the fast paths' set-up by default (skip_fast_setup): cuBLASLt stays off unless asked for."""
+    skips the fast paths' set-up by default (the plan's short-run rule): cuBLASLt stays off unless
+    asked for."""
     out, resumed = str(tmp_path / "gpu_run"), str(tmp_path / "gpu_resumed")
     common = ["-i", shard_glob, "-e", "d2", "-1c", "128", "-1h", "4", "-b", "4", "-t", "64", "-x", "12",
               "-l", "3e-3", "-n", "6", "--compile", "0", "--cuda-graphs", "1", "--quiet", "--save-dtype", "fp32"]

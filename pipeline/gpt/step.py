@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from pipeline.gpt.adamw import AdamW
+from pipeline.gpt.adamw import AdamW, clip_and_torch_step
 
 
 def micro_step(model, x: torch.Tensor, y: torch.Tensor, accum: int, run) -> torch.Tensor:
@@ -27,12 +27,11 @@ def clip_and_update(params, optimizer) -> torch.Tensor:
     """llm.c's global-norm clip at 1.0, then the AdamW update; returns the norm before clipping.
 
     The trainer's own optimizer does both in its `clip_and_step` (`pipeline.gpt.adamw`: one Triton
-    pass, or PyTorch's clip and AdamW); ZeRO's sharded optimizer gets PyTorch's clip here."""
+    pass, or PyTorch's clip and AdamW); ZeRO's sharded optimizer goes through the same PyTorch clip
+    (`adamw.clip_and_torch_step`) over `params`, the model's parameters."""
     if isinstance(optimizer, AdamW):
         return optimizer.clip_and_step(1.0)
-    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    return norm
+    return clip_and_torch_step(optimizer, 1.0, params)
 
 
 def train_step(model, raw, optimizer, batches, accum: int, run, lr: float):

@@ -206,16 +206,25 @@ def test_default_plan_resolves_the_sm86_plan_without_hopper_features():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_fast_decode_greedy_tokens_match_the_reference(dtype):
     """The decode engine (KV cache, fused kernels, CUDA graphs) against the reference model's
-    greedy loop (full forward per token) in the same dtype: the same tokens."""
+    greedy decoding (full forward per token) in the same dtype. float32: the same tokens. bfloat16,
+    where the two orders of rounding may swap near-tied logits: each token the engine picks is the
+    reference's argmax at that prefix to within 0.1 (the engine tests' bf16 logits tolerance)."""
     torch.manual_seed(3)
     model = GPT(GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=128)).to("cuda", getattr(torch, dtype))
-    with torch.no_grad():  # sharper logits than the init's near-uniform ones: no argmax near-ties
-        model.transformer.wte.weight.mul_(20)
+    with torch.no_grad():  # logits of a few units (the init's are ~0.2): fewer near-ties
+        model.transformer.wte.weight.mul_(5)
     engine = Engine(model, max_batch_size=1)
-    assert engine.fuse_attn and engine.cuda_graphs
+    assert engine.fuse_attn and engine.fuse_ln and engine.cuda_graphs
     prompt = [50256, 464, 3290, 318]
     got = engine.generate([prompt], 24, temperature=0, stop_token=None)[0]
-    assert got == reference_generate(model, prompt, 24, stop_token=None)
+    if dtype == "float32":
+        assert got == reference_generate(model, prompt, 24, stop_token=None)
+        return
+    with torch.no_grad():
+        full, _ = model(torch.tensor([prompt + got], device="cuda"))
+    for j, token in enumerate(got):
+        row = full[0, len(prompt) + j - 1].float()
+        assert row[token] >= row.max() - 0.1, (j, float(row[token]), float(row.max()))
 
 
 def test_trainer_sample_is_the_engine_sampling_loop():

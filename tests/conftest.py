@@ -34,6 +34,53 @@ def torch_one_thread():
     torch.set_num_threads(before)
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip cleanly where there is no CUDA device (`scripts/test-gpu.sh` runs
+    them all: `python -m pytest -q -m gpu tests/`)."""
+    if any(item.get_closest_marker("gpu") for item in items) and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def torch_backend_settings():
+    """Process-wide PyTorch settings a test may change (the trainer's `Run` sets TF32 from -f and
+    the SDPA kernels from --sdpa) come back after it, so that no later test inherits them."""
+    if "torch" not in sys.modules:
+        yield
+        return
+    import torch
+    cuda = torch.backends.cuda
+    saved = (cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, cuda.flash_sdp_enabled(),
+             cuda.cudnn_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled())
+    yield
+    cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+    for kind, on in zip(("flash", "cudnn", "mem_efficient", "math"), saved[2:]):
+        getattr(cuda, "enable_%s_sdp" % kind)(on)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_torch_compile(request):
+    """After a module with GPU tests, drop torch.compile's caches and guards (`torch._dynamo.reset`),
+    so that one module's compiled graphs and recompile counts never reach the next module."""
+    yield
+    if any(item.get_closest_marker("gpu") for item in request.session.items
+           if item.module is request.module) and "torch" in sys.modules:
+        import torch
+        if hasattr(torch, "_dynamo"):
+            torch._dynamo.reset()
+
+
 FAKE_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

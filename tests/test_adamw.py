@@ -11,12 +11,17 @@ torch = pytest.importorskip("torch")
 from pipeline.gpt import adamw  # noqa: E402
 from pipeline.gpt import cublaslt  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
+from pipeline.gpt.fast.model import FastGPT  # noqa: E402
+from pipeline.gpt.fast.plan import FastPlan  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 from pipeline.gpt.step import clip_and_update  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or adamw.triton is None,
-                          reason="needs CUDA and Triton")
+
+
+def cuda(test):
+    """A GPU test (skipped without CUDA, see conftest.py) that also needs Triton."""
+    return pytest.mark.gpu(pytest.mark.skipif(adamw.triton is None, reason="needs Triton")(test))
 
 
 def _groups(model, decay=0.1):
@@ -24,12 +29,15 @@ def _groups(model, decay=0.1):
             {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def _tiny_lt_model(device="cpu"):
+def _lt_plan(ones_column=False):
+    """cuBLASLt matmuls and the fused loss (on CPU: the custom ops' reference math)."""
+    return FastPlan(matmul="cublaslt", fused_loss=True, ones_column=ones_column)
+
+
+def _tiny_lt_model(device="cpu", ones_column=False):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)).to(device)
-    model.fused_loss = True
-    model.set_cublaslt(True)  # on CPU: the custom ops' reference math
-    return model
+    return FastGPT(model, _lt_plan(ones_column))
 
 
 def _train(model, opt, batches, device_type="cpu"):
@@ -58,22 +66,20 @@ def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace(ones_column,
     are identical to the last bit. With and without the ones column on c_attn/c_fc's input, and
     their mirrors plain or [W | b | 0...] (the trainer's pairing is (True, True) under compile),
     and the tied classifier mirrored or not (its gradient adds to the embedding's)."""
-    plain = _tiny_lt_model()
-    for block in plain.transformer.h:
-        block.ones_column = ones_column
+    plain = _tiny_lt_model(ones_column=ones_column)
     mirrored = copy.deepcopy(plain)
     opt_a = adamw.AdamW(_groups(plain), lr=1e-2, foreach=False)
     opt_b = adamw.AdamW(_groups(mirrored), lr=1e-2, foreach=False)
-    blocks = mirrored.transformer.h
+    blocks = mirrored.model.transformer.h
     with_bias = [m for b in blocks for m in (b.attn.c_attn, b.mlp.c_fc)] if bias_column else []
     layers = [m for b in blocks for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
               if m not in with_bias]
-    tied_modules = [mirrored.lm_head] if tied else []
+    tied_modules = [mirrored.model.lm_head] if tied else []
     assert opt_b.attach_bf16_mirrors(layers, with_bias, tied_modules) == 8 + tied == opt_b.num_mirrors()
     layer = blocks[0].mlp.c_fc
     assert layer.weight_bf16.dtype == torch.bfloat16 and layer.weight_bf16.requires_grad
     assert layer.weight_bf16.shape == ((128, cublaslt.ones_width(32)) if bias_column else (128, 32))
-    assert "transformer.h.0.mlp.c_fc.weight_bf16" not in mirrored.state_dict()  # never checkpointed
+    assert "transformer.h.0.mlp.c_fc.weight_bf16" not in mirrored.model.state_dict()  # never checkpointed
     batches = _batches(3)
     ra, rb = _train(plain, opt_a, batches), _train(mirrored, opt_b, batches)
     assert ra == rb
@@ -87,22 +93,18 @@ def test_bf16_mirrors_train_bit_for_bit_like_the_casts_they_replace(ones_column,
 
 
 def test_trainer_pairs_bias_column_mirrors_with_the_ones_column():
-    model = _tiny_lt_model()
-    plain, with_bias = model.bf16_mirror_layers(compiled=True)
-    assert [m for b in model.transformer.h for m in (b.attn.c_attn, b.mlp.c_fc)] == with_bias
+    model = _tiny_lt_model(ones_column=True)
+    plain, with_bias = model.bf16_mirror_layers()
+    assert [m for b in model.model.transformer.h for m in (b.attn.c_attn, b.mlp.c_fc)] == with_bias
     assert len(plain) == 4
-    plain, with_bias = model.bf16_mirror_layers(compiled=False)  # eager: no ones column
+    plain, with_bias = _tiny_lt_model(ones_column=False).bf16_mirror_layers()
     assert len(plain) == 8 and with_bias == []
-    model.transformer.h[1].ones_column = False  # switched off for one block
-    assert len(model.bf16_mirror_layers(compiled=True)[1]) == 2
 
 
 def test_backward_fills_the_mirrors_not_the_float32_weights():
-    model = _tiny_lt_model()
+    model = _tiny_lt_model(ones_column=True)
     opt = adamw.AdamW(_groups(model), lr=1e-2, foreach=False)
-    for block in model.transformer.h:
-        block.ones_column = True
-    opt.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True), tied_modules=[model.lm_head])
+    opt.attach_bf16_mirrors(*model.bf16_mirror_layers(), tied_modules=[model.model.lm_head])
     x, y = _batches(1)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, loss = model(x, y, return_logits=False)
@@ -110,12 +112,12 @@ def test_backward_fills_the_mirrors_not_the_float32_weights():
     leaves = opt.gradient_leaves()
     assert len(leaves) == len(list(model.parameters())) + 1 and all(t.grad is not None for t in leaves)
     # the tied weight: the embedding's float32 gradient and the classifier's bf16 one, added by the update
-    assert model.transformer.wte.weight.grad.dtype == torch.float32
-    assert model.lm_head.weight_bf16.grad.dtype == torch.bfloat16
-    for module in sum(model.bf16_mirror_layers(compiled=True), []):
+    assert model.model.transformer.wte.weight.grad.dtype == torch.float32
+    assert model.model.lm_head.weight_bf16.grad.dtype == torch.bfloat16
+    for module in sum(model.bf16_mirror_layers(), []):
         assert module.weight.grad is None and module.weight_bf16.grad.dtype == torch.bfloat16
         assert module.weight_bf16.grad.is_contiguous()  # handed over as computed, no copy
-    c_attn = model.transformer.h[0].attn.c_attn
+    c_attn = model.model.transformer.h[0].attn.c_attn
     assert c_attn.bias.grad is None and c_attn.weight_bf16.grad.shape == (96, 64)  # [dW | db | 0...]
 
 
@@ -123,7 +125,7 @@ def test_a_mirror_must_belong_to_the_optimizer():
     model, other = _tiny_lt_model(), _tiny_lt_model()
     opt = adamw.AdamW(_groups(model), lr=1e-2)
     with pytest.raises(ValueError):
-        opt.attach_bf16_mirrors(*other.bf16_mirror_layers(compiled=True))
+        opt.attach_bf16_mirrors(*other.bf16_mirror_layers())
 
 
 def test_state_dict_loads_into_pytorch_adamw_and_back():
@@ -140,23 +142,26 @@ def test_state_dict_loads_into_pytorch_adamw_and_back():
         assert torch.equal(back.state[p]["exp_avg"], opt.state[p]["exp_avg"])
 
 
-def test_explicit_mirrors_that_cannot_apply_say_why(capsys):
-    args = tr.parse_args(["-i", "unused", "--device", "cpu", "--bf16-mirrors", "1"])
-    run = tr.Run(args)
-    model = _tiny_lt_model()
-    opt = tr.make_optimizer(model, args, run)
-    assert isinstance(opt, adamw.AdamW)
-    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=2) == 0
-    assert "--bf16-mirrors 1 ignored: gradient accumulation" in capsys.readouterr().out
-    model.set_cublaslt(False)
-    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=1) == 0
-    assert "cuBLASLt matmuls (--cublaslt) that read them are off" in capsys.readouterr().out
-    model.set_cublaslt(True)
-    assert tr.choose_bf16_mirrors(args, run, model, opt, accum=1) == 9  # B x T = 4096: the classifier too
-    args.bf16_mirrors = None  # the default: on CUDA only, and quiet
-    plain = _tiny_lt_model()
-    assert tr.choose_bf16_mirrors(args, run, plain, tr.make_optimizer(plain, args, run), accum=2) == 0
-    assert capsys.readouterr().out == ""
+def test_explicit_mirrors_that_cannot_apply_say_why():
+    """The plan attaches mirrors only where they apply; an explicit --bf16-mirrors 1 that cannot
+    apply says why (plan notes), and the default stays quiet."""
+    from pipeline.gpt.fast.plan import resolve_plan
+    cfg = tr.parse_args(["-i", "unused", "--device", "cpu", "--bf16-mirrors", "1", "--attention", "eager"])
+    model_config = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)
+    plan, notes = resolve_plan(cfg, torch.device("cpu"), model_config, 1, False, 10 ** 9, bf16=False)
+    assert not plan.bf16_mirrors and plan.matmul == "torch"
+    assert any("--bf16-mirrors 1 ignored: the cuBLASLt matmuls (--cublaslt) that read them are off" in n
+               for n in notes), notes
+    plan, notes = resolve_plan(cfg.replace(bf16_mirrors=None), torch.device("cpu"), model_config, 2,
+                               False, 10 ** 9, bf16=False)
+    assert not plan.bf16_mirrors and notes == []
+    # where the plan has them: the trainer attaches the blocks' matmuls and (B x T a power of two)
+    # the tied classifier
+    fast = FastGPT(GPT(model_config), FastPlan(matmul="cublaslt", fused_loss=True, bf16_mirrors=True))
+    opt = adamw.AdamW(_groups(fast), lr=1e-2)
+    assert tr.attach_bf16_mirrors(cfg.replace(b=4, t=1024), fast, opt) == 9
+    fast2 = FastGPT(GPT(model_config), FastPlan(matmul="cublaslt", fused_loss=True, bf16_mirrors=True))
+    assert tr.attach_bf16_mirrors(cfg.replace(b=3, t=1000), fast2, adamw.AdamW(_groups(fast2), lr=1e-2)) == 8
 
 
 # ----------------------------------------------------------------------------- CUDA
@@ -194,7 +199,8 @@ def test_triton_step_writes_mirrors_and_reads_bf16_gradients():
     model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)).cuda()
     twin = copy.deepcopy(model)
     ours = adamw.AdamW(_groups(model), lr=3e-3, fused=True)
-    ours.attach_bf16_mirrors(*model.bf16_mirror_layers(compiled=True), tied_modules=[model.lm_head])
+    fast = FastGPT(model, FastPlan(matmul="cublaslt", ones_column=True))
+    ours.attach_bf16_mirrors(*fast.bf16_mirror_layers(), tied_modules=[model.lm_head])
     ref = torch.optim.AdamW(_groups(twin), lr=3e-3, fused=True)
     twins = dict(zip(model.parameters(), twin.parameters()))
     for step in range(3):
@@ -265,13 +271,12 @@ def test_trainer_step_with_and_without_mirrors(tmp_path):
     losses = {}
     for mirrors in (0, 1):
         args = tr.parse_args(["-i", shards, "-e", "d2", "-1c", "128", "-1h", "4", "-b", "4", "-t", "64",
-                              "--compile", "0", "--quiet", "--bf16-mirrors", str(mirrors)])
+                              "--compile", "0", "--cublaslt", "1", "--cuda-graphs", "1", "--quiet",
+                              "--bf16-mirrors", str(mirrors)])
         run = tr.Run(args)
         raw = tr.build_model(args, run, -1)
-        raw.set_cublaslt(cublaslt.available(run.device))
-        opt = tr.make_optimizer(raw, args, run)
-        step = tr.make_step_fn(args, run, raw, raw, opt, 1)
-        assert opt.num_mirrors() == (9 if mirrors and raw.tuned_head else 0)
+        plan, _, model, opt, step = tr.build_trainer(args, run, raw, 1, 8 * 4 * 64)
+        assert opt.num_mirrors() == (9 if mirrors and plan.matmul == "cublaslt" else 0)
         batches = tr.batch_source(DataLoader(shards, 4, 64), run)
         losses[mirrors] = [step(batches, 1e-3)[0].item() for _ in range(8)]
         assert step.active, step.failed

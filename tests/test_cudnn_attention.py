@@ -11,7 +11,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from pipeline.gpt import cudnn_attention as ca  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
-from pipeline.gpt.model import GPT, GPTConfig, compile_model, register_inductor_fallbacks  # noqa: E402
+from pipeline.gpt.fast.model import FastGPT, compile_model, register_inductor_fallbacks  # noqa: E402
+from pipeline.gpt.fast.plan import FastPlan, resolve_plan  # noqa: E402
+from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -22,7 +24,9 @@ def _frontend_ready():
     return not isinstance(ca._frontend(), str)
 
 
-frontend = pytest.mark.skipif(not _frontend_ready(), reason="needs CUDA and nvidia-cudnn-frontend")
+def frontend(test):
+    """A GPU test (skipped without CUDA, see conftest.py) that also needs nvidia-cudnn-frontend."""
+    return pytest.mark.gpu(pytest.mark.skipif(not _frontend_ready(), reason="needs nvidia-cudnn-frontend")(test))
 
 
 def _sdpa(qkv, n_head):
@@ -68,10 +72,9 @@ def test_ops_pass_torch_library_checks():
 
 def _pair():
     torch.manual_seed(0)
-    plain = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
-    plain.fused_loss = True
-    fast = copy.deepcopy(plain)
-    fast.set_cudnn_frontend(True)
+    model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
+    plain = FastGPT(model, FastPlan(fused_loss=True))
+    fast = FastGPT(copy.deepcopy(model), FastPlan(fused_loss=True, attention="cudnn"))
     return plain, fast
 
 
@@ -128,24 +131,16 @@ def test_unavailable_off_cuda_says_why():
         assert ca._frontend() == "no CUDA"
 
 
-def test_trainer_keeps_sdpa_and_says_why_when_the_frontend_is_unavailable(capsys):
-    run = tr.Run(tr.parse_args(["-i", "unused", "--device", "cpu"]))
-    model = GPT(GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32))
-    assert not tr.enable_cudnn_attention(model, run, 2, 16)
-    assert not any(b.attn.cudnn_frontend for b in model.transformer.h)
-    assert "cuDNN frontend attention off (PyTorch SDPA instead): " in capsys.readouterr().out
-
-
-def test_explicit_flag_that_cannot_apply_says_why(capsys):
-    model = GPT(GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32))
-    args = tr.parse_args(["-i", "unused", "--device", "cpu", "--cudnn-attention", "1"])
-    assert not tr.choose_cudnn_attention(args, tr.Run(args), model)
-    assert "--cudnn-attention 1 ignored: it needs --attention flash on a CUDA device" in capsys.readouterr().out
-    # the default stays quiet off CUDA
+def test_explicit_flag_that_cannot_apply_says_why():
+    config = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32)
+    args = tr.parse_args(["-i", "unused", "--device", "cpu", "--cudnn-attention", "1", "--attention", "eager"])
+    plan, notes = resolve_plan(args, torch.device("cpu"), config, 1, False, 10 ** 9, bf16=False)
+    assert plan.attention == "eager"
+    assert any("--cudnn-attention 1 ignored: it needs --attention flash on a CUDA device" in n for n in notes)
+    # the default stays quiet off CUDA (where the reference model runs)
     args = tr.parse_args(["-i", "unused", "--device", "cpu"])
-    assert not tr.choose_cudnn_attention(args, tr.Run(args), model)
-    assert capsys.readouterr().out == ""
-    assert not any(b.attn.cudnn_frontend for b in model.transformer.h)
+    plan, notes = resolve_plan(args, torch.device("cpu"), config, 1, False, 10 ** 9, bf16=False)
+    assert plan.reference and notes == []
 
 
 def test_trainer_flag_is_parsed():
@@ -214,10 +209,9 @@ def test_frontend_runs_inside_cuda_graphs():
 def test_compiled_cuda_training_step_with_frontend_matches_sdpa():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=128)
-    plain = GPT(cfg).cuda()
-    plain.fused_loss = True
-    fast = copy.deepcopy(plain)
-    fast.set_cudnn_frontend(True)
+    model = GPT(cfg).cuda()
+    plain = FastGPT(model, FastPlan(fused_loss=True, loss_kernel="triton"))
+    fast = FastGPT(copy.deepcopy(model), FastPlan(fused_loss=True, loss_kernel="triton", attention="cudnn"))
     assert ca.available(torch.device("cuda"), 4, 128, 2, 64), ca.unavailable_reason()
     x = torch.randint(0, 50257, (4, 128), device="cuda")
     y = torch.randint(0, 50257, (4, 128), device="cuda")

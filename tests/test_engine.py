@@ -166,7 +166,7 @@ def test_reference_stops_at_eot():
     assert Engine(model).generate([[5, 6]], 10, temperature=0) == [[]]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("graphs,fuse,dtype", [(False, False, "float32"), (True, False, "float32"),
                                                (False, True, "float32"), (True, True, "float32"),
                                                (True, True, "bfloat16")])
@@ -198,14 +198,14 @@ def test_split_count():
         Engine(tiny_model(), attn_splits=3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_split_attention_kernel_variants():
     from pipeline.gpt.engine import _decode_attn_works
     for min_blocks in (1, 2):
         assert _decode_attn_works(torch.device("cuda"), 32, (1, 2, 4, 8, 16), min_blocks)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("splits,reduce_in_kernel", [(None, True), (4, True), (8, False), (1, True)])
 def test_cuda_long_context_split_attention_matches_reference(splits, reduce_in_kernel):
     # Long enough that the cache spans many 64-slot blocks, so several splits hold real work.
@@ -226,7 +226,7 @@ def test_cuda_long_context_split_attention_matches_reference(splits, reduce_in_k
     assert int(engine._attn_count.abs().sum()) == 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("lengths", [[1], [4], [3, 3], [5]])
 def test_cuda_short_prompt_prefill_by_graph_steps(lengths):
     # Prompts of <= 4 tokens without padding are prefilled by replaying the decode graph (cache

@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pipeline.gpt import loss_kernel as lk  # noqa: E402
-from pipeline.gpt import model as gm  # noqa: E402
+from pipeline.gpt.fast import loss as gm  # noqa: E402
 
 
 def _problem(rows=4, width=64, vocab=50, device="cpu"):
@@ -30,13 +30,12 @@ def test_supported_layouts():
     assert not lk.supported(logits[0], targets, losses, 50)
 
 
-def test_launch_declines_cpu_tensors_and_the_switch(monkeypatch):
+def test_launch_declines_cpu_tensors():
     logits, targets, losses = _problem()
     before = logits.clone()
     assert not lk.launch(logits, targets, losses, 50)
     assert torch.equal(logits, before)  # nothing written
-    monkeypatch.setenv("GPT_CUDA_LOSS", "0")
-    assert not lk.launch(logits, targets, losses, 50)
+    assert not lk.available(torch.device("cpu"))
 
 
 def _has_nvrtc():
@@ -58,6 +57,7 @@ def _hopper():
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper-class GPU")
 def test_kernel_matches_float32_math_and_backs_the_loss_op():
     torch.manual_seed(0)
@@ -75,10 +75,11 @@ def test_kernel_matches_float32_math_and_backs_the_loss_op():
     assert (got[:, vocab:] == 0).all()
     # the model's loss op takes this kernel: same bytes as the direct launch
     via_op = logits.clone()
-    op_losses = gm.cross_entropy_grad_(via_op, targets, vocab)
+    op_losses = gm.cross_entropy_grad_(via_op, targets, vocab, "cuda")
     assert torch.equal(via_op, got) and torch.equal(op_losses, losses)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper-class GPU")
 def test_kernel_replays_inside_a_cuda_graph():
     logits, targets, losses = _problem(rows=32, width=50304, vocab=50257, device="cuda")

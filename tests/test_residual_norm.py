@@ -9,10 +9,14 @@ torch = pytest.importorskip("torch")
 
 from pipeline.gpt import residual_norm as rn  # noqa: E402
 from pipeline.gpt.cublaslt import ones_width  # noqa: E402
-from pipeline.gpt.model import GPT, GPTConfig, compile_model  # noqa: E402
+from pipeline.gpt.fast.model import FastGPT, compile_model  # noqa: E402
+from pipeline.gpt.fast.plan import FastPlan  # noqa: E402
+from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
+
+FUSED = FastPlan(matmul="cublaslt", fused_loss=True, fused_residual=True, ones_column=True)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.gpu  # skipped without CUDA (conftest.py)
 
 
 def _inputs(M=6, C=5, dtype=torch.float64, device="cpu", seed=0):
@@ -71,35 +75,33 @@ def _grads(model, x, y):
     return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("ones_column", [None, False])
+@pytest.mark.parametrize("ones_column", [True, False])
 def test_fused_residual_model_matches_plain_model(monkeypatch, ones_column):
     """The blocks regrouped around residual_norm (cuBLASLt ops on their CPU reference math), in the
     ones-column layout and without it: the plain model's loss, and gradients at least as close to
     a float64 run of the same model as the plain model's own bf16 gradients are (nonzero layernorm
     biases and projection biases, so that every gradient is exercised)."""
     torch.manual_seed(0)
-    plain = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
-    plain.fused_loss = True
+    model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
     with torch.no_grad():
-        for m in plain.modules():
+        for m in model.modules():
             if isinstance(m, torch.nn.LayerNorm):
                 m.weight.normal_(1, 0.1)
                 m.bias.normal_(0, 0.1)
             elif isinstance(m, torch.nn.Linear) and m.bias is not None:
                 m.bias.normal_(0, 0.1)
-    exact = copy.deepcopy(plain).double()
-    fast = copy.deepcopy(plain)
-    fast.set_cublaslt(True)
-    fast.fused_residual = True
-    for block in fast.transformer.h:
-        block.ones_column = ones_column  # False: the plain layout for every matmul input
+    plain = FastGPT(model, FastPlan(fused_loss=True))
+    exact = FastGPT(copy.deepcopy(model).double(), FastPlan(fused_loss=True))
+    # ones_column=False: the plain layout for every matmul input
+    fast = FastGPT(copy.deepcopy(model), FastPlan(matmul="cublaslt", fused_loss=True, fused_residual=True,
+                                                  ones_column=ones_column))
     calls = []
     real = rn.residual_norm_forward
     monkeypatch.setattr(rn, "residual_norm_forward", lambda *a: calls.append(a[5]) or real(*a))
     x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
     loss_plain, g_plain = _grads(plain, x, y)
     loss_fast, g_fast = _grads(fast, x, y)
-    wide = 32 if ones_column is False else ones_width(32)
+    wide = ones_width(32) if ones_column else 32
     assert calls == [wide] * 3 + [32]  # ln_2, ln_1 of block 1, ln_2, then ln_f (plain)
     _, loss_exact = exact(x, y, return_logits=False)
     loss_exact.backward()
@@ -112,42 +114,41 @@ def test_fused_residual_model_matches_plain_model(monkeypatch, ones_column):
 
 
 def test_compiled_model_takes_the_fused_path():
-    """Under torch.compile (where `fused_residual=None` turns it on) the compiled backward wires
-    the ops as eager autograd does: every gradient behind the first residual add equals the eager
-    fused model's (the ops run their reference math on CPU in both); the plain path would differ
-    by bf16 rounding (~1e-2). Before it, inductor's own layernorm (block 0's ln_1) and embedding."""
+    """Under torch.compile the compiled backward wires the ops as eager autograd does: every
+    gradient behind the first residual add equals the eager fused model's (the ops run their
+    reference math on CPU in both); the plain path would differ by bf16 rounding (~1e-2). Before
+    it, inductor's own layernorm (block 0's ln_1) and embedding."""
     torch.manual_seed(0)
     base = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
-    base.fused_loss = True
-    base.set_cublaslt(True)
-    eager = copy.deepcopy(base)
-    eager.fused_residual = True
-    compiled = copy.deepcopy(base)
-    assert compiled.fused_residual is None
+    eager = FastGPT(copy.deepcopy(base), FUSED)
+    compiled = FastGPT(copy.deepcopy(base), FUSED)
     x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
     loss_eager, g_eager = _grads(eager, x, y)
     loss_compiled, _ = _grads(compile_model(compiled), x, y)
     assert abs(loss_eager - loss_compiled) < 1e-4
     for name, p in compiled.named_parameters():
         err = ((p.grad.float() - g_eager[name]).norm() / g_eager[name].norm()).item()
-        first = name.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.ln_1"))
+        first = name.startswith(("model.transformer.wte", "model.transformer.wpe", "model.transformer.h.0.ln_1"))
         assert err < (2e-2 if first else 1e-6), (name, err)
 
 
-def test_fused_residual_only_in_cublaslt_bf16_training():
+def test_fused_residual_only_in_cublaslt_bf16_training(monkeypatch):
+    calls = []
+    real = rn.residual_norm_forward
+    monkeypatch.setattr(rn, "residual_norm_forward", lambda *a: calls.append(1) or real(*a))
     model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
-    model.fused_residual = True
-    x = torch.zeros(1, 4)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not model._use_fused_residual(x)  # cuBLASLt path off
-        model.set_cublaslt(True)
-        assert model._use_fused_residual(x)
-        with torch.no_grad():
-            assert not model._use_fused_residual(x)  # evaluation: the plain blocks
-    assert not model._use_fused_residual(x)  # no bf16 autocast
-    model.recompute = True
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not model._use_fused_residual(x)
+    x = torch.randint(0, 50257, (1, 4))
+
+    def fused_ops(plan, autocast=True, grad=True):
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(grad):
+            FastGPT(model, plan)(x, x)
+        return len(calls)
+    assert fused_ops(FUSED) == 2
+    assert fused_ops(FastPlan(fused_residual=True)) == 0  # cuBLASLt path off
+    assert fused_ops(FUSED, grad=False) == 0  # evaluation: the plain blocks
+    assert fused_ops(FUSED, autocast=False) == 0  # no bf16 autocast
+    assert fused_ops(FastPlan(matmul="cublaslt", fused_residual=True, recompute=True)) == 0
 
 
 @cuda
@@ -182,8 +183,9 @@ def test_compiled_cuda_model_with_fused_residual_matches_plain_model():
         pytest.skip("cuBLASLt path unavailable: %s" % cublaslt.unavailable_reason(torch.cuda.current_device()))
     torch.manual_seed(0)
     base = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)).cuda()
-    plain, fast = copy.deepcopy(base), copy.deepcopy(base)
-    fast.set_cublaslt(True)
+    plain = FastGPT(copy.deepcopy(base), FastPlan(fused_loss=True, loss_kernel="triton"))
+    fast = FastGPT(copy.deepcopy(base), FastPlan(matmul="cublaslt", fused_loss=True, loss_kernel="triton",
+                                                 fused_residual=True, ones_column=True))
     x = torch.randint(0, 50257, (4, 64), device="cuda")
     y = torch.randint(0, 50257, (4, 64), device="cuda")
     losses, grads = [], []
@@ -206,7 +208,7 @@ def test_every_gpt_op_gets_an_explicit_inductor_fallback(caplog):
     from torch._inductor.lowering import lowerings
 
     from pipeline.gpt import cublaslt  # noqa: F401  (defines its ops)
-    from pipeline.gpt.model import register_inductor_fallbacks
+    from pipeline.gpt.fast.model import register_inductor_fallbacks
     register_inductor_fallbacks()
     packets = [getattr(torch.ops.gpt, name) for name in dir(torch.ops.gpt)]
     overloads = [getattr(p, o) for p in packets if isinstance(p, torch._ops.OpOverloadPacket)
@@ -216,9 +218,8 @@ def test_every_gpt_op_gets_an_explicit_inductor_fallback(caplog):
     assert all(o in lowerings for o in overloads)
     # and compiling the fused-residual model (all these ops) lowers none of them implicitly
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=100, padded_vocab_size=128, n_layer=3, n_head=2, n_embd=32))
-    model.set_cublaslt(True)
-    model.fused_loss, model.fused_residual = True, True
+    model = FastGPT(GPT(GPTConfig(block_size=16, vocab_size=100, padded_vocab_size=128, n_layer=3, n_head=2,
+                                  n_embd=32)), FUSED)
     torch._dynamo.reset()
     x, y = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
     with caplog.at_level(logging.INFO, logger="torch._inductor.graph"), \

@@ -11,6 +11,8 @@ from pipeline.gpt import checkpoint as ckpt  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import MT19937, DataLoader, random_permutation  # noqa: E402
 from pipeline.gpt.logs import parse_log  # noqa: E402
+from pipeline.gpt.fast.model import FastGPT  # noqa: E402
+from pipeline.gpt.fast.plan import FastPlan  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 from pipeline.shards.llmc import write_shard  # noqa: E402
 
@@ -70,14 +72,14 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(shards, tmp_path):
     assert open(os.path.join(a, final), "rb").read() == open(os.path.join(b, final), "rb").read()
 
 
-def test_eager_and_flash_attention_agree():
+def test_eager_attention_plan_agrees_with_the_reference():
+    """--attention eager (the T x T matrix, a fast-path plan) computes the reference's function."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64), attention="flash")
+    model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64))
     x = torch.randint(0, 50257, (2, 64))
     with torch.no_grad():
         flash, lf = model(x, x)
-        model.set_attention("eager")
-        eager, le = model(x, x)
+        eager, le = FastGPT(model, FastPlan(attention="eager"))(x, x)
     assert torch.allclose(flash, eager, atol=1e-5, rtol=1e-4)
     assert abs(lf.item() - le.item()) < 1e-5
 

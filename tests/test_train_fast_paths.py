@@ -14,13 +14,15 @@ torch = pytest.importorskip("torch")
 from pipeline.gpt import cublaslt  # noqa: E402
 from pipeline.gpt import train as tr  # noqa: E402
 from pipeline.gpt.data import DataLoader  # noqa: E402
+from pipeline.gpt.fast.model import FastGPT  # noqa: E402
+from pipeline.gpt.fast.plan import FastPlan  # noqa: E402
 from pipeline.gpt.logs import parse_log  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 from pipeline.gpt.step import clip_and_update  # noqa: E402
 from pipeline.shards.llmc import write_shard  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.gpu  # skipped without CUDA (conftest.py)
 
 
 @pytest.fixture(autouse=True)
@@ -48,13 +50,9 @@ def _grads(model, x, y, device_type):
 
 def _assert_cublaslt_model_matches_plain(ones_column):
     torch.manual_seed(0)
-    plain = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
-    plain.fused_loss = True
-    fast = copy.deepcopy(plain)
-    fast.set_cublaslt(True)
-    assert all(b.mlp.fused and b.attn.tuned for b in fast.transformer.h) and fast.tuned_head
-    for block in fast.transformer.h:
-        block.ones_column = ones_column
+    model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
+    plain = FastGPT(model, FastPlan(fused_loss=True))
+    fast = FastGPT(copy.deepcopy(model), FastPlan(fused_loss=True, matmul="cublaslt", ones_column=ones_column))
     x, y = torch.randint(0, 50257, (2, 32)), torch.randint(0, 50257, (2, 32))
     loss_a, ga = _grads(plain, x, y, "cpu")
     loss_b, gb = _grads(fast, x, y, "cpu")
@@ -65,9 +63,9 @@ def _assert_cublaslt_model_matches_plain(ones_column):
 
 
 def test_cublaslt_model_matches_plain_model_on_cpu_reference_ops():
-    """set_cublaslt routes the MLP, attention projections and classifier through the custom ops;
-    their CPU reference math must give the plain model's loss and gradients."""
-    _assert_cublaslt_model_matches_plain(ones_column=None)  # eager: the plain layout
+    """matmul="cublaslt" routes the MLP, attention projections and classifier through the custom
+    ops; their CPU reference math must give the plain model's loss and gradients."""
+    _assert_cublaslt_model_matches_plain(ones_column=False)
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
@@ -169,9 +167,9 @@ def test_cublaslt_model_with_ones_column_matches_plain_model(monkeypatch):
 @pytest.mark.parametrize("optimizer", ["torch_fused", "trainer"])
 @pytest.mark.parametrize("grad_scale", [5.0, 1e-4])  # clipped / not clipped
 def test_fused_adamw_clip_equals_clip_grad_norm(grad_scale, optimizer):
-    """clip_and_update hands fused AdamW the clip divisor (grad_scale) instead of rescaling the
-    gradients (PyTorch's, as under ZeRO), or the trainer's AdamW does clip and update in its
-    `clip_and_step`: same norm, same update as clip_grad_norm_ + a plain AdamW step."""
+    """The trainer's AdamW does clip and update in its `clip_and_step`; with PyTorch's fused AdamW
+    underneath ("torch-fused" plans) the clip divisor goes into the kernel (grad_scale) instead of
+    rescaling the gradients: same norm, same update as clip_grad_norm_ + a plain AdamW step."""
     from pipeline.gpt.adamw import AdamW
     torch.manual_seed(0)
     pa = [torch.randn(1000, requires_grad=True) for _ in range(3)]
@@ -183,7 +181,7 @@ def test_fused_adamw_clip_equals_clip_grad_norm(grad_scale, optimizer):
         fused = AdamW(pa, lr=1e-2, weight_decay=0.1)
         plain = torch.optim.AdamW(pb, lr=1e-2, weight_decay=0.1, foreach=False)
     else:
-        fused = torch.optim.AdamW(pa, lr=1e-2, fused=True)
+        fused = AdamW(pa, lr=1e-2, fused=True, triton=False)
         plain = torch.optim.AdamW(pb, lr=1e-2, foreach=False)
     norm = clip_and_update(pa, fused)
     want = torch.nn.utils.clip_grad_norm_(pb, 1.0)
@@ -268,14 +266,14 @@ def test_step_readback_times_are_gpu_step_durations():
     assert max(times) < 1.5 * min(times), times  # the last step is not cut short
 
 
-def _tiny_setup(shard_glob, B, T, accum_tokens):
+def _tiny_trainer(shard_glob, B, T, accum, graphs):
     argv = ["-i", shard_glob, "-e", "d2", "-1c", "128", "-1h", "4", "-b", str(B), "-t", str(T),
-            "-d", str(accum_tokens), "--compile", "0", "--quiet"]
+            "-d", str(B * T * accum), "--compile", "0", "--cublaslt", "1", "--cuda-graphs", str(graphs),
+            "--quiet"]
     args = tr.parse_args(argv)
     run = tr.Run(args)
     raw = tr.build_model(args, run, -1)
-    raw.set_cublaslt(cublaslt.available(run.device))
-    return args, run, raw
+    return run, tr.build_trainer(args, run, raw, accum, 8 * B * T * accum)
 
 
 @cuda
@@ -284,10 +282,8 @@ def test_graph_replay_matches_ordinary_steps(shard_glob, accum):
     B, T = 4, 64
     losses = {}
     for graphs in (0, 1):
-        args, run, raw = _tiny_setup(shard_glob, B, T, B * T * accum)
-        args.cuda_graphs = graphs
-        opt = tr.make_optimizer(raw, args, run)
-        step = tr.make_step_fn(args, run, raw, raw, opt, accum)
+        run, (plan, _, _, _, step) = _tiny_trainer(shard_glob, B, T, accum, graphs)
+        assert plan.cuda_graphs == bool(graphs)
         batches = tr.batch_source(DataLoader(shard_glob, B, T), run)
         out = []
         for i in range(8):
@@ -304,7 +300,8 @@ def test_graph_replay_matches_ordinary_steps(shard_glob, accum):
 def test_trainer_graphs_on_cuda_and_short_run_defaults(shard_glob, tmp_path):
     """CUDA graphs: checkpoints (with lr as a device tensor in the optimizer under graph replay) are
     written, and a resumed run continues on the same losses. A model this small on a run this short
-    skips the fast paths' set-up by default (skip_fast_setup): cuBLASLt stays off unless asked for."""
+    skips the fast paths' set-up by default (the plan's short-run rule): cuBLASLt stays off unless
+    asked for."""
     out, resumed = str(tmp_path / "gpu_run"), str(tmp_path / "gpu_resumed")
     common = ["-i", shard_glob, "-e", "d2", "-1c", "128", "-1h", "4", "-b", "4", "-t", "64", "-x", "12",
               "-l", "3e-3", "-n", "6", "--compile", "0", "--cuda-graphs", "1", "--quiet", "--save-dtype", "fp32"]

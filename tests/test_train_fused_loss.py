@@ -1,10 +1,13 @@
 """The fused classifier loss (`linear_cross_entropy`): same loss and gradients as autograd's
-cross-entropy on the logits, padding untouched, traceable by torch.compile, CPU default unchanged."""
+cross-entropy on the logits (the reference model's `GPT.loss`), padding untouched, traceable by
+torch.compile, and only where gradients are wanted."""
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from pipeline.gpt import model as gm  # noqa: E402
+from pipeline.gpt.fast import loss as gm  # noqa: E402
+from pipeline.gpt.fast.model import FastGPT  # noqa: E402
+from pipeline.gpt.fast.plan import FastPlan  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 
 SMALL = GPTConfig(block_size=32, vocab_size=100, padded_vocab_size=128, n_layer=1, n_head=2,
@@ -24,8 +27,7 @@ def small_model(seed=0):
 
 def loss_and_grads(model, x, y, fused, scale=1.0):
     model.zero_grad(set_to_none=True)
-    model.fused_loss = fused
-    _, loss = model(x, y, return_logits=False)
+    _, loss = FastGPT(model, FastPlan(fused_loss=fused))(x, y, return_logits=False)
     (loss * scale).backward()  # scale: the trainer's 1/accum on each micro-batch
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -52,24 +54,29 @@ def test_cross_entropy_grad_op_overwrites_logits_with_softmax_minus_onehot():
     ref = torch.nn.functional.cross_entropy(masked, targets, reduction="none")
     ref.sum().backward()
     buf = logits.clone()
-    losses = gm.cross_entropy_grad_(buf, targets, 100)
+    losses = gm.cross_entropy_grad_(buf, targets, 100, "torch")
     assert torch.allclose(losses, ref.detach(), atol=1e-5)
     assert torch.allclose(buf, leaf.grad, atol=1e-6)
     assert (buf[:, 100:] == 0).all()
 
 
-def test_cpu_default_keeps_the_plain_loss_and_eval_paths():
-    """fused_loss=None means CUDA only: on CPU training, evaluation and logits are untouched."""
+def test_unfused_plan_and_evaluation_keep_the_reference_loss():
+    """Without the fused loss the fast path computes the reference model's loss and gradients
+    op for op; with it, evaluation (no gradients) and logits still take the plain loss."""
     model = small_model()
     x = torch.randint(0, 100, (2, 32))
-    ref_loss, ref = loss_and_grads(model, x, x, fused=False)
-    loss, got = loss_and_grads(model, x, x, fused=None)
-    assert torch.equal(loss, ref_loss)
+    model.zero_grad(set_to_none=True)
+    _, ref_loss = model(x, x, return_logits=False)
+    ref_loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss, got = loss_and_grads(model, x, x, fused=False)
+    assert torch.equal(loss, ref_loss.detach())
     assert all(torch.equal(got[n], g) for n, g in ref.items())
-    model.fused_loss = True
+    fast = FastGPT(model, FastPlan(fused_loss=True))
     with torch.no_grad():  # no gradient wanted: the plain loss, no gradient buffer written
-        _, val = model(x, x, return_logits=False)
-        logits, with_logits = model(x, x)
+        _, val = fast(x, x, return_logits=False)
+        logits, with_logits = fast(x, x)
+    ref_loss = ref_loss.detach()
     assert torch.equal(val, ref_loss) and torch.equal(with_logits, ref_loss)
     assert logits.shape == (2, 32, SMALL.vocab_size)
 
@@ -80,9 +87,8 @@ def test_fused_loss_under_bf16_autocast_keeps_fp32_gradients():
     out = {}
     for fused in (False, True):
         model.zero_grad(set_to_none=True)
-        model.fused_loss = fused
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, loss = model(x, x, return_logits=False)
+            _, loss = FastGPT(model, FastPlan(fused_loss=fused))(x, x, return_logits=False)
         loss.backward()
         out[fused] = loss.item(), model.transformer.wte.weight.grad.clone()
     assert out[True][1].dtype == torch.float32
@@ -93,10 +99,9 @@ def test_fused_loss_under_bf16_autocast_keeps_fp32_gradients():
 
 def test_fused_loss_compiles_into_one_graph():
     model = small_model()
-    model.fused_loss = True
     x = torch.randint(0, 100, (2, 32))
     ref_loss, ref = loss_and_grads(model, x, x, fused=True)
-    compiled = torch.compile(model, fullgraph=True)  # a graph break would raise here
+    compiled = torch.compile(FastGPT(model, FastPlan(fused_loss=True)), fullgraph=True)  # a graph break would raise here
     model.zero_grad(set_to_none=True)
     _, loss = compiled(x, x, return_logits=False)
     loss.backward()
@@ -105,14 +110,13 @@ def test_fused_loss_compiles_into_one_graph():
         assert torch.allclose(p.grad, ref[name], rtol=1e-4, atol=1e-6), name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (Triton kernel)")
-def test_triton_kernel_matches_reference_math(monkeypatch):
-    monkeypatch.setenv("GPT_CUDA_LOSS", "0")  # Hopper would take pipeline/gpt/loss_kernel.py
+@pytest.mark.gpu
+def test_triton_kernel_matches_reference_math():
     torch.manual_seed(0)
     logits = (4 * torch.randn(64, 50304, device="cuda")).bfloat16()
     targets = torch.randint(0, 50257, (64,), device="cuda")
     got, ref = logits.clone(), logits.clone()
-    losses = gm.cross_entropy_grad_(got, targets, 50257)
+    losses = gm.cross_entropy_grad_(got, targets, 50257, "triton")
     ref_losses = gm._cross_entropy_grad_reference(ref, targets, 50257)
     assert torch.allclose(losses, ref_losses, atol=1e-4)
     assert (got.float() - ref.float()).abs().max() < 1e-3  # bf16 rounding of values in [-1, 1]

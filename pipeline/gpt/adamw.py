@@ -32,11 +32,11 @@ embedding's in the update.
 
 The state (`step`, `exp_avg`, `exp_avg_sq` per parameter) and `state_dict()` are PyTorch's, so
 checkpoints move between this and `torch.optim.AdamW`. Off CUDA, without Triton, or with
-`GPT_TRITON_ADAMW=0`, the same step runs through PyTorch's AdamW (its fused kernel on CUDA).
+`triton=False` (the plan's `adamw="torch"`), the same step runs through PyTorch's AdamW (its fused
+kernel on CUDA).
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, NamedTuple, Optional
 
 import torch
@@ -208,11 +208,36 @@ class MirrorView(NamedTuple):
                                  tensor.storage_offset() + self.offset).view(shape)
 
 
-class AdamW(torch.optim.AdamW):
-    """`torch.optim.AdamW` plus `clip_and_step()` (Triton on CUDA) and bf16 weight mirrors."""
+def clip_and_torch_step(optimizer: torch.optim.Optimizer, max_norm: float = 1.0,
+                        params=None) -> torch.Tensor:
+    """llm.c's global-norm clip over `params` (default: the optimizer's), then a PyTorch
+    optimizer's step; returns the norm before clipping. PyTorch's fused AdamW takes the clip as its
+    divisor (`grad_scale`, every gradient divided by max((norm + 1e-6) / max_norm, 1), exactly
+    clip_grad_norm_'s factor) instead of a pass that rescales the gradients in memory; any other
+    optimizer gets clip_grad_norm_."""
+    if params is None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+    params = [p for p in params if p.grad is not None]
+    if isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused"):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+        try:
+            optimizer.step()
+        finally:
+            optimizer.grad_scale = None
+        return norm
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    return norm
 
-    def __init__(self, params, **kwargs):
+
+class AdamW(torch.optim.AdamW):
+    """`torch.optim.AdamW` plus `clip_and_step()` (Triton on CUDA unless `triton=False`) and bf16
+    weight mirrors."""
+
+    def __init__(self, params, triton: bool = True, **kwargs):
         super().__init__(params, **kwargs)
+        self.use_triton = bool(triton)
         self.mirrors: Dict[torch.Tensor, MirrorView] = {}  # float32 parameter -> its place in a bf16 leaf
         self._launches: Optional[List[_Launch]] = None
         self._launch_key = None
@@ -305,7 +330,7 @@ class AdamW(torch.optim.AdamW):
 
     def _triton_ready(self) -> bool:
         params = [p for g in self.param_groups for p in g["params"]]
-        return (triton is not None and os.environ.get("GPT_TRITON_ADAMW", "1") != "0"
+        return (triton is not None and self.use_triton
                 and all(p.is_cuda and p.dtype == torch.float32 for p in params)
                 and not self.defaults.get("amsgrad") and not self.defaults.get("maximize"))
 
@@ -317,17 +342,7 @@ class AdamW(torch.optim.AdamW):
                 p.grad = view.of(view.mirror.grad, p.shape).float()
                 if own is not None:  # a tied weight: its own gradient plus the mirror's
                     p.grad = own + p.grad
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if self.defaults.get("fused"):  # the divisor inside the fused kernel, not a pass over grads
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            self.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
-            try:
-                self.step()
-            finally:
-                self.grad_scale = None
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            self.step()
+        norm = clip_and_torch_step(self, max_norm)
         with torch.no_grad():
             for p, view in self.mirrors.items():
                 view.of(view.mirror, p.shape).copy_(p)

@@ -189,27 +189,17 @@ def load_flat_into(model: GPT, flat: np.ndarray, path: str = "<flat>") -> None:
             offset += n
 
 
-def load_model(path: str, device: str = "cpu", attention: str = "flash",
-               recompute: bool = False) -> GPT:
+def load_model(path: str, device: str = "cpu") -> GPT:
     """Build a GPT from an llm.c model file (fp32 or bf16); parameters are fp32 on `device`."""
     config, dtype = read_model_header(path)
     flat = read_params(path, config, dtype)
     with torch.device("meta"):
-        model = GPT(config, attention=attention, recompute=recompute)
+        model = GPT(config)
     # Materialise on the target device without paying for a random init we'd overwrite anyway.
     model = model.to_empty(device="cpu")
     model.lm_head.weight = model.transformer.wte.weight  # re-tie after to_empty
-    _restore_buffers(model)
     load_flat_into(model, flat, path)
     return model.to(device)
-
-
-def _restore_buffers(model: GPT) -> None:
-    """Non-persistent buffers (the causal mask) come out of to_empty() uninitialised."""
-    T = model.config.block_size
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool)).view(1, 1, T, T)
-    for block in model.transformer.h:
-        block.attn.causal_mask = mask
 
 
 def check_shape(config: GPTConfig, path: str, n_layer: int = None, n_head: int = None,

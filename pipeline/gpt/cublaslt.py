@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 from typing import Dict, Optional, Tuple
 
@@ -182,9 +181,10 @@ class _CublasLt:
     def _tune(self, key, candidates, args, ws, stream, fallback) -> int:
         """Index of the fastest candidate, or -1 for the PyTorch fallback.
 
-        Each is timed eagerly (3 calls after a warm-up), or with TUNE_IN_GRAPH as TUNE_CALLS
-        back-to-back calls replayed from one CUDA graph (eagerly where capture fails); see
-        TUNE_IN_GRAPH for why eager is the default."""
+        Each is timed eagerly: 3 calls after a warm-up. (Timing each inside a CUDA graph of 10
+        back-to-back calls picked faster algorithms for 7 of the default step's 15 shapes, yet the
+        whole step ran 1.0 ms slower with those picks (H100, B=32: 58.11 vs 57.09 ms per step),
+        likely because back-to-back calls keep operands in L2 where the real step does not.)"""
         def lt(result):
             def run():  # on whatever stream is current: the capture stream while capturing
                 tail = (ctypes.c_void_p(ws.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES),
@@ -200,21 +200,6 @@ class _CublasLt:
             end.synchronize()
             return start.elapsed_time(end) / calls
 
-        def graph_timed(run) -> float:
-            try:
-                run()  # warm-up, eagerly: an algorithm that cannot run fails here, not in capture
-                graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream(stream.device)
-                side.wait_stream(stream)
-                # thread_local: the trainer's batch prefetch may use CUDA from another thread
-                with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-                    for _ in range(TUNE_CALLS):
-                        run()
-                stream.wait_stream(side)
-                graph.replay()
-                return elapsed(graph.replay, TUNE_CALLS)
-            except RuntimeError:
-                return float("inf")
-
         def eager_timed(run) -> float:
             try:
                 run()
@@ -227,11 +212,7 @@ class _CublasLt:
                 return float("inf")
 
         runs = [lt(result) for result in candidates] + ([fallback] if fallback is not None else [])
-        times, how = [], "eager"
-        if TUNE_IN_GRAPH:
-            times, how = [graph_timed(run) for run in runs], "graph"
-        if min(times, default=float("inf")) == float("inf"):  # not asked for, or no capture here
-            times, how = [eager_timed(run) for run in runs], "eager"
+        times, how = [eager_timed(run) for run in runs], "eager"
         if fallback is None:
             times.append(float("inf"))
         times, torch_ms = times[:-1], times[-1]
@@ -245,13 +226,6 @@ class _CublasLt:
         return chosen
 
 
-# Candidate matmul algorithms are timed eagerly (one call at a time) by default. GPT_TUNE_IN_GRAPH=1
-# (or TUNE_IN_GRAPH = True) times each inside a CUDA graph of TUNE_CALLS calls instead: per call
-# that picked faster algorithms for 7 of the default step's 15 shapes, yet the whole step ran
-# 1.0 ms slower with those picks (H100, B=32: 58.11 vs 57.09 ms per step), likely because
-# ten back-to-back calls keep operands in L2 where the real step does not.
-TUNE_IN_GRAPH = os.environ.get("GPT_TUNE_IN_GRAPH", "0") == "1"
-TUNE_CALLS = 10
 _CANDIDATES = 16
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
@@ -407,22 +381,15 @@ def _(dy, x, w_fc, w_proj, h, pre, epilogue, fc_grad_width=0):
             w_proj.new_empty(w_proj.shape))
 
 
-# The GELU gradient inside c_proj's input-gradient matmul (epilogue DGELU) rather than PyTorch's
-# gelu_backward after it. (DGELU_BGRAD, which would also sum the c_fc bias gradient, runs a
-# separate slow reduction kernel in cuBLAS 13: 0.9 ms against 0.38 ms on H100; not used.)
-DGELU_EPILOGUE = True
-
-
 @mlp_backward.register_kernel("cuda")
 def _(dy, x, w_fc, w_proj, h, pre, epilogue, fc_grad_width=0):
     if not epilogue:
         return _mlp_backward_reference(dy, x, w_fc, w_proj, h, pre, epilogue, fc_grad_width)
     w_fc, w_proj = _rows(w_fc), _rows(w_proj)  # w_fc may be a view into a [W | b] mirror
-    if DGELU_EPILOGUE:
-        dpre = lt_mm(dy, w_proj, False, False, _EPILOGUE_DGELU, aux=pre.contiguous())
-    else:
-        dpre = torch.ops.aten.gelu_backward(lt_mm(dy, w_proj, False, False, _EPILOGUE_DEFAULT), pre,
-                                            approximate="tanh")
+    # The GELU gradient inside c_proj's input-gradient matmul (epilogue DGELU) rather than
+    # PyTorch's gelu_backward after it. (DGELU_BGRAD, which would also sum the c_fc bias gradient,
+    # runs a separate slow reduction kernel in cuBLAS 13: 0.9 ms against 0.38 ms on H100.)
+    dpre = lt_mm(dy, w_proj, False, False, _EPILOGUE_DGELU, aux=pre.contiguous())
     grad_x = _grad_columns(x, w_fc)  # into the first columns of a mirror-wide gradient, if asked
     dw_fc = _mm_padded(dpre, grad_x, True, False, max(fc_grad_width, grad_x.size(1)))
     return (_mm_padded(dpre, w_fc, False, False, x.size(1)), dw_fc, dpre,
@@ -701,7 +668,7 @@ _check_error: Dict[int, str] = {}
 def available(device: Optional[torch.device] = None) -> bool:
     """Whether the fused MLP runs on this CUDA device and matches PyTorch's bf16 MLP (checked once:
     outputs and all five gradients against the same math through PyTorch's own kernels)."""
-    if not torch.cuda.is_available() or os.environ.get("GPT_FUSED_MLP", "1") == "0":
+    if not torch.cuda.is_available():
         return False
     index = torch.cuda.current_device() if device is None or device.index is None else device.index
     if index not in _checked:

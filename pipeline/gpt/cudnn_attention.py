@@ -9,13 +9,13 @@ packed gradient that c_attn's backward matmuls read: 1.17 ms per GPT-2 124M step
 so here dq, dk and dv are strided views of the packed gradient and the copy never happens
 (llm.c's cuDNN build does the same). Per layer, forward + backward inside a CUDA graph: 0.726 ms
 against 0.824 ms for SDPA with autograd (H100); the whole default step: 0.9-1.1 ms faster.
-The first call of a shape times every execution plan cuDNN offers and keeps the fastest
-(`GPT_CUDNN_TUNE=0`: its heuristic's first choice).
+The first call of a shape times every execution plan cuDNN offers and keeps the fastest (with
+`tune_plans=False`, `pipeline train --cudnn-tune 0`: its heuristic's first choice).
 
 The frontend is an optional package. It loads the same libcudnn that PyTorch loaded (its own
 search misses the CUDA 13 wheels' layout). `available()` builds the graphs for the training shape
 and checks them once against PyTorch's SDPA; the trainer keeps SDPA when the package is missing,
-the check fails, or `GPT_CUDNN_ATTENTION=0`. The two ops are `torch.library` custom ops with
+or the check fails. The two ops are `torch.library` custom ops with
 reference math off CUDA (what the CPU tests run), so torch.compile and CUDA graphs treat them as
 opaque kernels: each call sets the frontend handle's stream to PyTorch's current stream and takes
 its workspace from PyTorch's allocator, which a graph capture redirects to the graph's pool.
@@ -26,16 +26,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import os
 import threading
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-
-# Time every execution plan cuDNN offers for a shape and keep the fastest (GPT_CUDNN_TUNE=0: take
-# cuDNN's heuristic first choice).
-TUNE_PLANS = os.environ.get("GPT_CUDNN_TUNE", "1") != "0"
 
 _lock = threading.Lock()
 _reasons: Dict[int, str] = {}
@@ -62,8 +57,6 @@ def _torch_libcudnn() -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _frontend():
     """The `cudnn` frontend module bound to PyTorch's libcudnn, or the reason it can't be had (str)."""
-    if os.environ.get("GPT_CUDNN_ATTENTION", "1") == "0":
-        return "GPT_CUDNN_ATTENTION=0"
     if not torch.cuda.is_available():
         return "no CUDA"
     libcudnn = _torch_libcudnn()
@@ -88,7 +81,8 @@ def _frontend():
 class _Graphs:
     """cuDNN's forward and backward attention graphs for one (B, T, heads, head_dim) on one GPU."""
 
-    def __init__(self, cudnn, handle, B: int, T: int, H: int, hd: int, device: torch.device):
+    def __init__(self, cudnn, handle, B: int, T: int, H: int, hd: int, device: torch.device,
+                 tune_plans: bool = True):
         self.cudnn, self.handle, self.shape = cudnn, handle, (B, T, H, hd)
         dt = cudnn.data_type
         scale = 1.0 / math.sqrt(hd)
@@ -109,7 +103,7 @@ class _Graphs:
         # Tuning builds every candidate plan and runs the fastest by index; without it only cuDNN's
         # first choice is built, which `execute` runs. (With every plan built, plain `execute` ran
         # slower plans: 62.4 ms per default step against 55.6 tuned, H100.)
-        tune = TUNE_PLANS and not torch.cuda.is_current_stream_capturing()
+        tune = tune_plans and not torch.cuda.is_current_stream_capturing()
         self.forward_graph, self.forward_tensors = self._build(fwd, tune), (tq, tk, tv, to, tstats)
 
         bwd = cudnn.pygraph(io_data_type=dt.BFLOAT16, intermediate_data_type=dt.FLOAT,
@@ -222,7 +216,7 @@ _handles: Dict[int, object] = {}
 _graphs: Dict[Tuple[int, int, int, int, int], _Graphs] = {}
 
 
-def _graphs_for(qkv: torch.Tensor, n_head: int) -> _Graphs:
+def _graphs_for(qkv: torch.Tensor, n_head: int, tune_plans: bool = True) -> _Graphs:
     cudnn = _frontend()
     if isinstance(cudnn, str):
         raise RuntimeError(cudnn)
@@ -235,7 +229,7 @@ def _graphs_for(qkv: torch.Tensor, n_head: int) -> _Graphs:
             with torch.cuda.device(index):
                 if index not in _handles:
                     _handles[index] = cudnn.create_handle()
-                _graphs[key] = _Graphs(cudnn, _handles[index], B, T, n_head, hd, qkv.device)
+                _graphs[key] = _Graphs(cudnn, _handles[index], B, T, n_head, hd, qkv.device, tune_plans)
         return _graphs[key]
 
 
@@ -360,9 +354,11 @@ def _self_check(device: torch.device, B: int, T: int, H: int, hd: int) -> Option
     return None
 
 
-def available(device: torch.device, batch: int, seq_len: int, n_head: int, head_dim: int) -> bool:
+def available(device: torch.device, batch: int, seq_len: int, n_head: int, head_dim: int,
+              tune_plans: bool = True) -> bool:
     """True if the frontend's attention builds for this training shape and its output and packed
-    gradient match PyTorch's SDPA there. Cached per device and shape."""
+    gradient match PyTorch's SDPA there. Cached per device and shape. `tune_plans`: time every
+    execution plan for the shape and keep the fastest (else cuDNN's heuristic first choice)."""
     key = (device.index or 0, batch, seq_len, n_head, head_dim)
     if key in _checked:
         return _checked[key]
@@ -374,6 +370,8 @@ def available(device: torch.device, batch: int, seq_len: int, n_head: int, head_
         try:
             # at the training shape itself: builds (and times) the graphs and plans the steps will
             # use now rather than mid-capture, and checks exactly those
+            like = torch.empty(batch, seq_len, 3 * n_head * head_dim, device=device, dtype=torch.bfloat16)
+            _graphs_for(like, n_head, tune_plans)
             reason = _self_check(device, batch, seq_len, n_head, head_dim)
             ok = reason is None
             if reason:

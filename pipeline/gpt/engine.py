@@ -15,7 +15,8 @@ the attention with a cached one, so whatever weights the model holds are the wei
   kernels, and launching them from Python one by one costs more than running them. At batch 1 the
   step is still bound by kernel count, so fused kernels cut it (each used only after a numerical
   self-check against the plain PyTorch ops, else the engine falls back to those): bias+GELU in
-  cuBLASLt's matmul epilogue; residual add + bias + the next LayerNorm in one Triton kernel;
+  cuBLASLt's matmul epilogue; residual add + bias + the next LayerNorm in one Triton kernel (the
+  trainer's `residual_norm` forward);
   position ids + both embeddings + the first LayerNorm in one; and a Triton decode-attention
   kernel that writes the new key/value and attends over exactly the slots in use (bounds read from
   device memory, so one graph serves every step). Without it, attention reads a power-of-two
@@ -102,20 +103,6 @@ if triton is not None:
         w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
         lb = tl.load(LB + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(H + cols, (d * rstd * w + lb).to(H.dtype.element_ty), mask=m)
-
-
-    @triton.jit
-    def _add_ln_kernel(X, Y, BIAS, W, LB, XO, H, C, eps, BLOCK: tl.constexpr):
-        """One row: xo = x + y + bias (rounded to x's dtype, as the unfused add would), h = LN(xo)."""
-        row = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        m = cols < C
-        x = tl.load(X + row * C + cols, mask=m, other=0.0).to(tl.float32)
-        y = tl.load(Y + row * C + cols, mask=m, other=0.0).to(tl.float32)
-        b = tl.load(BIAS + cols, mask=m, other=0.0).to(tl.float32)
-        s = (x + (y + b).to(XO.dtype.element_ty).to(tl.float32)).to(XO.dtype.element_ty)
-        tl.store(XO + row * C + cols, s, mask=m)
-        _layer_norm_row(s.to(tl.float32), cols, m, W, LB, H + row * C, C, eps)
 
 
     @triton.jit
@@ -320,19 +307,19 @@ def _decode_attn_works(device: torch.device, head_dim: int, splits: Sequence[int
 
 
 def _add_ln_works(device: torch.device) -> bool:
-    """Whether the fused residual+LayerNorm kernel runs here and matches PyTorch's ops."""
+    """Whether `residual_norm`'s forward kernel (the trainer's fused residual add + LayerNorm)
+    runs here and matches PyTorch's ops."""
     if triton is None or device.type != "cuda":
         return False
     try:
+        from pipeline.gpt.residual_norm import residual_norm_forward
         g = torch.Generator(device="cpu").manual_seed(0)
         C = 96  # not a power of two: exercises the masked tail
         x, y, w, b, lw, lb = (torch.randn(shape, generator=g).to(device)
                               for shape in ((5, C), (5, C), (C, C), (C,), (C,), (C,)))
         want_x = x + F.linear(y, w, b)
         want_h = F.layer_norm(want_x, (C,), lw, lb, 1e-5)
-        got_x, got_h = torch.empty_like(x), torch.empty_like(x)
-        _add_ln_kernel[(5,)](x, F.linear(y, w), b, lw, lb, got_x, got_h, C, 1e-5,
-                             BLOCK=triton.next_power_of_2(C))
+        got_x, got_h, _, _ = residual_norm_forward(x, F.linear(y, w), b, lw, lb, C, 1e-5)
         return bool(torch.allclose(got_x, want_x, rtol=1e-5, atol=1e-5)
                     and torch.allclose(got_h, want_h, rtol=1e-4, atol=1e-4))
     except Exception:  # any compile/launch failure: fall back to the unfused ops
@@ -510,17 +497,18 @@ class Engine:
 
     def _residual_ln(self, x: torch.Tensor, inp: torch.Tensor, proj, ln) -> Tuple[torch.Tensor, torch.Tensor]:
         """x + proj(inp), and the LayerNorm of that: the residual add of one sub-layer and the
-        normalisation opening the next. On CUDA one Triton kernel does the bias add, the residual add
-        and the LayerNorm (three launches of a few microseconds each at batch 1, otherwise)."""
+        normalisation opening the next. On CUDA the trainer's fused op (`residual_norm`) does the
+        bias add, the residual add and the LayerNorm in one kernel (three launches of a few
+        microseconds each at batch 1, otherwise)."""
         if not self.fuse_ln:
             x = x + proj(inp)
             return x, ln(x)
+        from pipeline.gpt.residual_norm import residual_norm_forward
+        C = x.size(-1)
         out = F.linear(inp, proj.weight)
-        new_x, h = torch.empty_like(x), torch.empty_like(x)
-        rows, C = x.numel() // x.size(-1), x.size(-1)
-        _add_ln_kernel[(rows,)](x, out, proj.bias, ln.weight, ln.bias, new_x, h, C, ln.eps,
-                                BLOCK=triton.next_power_of_2(C))
-        return new_x, h
+        new_x, h, _, _ = residual_norm_forward(x.reshape(-1, C), out.reshape(-1, C), proj.bias, ln.weight,
+                                               ln.bias, C, ln.eps)
+        return new_x.view(x.shape), h.view(x.shape)
 
     def _prefill(self, idx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape

@@ -20,7 +20,8 @@ arithmetic and writes. Measured on an H100 at B=32, T=1024:
 against 2.0e-3).
 
 `launch()` returns False where this kernel cannot run (no CUDA 9.x GPU, no NVRTC, an unusual
-shape, a failed self-check, `GPT_CUDA_LOSS=0`), and the caller runs the Triton kernel instead.
+shape, a failed self-check), and the caller runs the Triton kernel instead. `available()` says
+up front whether it runs on a device (the plan's `loss_kernel`, pipeline/gpt/fast/plan.py).
 """
 from __future__ import annotations
 
@@ -311,6 +312,11 @@ def _kernel_for(device: torch.device) -> Optional[_Kernel]:
         return _kernels.get(index)
 
 
+def available(device: torch.device) -> bool:
+    """Whether the kernel compiles and passes its self-check on this CUDA device (once)."""
+    return device.type == "cuda" and _kernel_for(device) is not None
+
+
 def unavailable_reason(index: int = 0) -> str:
     return _failed.get(index, "")
 
@@ -330,7 +336,7 @@ def launch(logits: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, vo
     """Run the kernel (see the module docstring) if it can run here; False if not, with nothing
     written. logits: (rows, width) contiguous bf16, overwritten; targets: (rows,) int64 in
     [0, vocab); losses: (rows,) float32, written."""
-    if os.environ.get("GPT_CUDA_LOSS", "1") == "0" or not logits.is_cuda:
+    if not logits.is_cuda:
         return False
     if not supported(logits, targets, losses, vocab):
         return False

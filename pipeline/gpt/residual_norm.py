@@ -258,6 +258,8 @@ def _forward_triton(x, y, bias, weight, ln_bias, width, eps):
     rstd = x.new_empty((M,), dtype=torch.float32)
     launch = dict(FORWARD_LAUNCH)
     rows = launch.pop("ROWS")
+    if M < 2 * rows * _sm_count(x.device.index):  # decoding (a row per sequence): one row a program
+        rows = 1
     pad = width - C
     _kernels()[0][(triton.cdiv(M, rows),)](
         x, y, bias, weight, ln_bias, x_new, h, mean, rstd, M, C, width, eps,

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from pipeline.gpt.adamw import AdamW
+from pipeline.gpt.adamw import AdamW, clip_and_torch_step
 
 
 def micro_step(model, x: torch.Tensor, y: torch.Tensor, accum: int, run) -> torch.Tensor:
@@ -26,25 +26,12 @@ def micro_step(model, x: torch.Tensor, y: torch.Tensor, accum: int, run) -> torc
 def clip_and_update(params, optimizer) -> torch.Tensor:
     """llm.c's global-norm clip at 1.0, then the AdamW update; returns the norm before clipping.
 
-    The trainer's own optimizer does both in its `clip_and_step` (`pipeline.gpt.adamw`). Otherwise
-    (ZeRO), with fused AdamW the clip factor goes into the update kernel, through the `grad_scale` input
-    it has for AMP (every gradient is divided by it), instead of a separate pass that rescales all
-    gradients in memory: max(norm + 1e-6, 1) is exactly the divisor clip_grad_norm_'s factor
-    1 / (norm + 1e-6), clamped at 1, multiplies by."""
+    The trainer's own optimizer does both in its `clip_and_step` (`pipeline.gpt.adamw`: one Triton
+    pass, or PyTorch's clip and AdamW); ZeRO's sharded optimizer goes through the same PyTorch clip
+    (`adamw.clip_and_torch_step`) over `params`, the model's parameters."""
     if isinstance(optimizer, AdamW):
         return optimizer.clip_and_step(1.0)
-    if isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused"):
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
-        optimizer.grad_scale = torch.clamp(norm + 1e-6, min=1.0)
-        try:
-            optimizer.step()
-        finally:
-            optimizer.grad_scale = None
-        return norm
-    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    return norm
+    return clip_and_torch_step(optimizer, 1.0, params)
 
 
 def train_step(model, raw, optimizer, batches, accum: int, run, lr: float):

@@ -39,33 +39,16 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from runinfo import run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
+from runinfo import descendants, proc_stat, run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
 
 
 def spark_cpu_s(jvm_pid: int) -> dict:
     """CPU seconds so far of the JVM itself, of the Python workers (every process under the JVM, live
     ones from /proc and reaped ones from the JVM's cutime/cstime) and of this driver process."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, times = {}, {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(name)] = int(fields[1])
-        times[int(name)] = [int(x) / tick for x in fields[11:15]]  # utime stime cutime cstime
-    children = {}
-    for p, pp in parent.items():
-        children.setdefault(pp, []).append(p)
-    jvm_times = times.get(jvm_pid, [0.0] * 4)
-    workers, stack = sum(jvm_times[2:]), list(children.get(jvm_pid, []))
-    while stack:
-        p = stack.pop()
-        workers += sum(times.get(p, [0.0] * 4))
-        stack.extend(children.get(p, []))
+    tick, table = os.sysconf("SC_CLK_TCK"), proc_stat()
+    jvm_times = [int(x) / tick for x in table[jvm_pid][11:15]] if jvm_pid in table else [0.0] * 4
+    workers = sum(jvm_times[2:]) + sum(sum(int(x) for x in table[p][11:15]) / tick
+                                       for p in descendants(table, jvm_pid))
     return {"jvm": sum(jvm_times[:2]), "python_workers": workers, "driver_python": self_cpu_s()}
 
 

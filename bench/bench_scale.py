@@ -44,7 +44,7 @@ import threading
 import time
 import urllib.request
 
-from runinfo import run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
+from runinfo import proc_stat, run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_NAMES = ("ingest", "dedup", "tokenize", "shards")
@@ -91,19 +91,8 @@ def tree_bytes(paths) -> int:
 def _proc_table():
     """pid -> (ppid, start time, own CPU s (utime + stime), rss bytes) for every readable process."""
     tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is stat(5)'s field 3 (state): utime, stime = 14, 15; starttime = 22; rss = 24
-        out[int(name)] = (int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / tick,
-                          int(fields[21]) * page)
-    return out
+    return {pid: (int(f[1]), int(f[19]), (int(f[11]) + int(f[12])) / tick, int(f[21]) * page)
+            for pid, f in proc_stat().items()}
 
 
 def _descendants(table, pid):

@@ -28,30 +28,46 @@ def run_info() -> dict:
             "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}
 
 
-def proc_tree_cpu_s(pid: int) -> float:
-    """CPU seconds of pid and its live descendants, plus their reaped children (for Spark: the JVM
-    and every Python worker under it)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, times = {}, {}
+def proc_stat() -> dict:
+    """pid -> the fields of /proc/<pid>/stat after the command name, for every readable process.
+    fields[0] is stat(5)'s field 3 (state); so ppid = fields[1], utime/stime/cutime/cstime =
+    fields[11:15], starttime = fields[19], rss (pages) = fields[21]."""
+    table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                table[int(name)] = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parent[int(name)] = int(fields[1])
-        times[int(name)] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
-    total, stack = 0.0, [pid]
+    return table
+
+
+def children_of(table: dict) -> dict:
+    """ppid -> [pid] from a proc_stat() table."""
     children = {}
-    for p, pp in parent.items():
-        children.setdefault(pp, []).append(p)
+    for pid, fields in table.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    return children
+
+
+def descendants(table: dict, pid: int) -> list:
+    """Every live process under pid (not pid itself) in a proc_stat() table."""
+    children, out, stack = children_of(table), [], list(children_of(table).get(pid, []))
     while stack:
         p = stack.pop()
-        total += times.get(p, 0.0)
+        out.append(p)
         stack.extend(children.get(p, []))
-    return total
+    return out
+
+
+def proc_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of pid and its live descendants, plus their reaped children (for Spark: the JVM
+    and every Python worker under it)."""
+    tick, table = os.sysconf("SC_CLK_TCK"), proc_stat()
+    return sum(sum(int(x) for x in table[p][11:15]) / tick  # utime stime cutime cstime
+               for p in [pid] + descendants(table, pid) if p in table)
 
 
 def self_cpu_s() -> float:

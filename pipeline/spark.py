@@ -26,7 +26,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Dict, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from pipeline.config import JobConfig, flag
 
@@ -147,7 +147,7 @@ def auto_shuffle_partitions(input_bytes: int, cores: int) -> int:
     return int(math.ceil(n / cores) * cores)
 
 
-def input_bytes(spark, paths: Sequence[str]) -> int:
+def input_bytes(spark, paths: Union[str, Sequence[str]]) -> int:
     """Total size of the files under `paths` (files, directories or globs; local or s3://), through
     Hadoop's file system, so S3 costs one listing per path rather than a request per file."""
     from pipeline import storage
@@ -163,7 +163,7 @@ def input_bytes(spark, paths: Sequence[str]) -> int:
     return int(total)
 
 
-def set_shuffle_partitions(spark, options: SparkOptions, paths: Sequence[str]) -> int:
+def set_shuffle_partitions(spark, options: SparkOptions, paths: Union[str, Sequence[str]]) -> int:
     """Set spark.sql.shuffle.partitions for a stage reading `paths`: --shuffle-partitions if given,
     else auto_shuffle_partitions. Returns the number set."""
     n = options.shuffle_partitions or auto_shuffle_partitions(input_bytes(spark, paths),

@@ -80,7 +80,7 @@ def run_stage(spark, stage: Stage, cfg, spark_opts: SparkOptions) -> dict:
     sc = spark.sparkContext
     sc.setJobGroup(stage.name, "pipeline stage %s" % stage.name)
     try:
-        set_shuffle_partitions(spark, spark_opts, [cfg.input] if isinstance(cfg.input, str) else cfg.input)
+        set_shuffle_partitions(spark, spark_opts, cfg.input)
         stats = dict(stage.plan.run(spark, cfg))
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)

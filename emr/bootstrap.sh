@@ -1,7 +1,7 @@
 #!/bin/bash
 # EMR bootstrap action: runs on every node (as user hadoop) before Spark/YARN start.
 #
-#   bootstrap.sh s3://bucket/prefix/code
+#   bootstrap.sh s3://bucket/prefix/code [--python PATH] [--venv DIR] [--tiktoken-dir DIR]
 #
 # 1. makes a virtualenv for the job's Python at /opt/pipeline/venv from the node's Python 3.9
 #    (/usr/bin/python3 on emr-7.x) and pip-installs emr/requirements-emr.txt into it, at exactly the
@@ -20,15 +20,26 @@
 # A non-zero exit fails the cluster start; the output lands in
 # <log-uri>/<cluster-id>/node/<instance-id>/bootstrap-actions/1/{stdout,stderr}.gz.
 #
-# Overrides, for a rehearsal on a simulated node (tests/test_emr_rehearsal.py): PIPELINE_PYTHON (the
-# node's Python), PIPELINE_VENV (where the venv goes), PIPELINE_TIKTOKEN_DIR (the BPE cache dir).
+# The flags move the node paths (the node's Python, the venv, the BPE cache dir) from EMR's; the
+# rehearsal on a simulated node (tests/test_emr_rehearsal.py) uses them.
 set -euo pipefail
 
-CODE="${1:?usage: bootstrap.sh s3://bucket/prefix/code}"
+USAGE="usage: bootstrap.sh s3://bucket/prefix/code [--python PATH] [--venv DIR] [--tiktoken-dir DIR]"
+CODE="${1:?$USAGE}"
 CODE="${CODE%/}"
-PY="${PIPELINE_PYTHON:-/usr/bin/python3}"
-VENV="${PIPELINE_VENV:-/opt/pipeline/venv}"
-TIKTOKEN_DIR="${PIPELINE_TIKTOKEN_DIR:-/opt/pipeline/tiktoken}"
+shift
+PY=/usr/bin/python3
+VENV=/opt/pipeline/venv
+TIKTOKEN_DIR=/opt/pipeline/tiktoken
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --python) PY="${2:?$USAGE}" ;;
+        --venv) VENV="${2:?$USAGE}" ;;
+        --tiktoken-dir) TIKTOKEN_DIR="${2:?$USAGE}" ;;
+        *) echo "$USAGE" >&2; exit 2 ;;
+    esac
+    shift 2
+done
 # tiktoken's cache file name for r50k_base: sha1 of its download URL; and the file's sha256.
 R50K_CACHE_NAME=0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
 R50K_SHA256=306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930

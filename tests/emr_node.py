@@ -116,9 +116,8 @@ class Node:
 
     def bootstrap(self, script: str, code_uri: str, venv: str, tiktoken_dir: str,
                   timeout: float = 1500) -> subprocess.CompletedProcess:
-        env = dict(self.env, PIPELINE_PYTHON=self.python, PIPELINE_VENV=self.path(venv),
-                   PIPELINE_TIKTOKEN_DIR=self.path(tiktoken_dir))
-        return run(["bash", script, code_uri], timeout=timeout, env=env, cwd=self.root)
+        return run(["bash", script, code_uri, "--python", self.python, "--venv", self.path(venv),
+                    "--tiktoken-dir", self.path(tiktoken_dir)], timeout=timeout, env=self.env, cwd=self.root)
 
 
 def free_port() -> int:

@@ -479,8 +479,8 @@ def test_bootstrap_script_is_valid_bash_and_names_uploaded_artifacts():
     # tiktoken names its cache entry sha1(URL); the script hard-codes that name.
     from pipeline.bpe import R50K_URL
     assert hashlib.sha1(R50K_URL.encode()).hexdigest() in text
-    assert 'PIPELINE_TIKTOKEN_DIR:-%s}' % spec.NODE_TIKTOKEN_DIR in text
-    assert 'PIPELINE_VENV:-%s}' % spec.NODE_VENV in text and spec.NODE_PYTHON == spec.NODE_VENV + "/bin/python"
+    assert "\nTIKTOKEN_DIR=%s\n" % spec.NODE_TIKTOKEN_DIR in text
+    assert "\nVENV=%s\n" % spec.NODE_VENV in text and spec.NODE_PYTHON == spec.NODE_VENV + "/bin/python"
     reqs = [l.split(">")[0].split("<")[0].split("=")[0].strip() for l in open(package.REQUIREMENTS)
             if l.strip() and not l.startswith("#")]
     assert "pyspark" not in reqs and {"pandas", "numpy", "pyarrow", "tiktoken", "warcio", "lxml",

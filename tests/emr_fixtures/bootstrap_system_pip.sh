@@ -13,10 +13,18 @@
 # <log-uri>/<cluster-id>/node/<instance>/bootstrap-actions/.
 set -euo pipefail
 
-CODE="${1:?usage: bootstrap.sh s3://bucket/prefix/code}"
+CODE="${1:?usage: bootstrap.sh s3://bucket/prefix/code [--python PATH] [--venv DIR] [--tiktoken-dir DIR]}"
 CODE="${CODE%/}"
-PY="${PIPELINE_PYTHON:-/usr/bin/python3}"
-TIKTOKEN_DIR="${PIPELINE_TIKTOKEN_DIR:-/opt/pipeline/tiktoken}"
+shift
+PY=/usr/bin/python3
+TIKTOKEN_DIR=/opt/pipeline/tiktoken
+while [ $# -gt 0 ]; do  # the same flags as emr/bootstrap.sh; this variant makes no venv
+    case "$1" in
+        --python) PY="$2" ;;
+        --tiktoken-dir) TIKTOKEN_DIR="$2" ;;
+    esac
+    shift 2
+done
 # tiktoken's cache file name for r50k_base: sha1 of its download URL.
 R50K_CACHE_NAME=0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
 

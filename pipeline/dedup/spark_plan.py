@@ -75,6 +75,21 @@ def candidate_edges(buckets, window: int = 4, partitions: int = 8):
             .distinct())
 
 
+def local_checkpoint_keeping_layout(spark, df):
+    """df.localCheckpoint(eager=True) that keeps df's hash partitioning and sort order for later
+    joins. Spark 3.5 records them only from a plan it knows before running; under adaptive execution
+    the checkpoint's plan is unknown until it has run, so joins would shuffle and sort it again. The
+    checkpoint's own plan is one exchange with an explicit partition count, which adaptive execution
+    would not change anyway."""
+    key = "spark.sql.adaptive.enabled"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "false")
+    try:
+        return df.localCheckpoint(eager=True)
+    finally:
+        spark.conf.set(key, before)
+
+
 def _write_sorted(df, path: str, partitions: int) -> None:
     # Hash partitioning on id + sort within partitions: the same input gives the same file contents.
     (df.repartition(partitions, "id").sortWithinPartitions("id")
@@ -95,15 +110,21 @@ def run(spark, cfg: DedupConfig) -> Dict:
         # Cut lineage between phases; reliable checkpoints survive executors lost to dynamic allocation.
         return df.checkpoint(eager=True) if cfg.checkpoint_dir else df.localCheckpoint(eager=True)
 
-    # Cached hash-partitioned and sorted by id: both verification joins and the report's join then
+    def store(df):
+        # A local checkpoint keeps the rows as Spark made them: no columnar cache to build and decode.
+        # With --checkpoint-dir (dynamic allocation) a persisted copy instead, which Spark recomputes
+        # for a lost executor (a reliable checkpoint would write every shingle to HDFS).
+        if cfg.checkpoint_dir:
+            return df.persist(StorageLevel.MEMORY_AND_DISK)
+        return local_checkpoint_keeping_layout(spark, df)
+
+    # Hash-partitioned and sorted by id, stored as rows: both verification joins and the report's join
     # find the shingle side already in place, so its ~2 KB per document is shuffled once, here.
     shuffle_partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    sig = (docs.select("id", "text")
-           .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
-                               bands=bands, rows=rows, normalize=cfg.normalize), SIGNATURE_SCHEMA)
-           .repartition(shuffle_partitions, "id").sortWithinPartitions("id")
-           .persist(StorageLevel.MEMORY_AND_DISK))
-    # One action fills the cache and gives both counts (each Spark action costs scheduling time).
+    sig = store(docs.select("id", "text")
+                .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
+                                    bands=bands, rows=rows, normalize=cfg.normalize), SIGNATURE_SCHEMA)
+                .repartition(shuffle_partitions, "id").sortWithinPartitions("id"))
     head = sig.agg(F.count("*").alias("n"), F.sum(F.col("bands").isNull().cast("int")).alias("empty")).first()
     records_in, empty_docs = int(head["n"]), int(head["empty"] or 0)
     phases = {"signatures": time.time() - t0}

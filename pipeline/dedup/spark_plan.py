@@ -62,8 +62,9 @@ def keep_key_column(rule: str):
 BUCKET_ROWS_PER_TASK = 1000000
 
 
-def candidate_edges(buckets, window: int = 4, partitions: int = 8):
-    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work.
+def candidate_edges(buckets, window: int = 4, partitions: int = 8, edge_partitions: int = 8):
+    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work,
+    hash-partitioned by src into `edge_partitions` (where a join on src meets them without a shuffle).
 
     `n` is the document's shingle count. Only members of buckets with >= 2 documents produce edges.
     Rows are hash-partitioned by bucket (no sort) and each partition is one numpy pass in Python
@@ -72,7 +73,13 @@ def candidate_edges(buckets, window: int = 4, partitions: int = 8):
     """
     return (buckets.repartition(partitions, "key", "band")
             .mapInArrow(partial(candidate_batches, window=window), EDGE_SCHEMA)
-            .distinct())
+            .repartition(edge_partitions, "src").distinct())
+
+
+# Removed documents' ids sent to every task of the kept/ write at most (a hash table of ~100 bytes an
+# id, built on the driver): a fixed bound, so the driver never holds a data-sized set. Above it the
+# documents are shuffled by id to meet the ids instead.
+REMOVED_IDS_BROADCAST_MAX = 1000000
 
 
 def local_checkpoint_keeping_layout(spark, df):
@@ -90,19 +97,14 @@ def local_checkpoint_keeping_layout(spark, df):
         spark.conf.set(key, before)
 
 
-def _write_sorted(df, path: str, partitions: int) -> None:
-    # Hash partitioning on id + sort within partitions: the same input gives the same file contents.
-    (df.repartition(partitions, "id").sortWithinPartitions("id")
-     .write.mode("overwrite").parquet(storage.to_spark_path(path)))
-
-
 def run(spark, cfg: DedupConfig) -> Dict:
     t0 = time.time()
     bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows,
                                      cfg.fp_weight, cfg.fn_weight)
     docs = spark.read.parquet(storage.to_spark_path(cfg.input))
     check_columns(docs.columns, cfg)
-    partitions = cfg.partitions or max(1, docs.rdd.getNumPartitions())
+    input_partitions = max(1, docs.rdd.getNumPartitions())
+    partitions = cfg.partitions or input_partitions
     if cfg.checkpoint_dir:
         spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
 
@@ -133,7 +135,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
     # one checkpoint after verification (all candidate pairs with their Jaccard: small) gives both counts.
     buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
     candidate_tasks = max(shuffle_partitions, -(-(records_in - empty_docs) * bands // BUCKET_ROWS_PER_TASK))
-    candidates = candidate_edges(buckets, cfg.window, candidate_tasks)
+    candidates = candidate_edges(buckets, cfg.window, candidate_tasks, shuffle_partitions)
     shingles = sig.select("id", "shingles")
     a, b = shingles.alias("a"), shingles.alias("b")
     pairs = (candidates
@@ -166,19 +168,27 @@ def run(spark, cfg: DedupConfig) -> Dict:
     report.write.mode("overwrite").parquet(storage.to_spark_path(dirs["report"]))
     phases["components+report"] = time.time() - t0 - sum(phases.values())
 
-    removed = report.where(~F.col("kept")).select("id")
-    _write_sorted(docs.join(removed, "id", "left_anti").select(*docs.columns), dirs["kept"], partitions)
-    phases["write kept"] = time.time() - t0 - sum(phases.values())
     summary = (report.where(F.col("cluster_size") > 1)
                .agg(F.count("*").alias("in_clusters"),
                     F.sum(F.when(F.col("kept"), 0).otherwise(1)).alias("removed"),
                     F.sum(F.col("kept").cast("int")).alias("clusters"),
                     F.max("cluster_size").alias("largest"))
                .first())
+    duplicates_removed = int(summary["removed"] or 0)
+    removed = report.where(~F.col("kept")).select("id")
+    kept = docs.select(*docs.columns)
+    if duplicates_removed <= REMOVED_IDS_BROADCAST_MAX and partitions == input_partitions:
+        # The removed ids go to every task, the documents stay where they were read: no shuffle of text.
+        kept = kept.join(F.broadcast(removed), "id", "left_anti").sortWithinPartitions("id")
+    else:
+        # Both sides hash-partitioned by id into the output's partitions: one shuffle of the text.
+        kept = (kept.repartition(partitions, "id").join(removed.repartition(partitions, "id"), "id", "left_anti")
+                .sortWithinPartitions("id"))
+    kept.select(*docs.columns).write.mode("overwrite").parquet(storage.to_spark_path(dirs["kept"]))
+    phases["write kept"] = time.time() - t0 - sum(phases.values())
     report.unpersist()
     scored.unpersist()
     sig.unpersist()
-    duplicates_removed = int(summary["removed"] or 0)
     return {
         "stage": "dedup",
         "seconds": round(time.time() - t0, 3),

@@ -152,16 +152,21 @@ def run(spark, cfg: DedupConfig) -> Dict:
     labels, cc_rounds = connected_components(verified, cfg.max_iterations, cfg.checkpoint_dir or None, clean=True,
                                              edge_count=verified_pairs,
                                              single_task_max_edges=cfg.single_task_max_edges)
-    # Every document gets its row here (singletons: cluster of itself), hash-partitioned and sorted by
-    # id as written, and cached: the kept/ write and the summary reuse it without recomputing clusters.
+    # Only documents of a verified edge (labelled) share a cluster: the window over clusters runs over
+    # them alone. Every other document is its own cluster of size 1, kept. The report has every
+    # document's row, hash-partitioned and sorted by id as written, and is cached: the summary and the
+    # kept/ write reuse it without recomputing clusters.
     cluster = Window.partitionBy("cluster_id")
-    members = sig.select("id", "length")
+    members = labels.join(sig.select("id", "length"), "id")
     if cfg.keep == "first":  # the input order comes from ingest's columns, not from the signatures
         members = members.join(docs.select("id", "source", F.col("pos").cast("long").alias("pos")), "id")
-    report = (members.join(labels, "id", "left")
-              .withColumn("cluster_id", F.coalesce("cluster_id", "id"))
-              .select("id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
-                      (F.min(keep_key_column(cfg.keep)).over(cluster)["id"] == F.col("id")).alias("kept"))
+    clustered = members.select(
+        "id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
+        (F.min(keep_key_column(cfg.keep)).over(cluster)["id"] == F.col("id")).alias("kept"))
+    report = (sig.select("id").join(clustered, "id", "left")
+              .select("id", F.coalesce("cluster_id", "id").alias("cluster_id"),
+                      F.coalesce("cluster_size", F.lit(1).cast("long")).alias("cluster_size"),
+                      F.coalesce("kept", F.lit(True)).alias("kept"))
               .repartition(partitions, "id").sortWithinPartitions("id")
               .persist(StorageLevel.MEMORY_AND_DISK))
     dirs = output_dirs(cfg)

@@ -1,15 +1,23 @@
 """The dedup stage on Spark: DIR/docs -> DIR/dedup/kept (surviving documents) + DIR/dedup/report
 (one row per document).
 
-  signatures  mapInArrow: text -> shingle hashes, MinHash signature, LSH band keys   (persisted)
-  candidates  explode bands, hash-partition by bucket; per bucket (numpy, mapInArrow): edge to the bucket
-              min + chain to the next `window` by size
-  verify      join both ends' shingle hashes, keep pairs with exact Jaccard >= threshold
-  components  large-star/small-star on the verified edges -> cluster_id = smallest id
-  keep        per cluster one document by the `--keep` rule (pipeline/dedup/keep.py); the rest are removed
+  signatures  mapInArrow: text -> shingle hashes, MinHash signature, LSH band keys; hash-partitioned
+              and sorted by id, stored by a local checkpoint that keeps that layout (the one shuffle
+              of the ~2 KB of shingle hashes per document)
+  candidates  explode bands, hash-partition by bucket; per partition one numpy pass (mapInArrow): edge
+              to the bucket min + chain to the next `window` by size; distinct edges, partitioned by src
+  verify      join the src side's shingle hashes in place, shuffle by dst, join the dst side's in place;
+              one mapInArrow pass: exact Jaccard, keep pairs >= threshold
+  components  union-find in one task (few edges) or large-star/small-star -> cluster_id = smallest id
+  keep        per cluster one document by the `--keep` rule (pipeline/dedup/keep.py); window over the
+              clustered documents only, every other document is its own cluster, kept
+  kept/       the input's documents where they were read, less the removed ids (broadcast, at most
+              REMOVED_IDS_BROADCAST_MAX); above that bound, or with --partitions other than the
+              input's, both sides hash-partitioned by id (one shuffle of the text)
 
 The per-row work is plain Python over Arrow batches (`pipeline.dedup.batches`); the same algorithm
-runs without Spark in `pipeline.dedup.local`.
+runs without Spark in `pipeline.dedup.local`. Where the CPU goes, stage by stage, and what was measured
+against it: docs/benchmarks/dedup.md (`python bench/bench_dedup.py --docs 100000`).
 """
 from __future__ import annotations
 
@@ -95,6 +103,16 @@ def local_checkpoint_keeping_layout(spark, df):
         return df.localCheckpoint(eager=True)
     finally:
         spark.conf.set(key, before)
+
+
+def release(df) -> None:
+    """Free a persisted or locally checkpointed DataFrame's blocks now. DataFrame.unpersist does not
+    reach a local checkpoint's blocks, which Spark drops only once the driver has garbage-collected
+    its RDD; the stages after dedup in one application (`pipeline run`) would share memory with them."""
+    df.unpersist()
+    plan = df._jdf.queryExecution().logical()
+    if plan.nodeName() == "LogicalRDD":
+        plan.rdd().unpersist(False)
 
 
 def run(spark, cfg: DedupConfig) -> Dict:
@@ -192,8 +210,8 @@ def run(spark, cfg: DedupConfig) -> Dict:
     kept.select(*docs.columns).write.mode("overwrite").parquet(storage.to_spark_path(dirs["kept"]))
     phases["write kept"] = time.time() - t0 - sum(phases.values())
     report.unpersist()
-    scored.unpersist()
-    sig.unpersist()
+    for df in (scored, sig):
+        release(df)
     return {
         "stage": "dedup",
         "seconds": round(time.time() - t0, 3),

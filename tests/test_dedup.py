@@ -203,6 +203,22 @@ def test_kept_in_the_input_layout_or_shuffled_by_id(spark, corpus, result):
     assert sorted(report3.loc[report3["kept"], "id"]) == want
 
 
+def test_reliable_checkpoints_give_the_same_outputs(spark, corpus, result, tmp_path):
+    """--checkpoint-dir (dynamic allocation on EMR): signatures persisted instead of locally
+    checkpointed, scored pairs checkpointed to the directory; the same report and kept/ bytes."""
+    docs, root = corpus
+    out = tmp_path / "reliable"
+    stats = run(spark, DedupConfig(input=str(root / "docs"), output=str(out), checkpoint_dir=str(tmp_path / "ckpt")))
+    assert os.listdir(str(tmp_path / "ckpt"))                  # the scored pairs went there
+    report, _ = result
+    assert stats["records_out"] == int(report["kept"].sum())
+    for d in ("report", "kept"):
+        def contents(base):
+            files = sorted(glob.glob(str(base / "dedup" / d / "part-*.parquet")), key=lambda p: os.path.basename(p)[:10])
+            return [open(p, "rb").read() for p in files]
+        assert contents(out) == contents(root / "out")
+
+
 IDENTIFIERS = ["into_iter", "as_ref", "to_owned", "unwrap_or_default", "split_whitespace", "is_empty",
                "push_str", "with_capacity", "extend_from_slice", "sort_unstable_by_key"]
 PROSE = ("the method returns an iterator over the items of a vector and each call moves the value out "

@@ -1,26 +1,31 @@
 """Dedup speed side by side, one run, same corpus: datasketch vs our single-process core vs the Spark job.
 
     python bench/bench_dedup.py --docs 10000                 # writes docs/benchmarks/results/dedup_side_by_side_10000.json
-    python bench/bench_dedup.py --docs 100000
-    python bench/bench_dedup.py --docs 1000000 --no-rerun-check
+    python bench/bench_dedup.py --docs 100000 --data-dir /work/scale-data
+    python bench/bench_dedup.py --docs 1000000 --skip datasketch --no-rerun-check --data-dir /work/scale-data
     python bench/bench_dedup.py --docs 10000 --sweep 9x13w4 16x8w2 18x7w4 25x5w4   # banding vs recall
 
-For each `--docs N` it uses the `pipeline sample --docs N --seed 0` corpus (generated into `--data-dir`
-when missing) and times, one after another in this process, on the same documents:
+Corpus: that of bench/bench_scale.py (`ensure_corpus`): `pipeline sample --docs N --seed 0` up to
+`--part-docs` (100k) documents, above that N / part-docs samples with seeds 0, 1, ... read together,
+cached in `--data-dir` as sample-<docs>-s<seed> and generated when missing. On these documents it
+times, one after another in this process:
   datasketch   MinHash(num_perm) + MinHashLSH with OUR bands x rows (`params=`), one process, shingles
                from our duplicate definition (`shingle_strings`); insert every doc, then query every
-               doc. Candidate pairs only: no verification, no clusters, nothing written.
+               doc. Candidate pairs only: no verification, no clusters, nothing written. Hours at 1M
+               documents: `--skip datasketch` leaves it out.
   core         pipeline.dedup.local.dedup_local: signatures, buckets, exact verification, union-find,
                keep rule; one process, no Spark.
-  job          pipeline.dedup.spark_plan.run (what `pipeline dedup` runs): read parquet .. write
-               dedup/kept + dedup/report, Spark `--master` (local[2]) after a warm-up run on
-               `--warmup-docs` docs in the same application, as a long-running job would be.
+  job          pipeline.dedup.spark_plan.run with the shuffle partitions `pipeline dedup` picks: read
+               parquet .. write dedup/kept + dedup/report, Spark `--master` (local[2]) after a warm-up
+               run on `--warmup-docs` docs in the same application, as a long-running job would be.
 Then the job runs a second time into another directory and the two outputs must be byte-identical
 (`--no-rerun-check` skips that), and the job's report must equal the core's (same algorithm).
 
 CPU seconds: resource.getrusage for datasketch and the core; for the job the JVM (driver and executor
 threads, JIT and GC included), every Python worker under it (live and reaped), and the driver's Python,
-each reported apart. On a shared machine CPU seconds, not wall seconds, are the fair measure of work.
+each reported apart; the JVM's CPU also by thread name (/proc/<pid>/task), and every Spark stage's
+task metrics (tasks, task-thread CPU, GC, shuffle bytes) from the status REST API on loopback. On a
+shared machine CPU seconds, not wall seconds, are the fair measure of work.
 Quality: pairs/dup-doc precision, recall and F1 of the core's and the job's reports against the
 corpus's truth.parquet (exact all-pairs Jaccard, `pipeline.exact_jaccard`, independent of MinHash/LSH).
 """
@@ -30,6 +35,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -39,7 +45,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from runinfo import descendants, proc_stat, run_info, self_cpu_s  # bench/ is sys.path[0] when a bench script runs
+# bench/ is sys.path[0] when a bench script runs
+from bench_scale import SparkRest, ensure_corpus, status_api_conf
+from runinfo import descendants, proc_stat, run_info, self_cpu_s, thread_cpu_s
 
 
 def spark_cpu_s(jvm_pid: int) -> dict:
@@ -52,15 +60,17 @@ def spark_cpu_s(jvm_pid: int) -> dict:
     return {"jvm": sum(jvm_times[:2]), "python_workers": workers, "driver_python": self_cpu_s()}
 
 
-def corpus(size: int, data_dir: str, seed: int):
+def corpus(size: int, data_dir: str, part_docs: int):
+    """(sample directories, their documents in one DataFrame, their truth in one DataFrame): the
+    corpus of bench_scale, one `pipeline sample --seed 0` up to `part_docs` documents, above that
+    size / part_docs samples of part_docs documents with seeds 0, 1, ... (generated when missing).
+    Near-duplicates stay within a sample; ids are unique across samples, so truths concatenate."""
     import pandas as pd
 
-    out = os.path.join(data_dir, "sample-%d-seed%d" % (size, seed))
-    if not os.path.exists(os.path.join(out, "truth.parquet")):
-        print("generating %d-doc sample in %s ..." % (size, out), flush=True)
-        subprocess.run([sys.executable, "-m", "pipeline", "sample", "--docs", str(size), "--seed", str(seed),
-                        "--out", out], check=True, cwd=REPO)
-    return out, pd.read_parquet(os.path.join(out, "parquet"))
+    dirs = ensure_corpus(data_dir, size, part_docs)
+    docs = pd.concat([pd.read_parquet(os.path.join(d, "parquet")) for d in dirs], ignore_index=True)
+    truth = pd.concat([pd.read_parquet(os.path.join(d, "truth.parquet")) for d in dirs], ignore_index=True)
+    return dirs, docs, truth
 
 
 def bench_datasketch(ids, texts, threshold: float, num_perm: int, bands: int, rows: int):
@@ -93,33 +103,84 @@ def bench_core(ids, texts, threshold: float, num_perm: int):
             "duplicates_removed": stats["duplicates_removed"]}, report
 
 
-def bench_job(spark, input_dir: str, out_dir: str, threshold: float, num_perm: int):
+def jvm_threads_delta(before: dict, after: dict, jvm_total_s: float) -> dict:
+    """JVM CPU seconds between two thread_cpu_s snapshots, by thread name with its number stripped
+    ("GC Thread#3" -> "GC Thread"); threads that ended in between (Spark's per-task Python writer
+    threads, among others) are only in the process total, so they show as "(ended threads)"."""
+    out = {}
+    for tid, (name, cpu) in after.items():
+        key = re.sub(r"[\s#\-]*\d+$", "", name) or name
+        out[key] = out.get(key, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
+    out["(ended threads)"] = jvm_total_s - sum(out.values())
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.05}
+
+
+STAGE_FIELDS = ("numTasks", "executorCpuTime", "executorRunTime", "jvmGcTime", "inputBytes", "outputBytes",
+                "shuffleReadBytes", "shuffleWriteBytes", "memoryBytesSpilled", "diskBytesSpilled")
+
+
+def spark_stages(rest, group: str) -> dict:
+    """Per Spark stage of job group `group` (status REST API): tasks, task-thread CPU and run time,
+    GC, bytes; plus the Spark job count. Times in seconds."""
+    jobs, ran = rest.group_stages(group)
+    stages = []
+    for st in ran:
+        row = {"stage": st["stageId"], "name": st["name"], "description": st.get("description", "")}
+        for k in STAGE_FIELDS:
+            v = int(st.get(k) or 0)
+            row[k] = round(v / 1e9, 3) if k == "executorCpuTime" else round(v / 1e3, 3) if k in (
+                "executorRunTime", "jvmGcTime") else v
+        stages.append(row)
+    return {"spark_jobs": len(jobs), "stages": stages,
+            "executor_cpu_s": round(sum(r["executorCpuTime"] for r in stages), 2),
+            "gc_s": round(sum(r["jvmGcTime"] for r in stages), 2)}
+
+
+def bench_job(spark, rest, label: str, input_dir: str, out_dir: str, threshold: float, num_perm: int,
+              shuffle_partitions: int = 0):
+    """One run of the dedup job as `pipeline dedup` runs it (shuffle partitions set from the input's
+    bytes unless given), under Spark job group `label`, measured from /proc and the REST API."""
     from pipeline.dedup.config import DedupConfig
     from pipeline.dedup.spark_plan import run
+    from pipeline.spark import SparkOptions, set_shuffle_partitions
 
     cfg = DedupConfig(input=input_dir, output=out_dir, threshold=threshold, num_perm=num_perm)
     jvm = spark.sparkContext._gateway.proc.pid
+    sc = spark.sparkContext
+    partitions = set_shuffle_partitions(spark, SparkOptions(shuffle_partitions=shuffle_partitions), [input_dir])
+    sc.setLocalProperty("spark.jobGroup.id", label)
+    threads0 = thread_cpu_s(jvm)
     t0, c0 = time.time(), spark_cpu_s(jvm)
-    stats = run(spark, cfg)
+    try:
+        stats = run(spark, cfg)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
     wall, c1 = time.time() - t0, spark_cpu_s(jvm)
     cpu = {k: c1[k] - c0[k] for k in c0}
-    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "cpu_s_parts": cpu,
-            "candidate_pairs": stats["candidate_pairs"], "verified_pairs": stats["verified_pairs"],
-            "duplicates_removed": stats["duplicates_removed"], "records_in": stats["records_in"],
-            "records_out": stats["records_out"], "cc_rounds": stats["cc_rounds"],
-            "phase_seconds": stats["phase_seconds"], "bands_rows": [stats["bands"], stats["rows"]]}
+    out = {"wall_s": wall, "cpu_s": sum(cpu.values()), "cpu_s_parts": cpu, "shuffle_partitions": partitions,
+           "jvm_threads_cpu_s": jvm_threads_delta(threads0, thread_cpu_s(jvm), cpu["jvm"]),
+           "candidate_pairs": stats["candidate_pairs"], "verified_pairs": stats["verified_pairs"],
+           "duplicates_removed": stats["duplicates_removed"], "records_in": stats["records_in"],
+           "records_out": stats["records_out"], "cc_rounds": stats["cc_rounds"],
+           "phase_seconds": stats["phase_seconds"], "bands_rows": [stats["bands"], stats["rows"]]}
+    if rest is not None:
+        out["spark"] = spark_stages(rest, label)
+    return out
 
 
-def job_input(sample_dir: str, dest: str, cores: int, limit: int = 0) -> str:
-    """The sample is one parquet file with one row group, which Spark would read as ONE task; ingest
-    output is many part files. Rewrite it with 4 row groups per core so every core gets work."""
+def job_input(sample_dirs, dest: str, cores: int, limit: int = 0) -> str:
+    """The samples' documents as ONE parquet file with many row groups. A sample is one parquet file
+    with one row group, which Spark would read as one task; ingest output is many part files. At least
+    4 row groups per core so every core gets signature work, and at most ~25k documents each."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(os.path.join(sample_dir, "parquet"))
+    table = pa.concat_tables([pq.read_table(os.path.join(d, "parquet")) for d in sample_dirs])
     if limit:
         table = table.slice(0, limit)
     os.makedirs(dest)
-    pq.write_table(table, os.path.join(dest, "docs.parquet"), row_group_size=max(1, -(-table.num_rows // (4 * cores))))
+    groups = max(4 * cores, -(-table.num_rows // 25000))
+    pq.write_table(table, os.path.join(dest, "docs.parquet"), row_group_size=max(1, -(-table.num_rows // groups)))
     return dest
 
 
@@ -141,16 +202,15 @@ def quality(report, truth) -> dict:
     return {k: s[k] for k in ("pairs", "has_dup")}
 
 
-def bench_size(spark, size: int, args, cores: int) -> dict:
+def bench_size(spark, rest, size: int, args, cores: int) -> dict:
     import pandas as pd
 
     from pipeline.dedup.lsh import resolve_bands_rows
 
-    sample_dir, docs = corpus(size, args.data_dir, args.seed)
+    sample_dirs, docs, truth = corpus(size, args.data_dir, args.part_docs)
     ids, texts = docs["id"].tolist(), docs["text"].tolist()
-    truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
     bands, rows = resolve_bands_rows(args.threshold, args.num_perm)
-    row = {"docs": size, "corpus": sample_dir}
+    row = {"docs": size, "corpus": sample_dirs}
     core_report = None
     if "datasketch" not in args.skip:
         row["datasketch"] = bench_datasketch(ids, texts, args.threshold, args.num_perm, bands, rows)
@@ -163,8 +223,9 @@ def bench_size(spark, size: int, args, cores: int) -> dict:
     if spark is not None:
         tmp = tempfile.mkdtemp(prefix="bench-dedup-", dir=args.work_dir)
         try:
-            src = job_input(sample_dir, os.path.join(tmp, "in"), cores)
-            row["job"] = bench_job(spark, src, os.path.join(tmp, "a"), args.threshold, args.num_perm)
+            src = job_input(sample_dirs, os.path.join(tmp, "in"), cores)
+            row["job"] = bench_job(spark, rest, "job", src, os.path.join(tmp, "a"), args.threshold, args.num_perm,
+                                   args.shuffle_partitions)
             report = pd.read_parquet(os.path.join(tmp, "a", "dedup", "report"))
             row["job"]["quality"] = quality(report, truth)
             if core_report is not None:
@@ -174,7 +235,8 @@ def bench_size(spark, size: int, args, cores: int) -> dict:
             del report
             print("job: %(wall_s).1f s wall, %(cpu_s).1f cpu-s %(cpu_s_parts)s" % row["job"], flush=True)
             if args.rerun_check:
-                again = bench_job(spark, src, os.path.join(tmp, "b"), args.threshold, args.num_perm)
+                again = bench_job(spark, rest, "job_rerun", src, os.path.join(tmp, "b"), args.threshold,
+                                  args.num_perm, args.shuffle_partitions)
                 row["job_rerun"] = again
                 a, b = output_bytes(os.path.join(tmp, "a")), output_bytes(os.path.join(tmp, "b"))
                 row["job"]["rerun_byte_identical"] = bool(a) and a == b
@@ -213,10 +275,30 @@ def print_table(row: dict, master: str) -> None:
             r["docs_per_cpu_s"], "%.2fx" % (r["docs_per_cpu_s"] / base["docs_per_cpu_s"]) if base else "-",
             "%.2fx" % (r["cpu_s"] / core["cpu_s"]) if core else "-",
             "%.4f" % f1["f1"] if f1 else "-"))
+    for name in ("job", "job_rerun"):
+        if name in row:
+            print_stages(name, row[name])
     job = row.get("job", {})
     for key in ("report_equals_core", "rerun_byte_identical"):
         if key in job:
             print("%s: %s" % (key, job[key]))
+
+
+def print_stages(name: str, job: dict) -> None:
+    """The job's Spark stages (task-thread CPU, GC, shuffle) and its JVM CPU by thread."""
+    spark = job.get("spark")
+    if not spark:
+        return
+    print("\n%s: %d Spark jobs, %d stages, task-thread CPU %.1f s, GC %.1f s, %d shuffle partitions" % (
+        name, spark["spark_jobs"], len(spark["stages"]), spark["executor_cpu_s"], spark["gc_s"],
+        job["shuffle_partitions"]))
+    print("%6s %6s %8s %8s %6s %9s %9s  %s" % ("stage", "tasks", "CPU s", "run s", "GC s", "shuf r MB",
+                                             "shuf w MB", "name"))
+    for st in spark["stages"]:
+        print("%6d %6d %8.2f %8.2f %6.2f %9.1f %9.1f  %s" % (
+            st["stage"], st["numTasks"], st["executorCpuTime"], st["executorRunTime"], st["jvmGcTime"],
+            st["shuffleReadBytes"] / 1e6, st["shuffleWriteBytes"] / 1e6, st["description"] or st["name"]))
+    print("JVM CPU by thread: " + ", ".join("%s %.1f" % kv for kv in job["jvm_threads_cpu_s"].items()))
 
 
 def sweep(size: int, args, specs) -> list:
@@ -226,8 +308,7 @@ def sweep(size: int, args, specs) -> list:
 
     from pipeline.dedup.local import dedup_local
 
-    sample_dir, docs = corpus(size, args.data_dir, args.seed)
-    truth = pd.read_parquet(os.path.join(sample_dir, "truth.parquet"))
+    _, docs, truth = corpus(size, args.data_dir, args.part_docs)
     out = []
     print("\n%-10s %7s %11s %9s %9s %9s %8s" % ("bands", "window", "candidates", "verified", "pairs P",
                                                 "pairs R", "F1"))
@@ -249,9 +330,13 @@ def main(argv=None) -> int:
     p.add_argument("--master", default="local[2]")
     p.add_argument("--threshold", type=float, default=0.8)
     p.add_argument("--num-perm", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0, help="`pipeline sample --seed`")
     p.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pipeline-bench-data"),
-                   help="where generated sample corpora are cached")
+                   help="where the sample corpora are cached (sample-<docs>-s<seed>, as bench_scale.py "
+                        "names them; generated when missing)")
+    p.add_argument("--part-docs", type=int, default=100000,
+                   help="documents per generated sample; larger --docs read docs / part-docs samples together")
+    p.add_argument("--shuffle-partitions", type=int, default=0,
+                   help="the job's --shuffle-partitions; 0 = from the input's bytes, as `pipeline dedup` picks")
     p.add_argument("--work-dir", default=None, help="where the job's input copy and outputs go (temporary)")
     p.add_argument("--warmup-docs", type=int, default=2000,
                    help="run the Spark job once on this many docs first (JVM JIT, codegen cache, "
@@ -282,23 +367,26 @@ def main(argv=None) -> int:
 
     cores = int(args.master[6:-1]) if args.master.startswith("local[") and args.master[6:-1].isdigit() \
         else os.cpu_count()
-    spark = None
+    spark = rest = None
     if "job" not in args.skip:
-        spark = get_spark("bench-dedup", master=args.master,
-                          extra_conf=dict(kv.split("=", 1) for kv in args.spark_conf))
+        conf = status_api_conf()  # per-stage task metrics from the status REST API
+        conf.update(kv.split("=", 1) for kv in args.spark_conf)
+        spark = get_spark("bench-dedup", master=args.master, progress=False, extra_conf=conf)
+        rest = SparkRest(spark.sparkContext.uiWebUrl)
         spark.range(1000).selectExpr("sum(id)").collect()  # start the JVM and Python workers first
         if args.warmup_docs:
-            sample_dir, _ = corpus(args.docs[0], args.data_dir, args.seed)
+            first_sample = ensure_corpus(args.data_dir, args.docs[0], args.part_docs)[:1]
             tmp = tempfile.mkdtemp(prefix="bench-dedup-warmup-", dir=args.work_dir)
             try:
-                src = job_input(sample_dir, os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
-                w = bench_job(spark, src, os.path.join(tmp, "out"), args.threshold, args.num_perm)
+                src = job_input(first_sample, os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
+                w = bench_job(spark, None, "warmup", src, os.path.join(tmp, "out"), args.threshold, args.num_perm,
+                              args.shuffle_partitions)
                 print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(args.out_dir, exist_ok=True)
     for size in args.docs:
-        row = bench_size(spark, size, args, cores)
+        row = bench_size(spark, rest, size, args, cores)
         print_table(row, args.master)
         out = os.path.join(args.out_dir, "dedup_side_by_side_%d.json" % size)
         with open(out, "w") as f:

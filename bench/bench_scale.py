@@ -174,22 +174,24 @@ class SparkRest:
         with urllib.request.urlopen(self.base + path, timeout=60) as r:
             return json.loads(r.read().decode("utf-8"))
 
-    def group_totals(self, group: str) -> dict:
-        """Sums of REST_SUMS over the Spark stages of the jobs in job group `group`, once the status
-        store has seen them all finish (its listener runs a little behind the jobs)."""
+    def group_stages(self, group: str) -> tuple:
+        """(Spark jobs, Spark stages that ran) of job group `group`, as the REST API gives them, once
+        the status store has seen every job finish (its listener runs a little behind the jobs)."""
         for _ in range(120):
             jobs = [j for j in self._get("/applications/%s/jobs" % self.app) if j.get("jobGroup") == group]
             if all(j["status"] not in ("RUNNING", "UNKNOWN") for j in jobs):
                 break
             time.sleep(0.5)
         stage_ids = {s for j in jobs for s in j["stageIds"]}
-        totals = {k: 0 for k in REST_SUMS}
-        totals["spark_jobs"], totals["spark_stages"] = len(jobs), 0
-        for st in self._get("/applications/%s/stages" % self.app):
-            if st["stageId"] in stage_ids and st["status"] not in ("SKIPPED", "PENDING"):
-                totals["spark_stages"] += 1
-                for k in REST_SUMS:
-                    totals[k] += int(st.get(k) or 0)
+        ran = [st for st in self._get("/applications/%s/stages" % self.app)
+               if st["stageId"] in stage_ids and st["status"] not in ("SKIPPED", "PENDING")]
+        return jobs, sorted(ran, key=lambda st: (st["stageId"], st.get("attemptId", 0)))
+
+    def group_totals(self, group: str) -> dict:
+        """Sums of REST_SUMS over the Spark stages of the jobs in job group `group`."""
+        jobs, ran = self.group_stages(group)
+        totals = {k: sum(int(st.get(k) or 0) for st in ran) for k in REST_SUMS}
+        totals["spark_jobs"], totals["spark_stages"] = len(jobs), len(ran)
         return totals
 
     def executor_peaks(self) -> dict:
@@ -208,6 +210,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def status_api_conf() -> dict:
+    """Spark settings for a local application whose status REST API a benchmark reads: the UI on a
+    free loopback port, every job and stage retained, process-tree memory metrics on."""
+    return {"spark.ui.enabled": "true", "spark.ui.port": str(_free_port()), "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1", "spark.port.maxRetries": "64",
+            "spark.executor.processTreeMetrics.enabled": "true",
+            "spark.ui.retainedJobs": "100000", "spark.ui.retainedStages": "100000",
+            "spark.sql.ui.retainedExecutions": "100000"}
+
+
 # ---------------------------------------------------------------- one measured run (child process)
 
 def measure_run(inputs, out_dir: str, stage_list, master: str, docs: int, stage_flags=()) -> dict:
@@ -215,13 +227,7 @@ def measure_run(inputs, out_dir: str, stage_list, master: str, docs: int, stage_
     from pipeline import accounting, stages
     from pipeline.spark import SparkOptions, get_spark, input_bytes
 
-    port = _free_port()
-    spark = get_spark("bench-scale", SparkOptions(master=master), progress=False, extra_conf={
-        "spark.ui.enabled": "true", "spark.ui.port": str(port), "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1", "spark.port.maxRetries": "64",
-        "spark.executor.processTreeMetrics.enabled": "true",
-        "spark.ui.retainedJobs": "100000", "spark.ui.retainedStages": "100000",
-        "spark.sql.ui.retainedExecutions": "100000"})
+    spark = get_spark("bench-scale", SparkOptions(master=master), progress=False, extra_conf=status_api_conf())
     rest = SparkRest(spark.sparkContext.uiWebUrl)
     jvm_pid = spark.sparkContext._gateway.proc.pid
     ns = stages.build_parser().parse_args(["--input", *inputs, "--output", out_dir, "--stages", ",".join(stage_list),

@@ -73,3 +73,23 @@ def proc_tree_cpu_s(pid: int) -> float:
 def self_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def thread_cpu_s(pid: int) -> dict:
+    """tid -> (thread name as /proc shows it, at most 15 characters; CPU seconds) for every live
+    thread of pid (a JVM names its threads: "Executor task l", "C1 CompilerThre", "GC Thread#0", ...)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                line = f.read()
+        except OSError:
+            continue
+        name = line[line.index("(") + 1:line.rindex(")")]
+        fields = line.rsplit(")", 1)[1].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out

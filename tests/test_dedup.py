@@ -177,6 +177,48 @@ def test_stats_and_determinism(spark, corpus, result):
         {i: (c, k) for i, c, k in zip(report["id"], report["cluster_id"], report["kept"])}
 
 
+def test_kept_in_the_input_layout_or_shuffled_by_id(spark, corpus, result):
+    """kept/ stays in the input's partitions when few ids are removed (broadcast), and is hash-partitioned
+    by id into --partitions files otherwise; either way it holds exactly the kept documents, each file
+    sorted by id, the same bytes on every rerun."""
+    docs, root = corpus
+    report, kept = result
+    want = sorted(report.loc[report["kept"], "id"])
+
+    def files(out):
+        return sorted(glob.glob(str(root / out / "dedup" / "kept" / "part-*.parquet")),
+                      key=lambda p: os.path.basename(p)[:10])
+
+    for out in ("out", "three-a", "three-b"):
+        if out != "out":
+            run(spark, DedupConfig(input=str(root / "docs"), output=str(root / out), partitions=3))
+        ids = [pd.read_parquet(f)["id"].tolist() for f in files(out)]
+        assert sorted(i for part in ids for i in part) == want
+        assert all(part == sorted(part) for part in ids)
+    assert len(files("out")) == 2                     # the two input files, no shuffle
+    assert len(files("three-a")) == 3
+    # the shuffled layout is as deterministic as the input one
+    assert [open(f, "rb").read() for f in files("three-a")] == [open(f, "rb").read() for f in files("three-b")]
+    report3 = pd.read_parquet(str(root / "three-a" / "dedup" / "report"))
+    assert sorted(report3.loc[report3["kept"], "id"]) == want
+
+
+def test_reliable_checkpoints_give_the_same_outputs(spark, corpus, result, tmp_path):
+    """--checkpoint-dir (dynamic allocation on EMR): signatures persisted instead of locally
+    checkpointed, scored pairs checkpointed to the directory; the same report and kept/ bytes."""
+    docs, root = corpus
+    out = tmp_path / "reliable"
+    stats = run(spark, DedupConfig(input=str(root / "docs"), output=str(out), checkpoint_dir=str(tmp_path / "ckpt")))
+    assert os.listdir(str(tmp_path / "ckpt"))                  # the scored pairs went there
+    report, _ = result
+    assert stats["records_out"] == int(report["kept"].sum())
+    for d in ("report", "kept"):
+        def contents(base):
+            files = sorted(glob.glob(str(base / "dedup" / d / "part-*.parquet")), key=lambda p: os.path.basename(p)[:10])
+            return [open(p, "rb").read() for p in files]
+        assert contents(out) == contents(root / "out")
+
+
 IDENTIFIERS = ["into_iter", "as_ref", "to_owned", "unwrap_or_default", "split_whitespace", "is_empty",
                "push_str", "with_capacity", "extend_from_slice", "sort_unstable_by_key"]
 PROSE = ("the method returns an iterator over the items of a vector and each call moves the value out "

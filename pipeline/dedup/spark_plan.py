@@ -1,15 +1,23 @@
 """The dedup stage on Spark: DIR/docs -> DIR/dedup/kept (surviving documents) + DIR/dedup/report
 (one row per document).
 
-  signatures  mapInArrow: text -> shingle hashes, MinHash signature, LSH band keys   (persisted)
-  candidates  explode bands, hash-partition by bucket; per bucket (numpy, mapInArrow): edge to the bucket
-              min + chain to the next `window` by size
-  verify      join both ends' shingle hashes, keep pairs with exact Jaccard >= threshold
-  components  large-star/small-star on the verified edges -> cluster_id = smallest id
-  keep        per cluster one document by the `--keep` rule (pipeline/dedup/keep.py); the rest are removed
+  signatures  mapInArrow: text -> shingle hashes, MinHash signature, LSH band keys; hash-partitioned
+              and sorted by id, stored by a local checkpoint that keeps that layout (the one shuffle
+              of the ~2 KB of shingle hashes per document)
+  candidates  explode bands, hash-partition by bucket; per partition one numpy pass (mapInArrow): edge
+              to the bucket min + chain to the next `window` by size; distinct edges, partitioned by src
+  verify      join the src side's shingle hashes in place, shuffle by dst, join the dst side's in place;
+              one mapInArrow pass: exact Jaccard, keep pairs >= threshold
+  components  union-find in one task (few edges) or large-star/small-star -> cluster_id = smallest id
+  keep        per cluster one document by the `--keep` rule (pipeline/dedup/keep.py); window over the
+              clustered documents only, every other document is its own cluster, kept
+  kept/       the input's documents where they were read, less the removed ids (broadcast, at most
+              REMOVED_IDS_BROADCAST_MAX); above that bound, or with --partitions other than the
+              input's, both sides hash-partitioned by id (one shuffle of the text)
 
 The per-row work is plain Python over Arrow batches (`pipeline.dedup.batches`); the same algorithm
-runs without Spark in `pipeline.dedup.local`.
+runs without Spark in `pipeline.dedup.local`. Where the CPU goes, stage by stage, and what was measured
+against it: docs/benchmarks/dedup.md (`python bench/bench_dedup.py --docs 100000`).
 """
 from __future__ import annotations
 
@@ -62,8 +70,9 @@ def keep_key_column(rule: str):
 BUCKET_ROWS_PER_TASK = 1000000
 
 
-def candidate_edges(buckets, window: int = 4, partitions: int = 8):
-    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work.
+def candidate_edges(buckets, window: int = 4, partitions: int = 8, edge_partitions: int = 8):
+    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work,
+    hash-partitioned by src into `edge_partitions` (where a join on src meets them without a shuffle).
 
     `n` is the document's shingle count. Only members of buckets with >= 2 documents produce edges.
     Rows are hash-partitioned by bucket (no sort) and each partition is one numpy pass in Python
@@ -72,13 +81,38 @@ def candidate_edges(buckets, window: int = 4, partitions: int = 8):
     """
     return (buckets.repartition(partitions, "key", "band")
             .mapInArrow(partial(candidate_batches, window=window), EDGE_SCHEMA)
-            .distinct())
+            .repartition(edge_partitions, "src").distinct())
 
 
-def _write_sorted(df, path: str, partitions: int) -> None:
-    # Hash partitioning on id + sort within partitions: the same input gives the same file contents.
-    (df.repartition(partitions, "id").sortWithinPartitions("id")
-     .write.mode("overwrite").parquet(storage.to_spark_path(path)))
+# Removed documents' ids sent to every task of the kept/ write at most (a hash table of ~100 bytes an
+# id, built on the driver): a fixed bound, so the driver never holds a data-sized set. Above it the
+# documents are shuffled by id to meet the ids instead.
+REMOVED_IDS_BROADCAST_MAX = 1000000
+
+
+def local_checkpoint_keeping_layout(spark, df):
+    """df.localCheckpoint(eager=True) that keeps df's hash partitioning and sort order for later
+    joins. Spark 3.5 records them only from a plan it knows before running; under adaptive execution
+    the checkpoint's plan is unknown until it has run, so joins would shuffle and sort it again. The
+    checkpoint's own plan is one exchange with an explicit partition count, which adaptive execution
+    would not change anyway."""
+    key = "spark.sql.adaptive.enabled"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "false")
+    try:
+        return df.localCheckpoint(eager=True)
+    finally:
+        spark.conf.set(key, before)
+
+
+def release(df) -> None:
+    """Free a persisted or locally checkpointed DataFrame's blocks now. DataFrame.unpersist does not
+    reach a local checkpoint's blocks, which Spark drops only once the driver has garbage-collected
+    its RDD; the stages after dedup in one application (`pipeline run`) would share memory with them."""
+    df.unpersist()
+    plan = df._jdf.queryExecution().logical()
+    if plan.nodeName() == "LogicalRDD":
+        plan.rdd().unpersist(False)
 
 
 def run(spark, cfg: DedupConfig) -> Dict:
@@ -87,7 +121,8 @@ def run(spark, cfg: DedupConfig) -> Dict:
                                      cfg.fp_weight, cfg.fn_weight)
     docs = spark.read.parquet(storage.to_spark_path(cfg.input))
     check_columns(docs.columns, cfg)
-    partitions = cfg.partitions or max(1, docs.rdd.getNumPartitions())
+    input_partitions = max(1, docs.rdd.getNumPartitions())
+    partitions = cfg.partitions or input_partitions
     if cfg.checkpoint_dir:
         spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
 
@@ -95,15 +130,21 @@ def run(spark, cfg: DedupConfig) -> Dict:
         # Cut lineage between phases; reliable checkpoints survive executors lost to dynamic allocation.
         return df.checkpoint(eager=True) if cfg.checkpoint_dir else df.localCheckpoint(eager=True)
 
-    # Cached hash-partitioned and sorted by id: both verification joins and the report's join then
+    def store(df):
+        # A local checkpoint keeps the rows as Spark made them: no columnar cache to build and decode.
+        # With --checkpoint-dir (dynamic allocation) a persisted copy instead, which Spark recomputes
+        # for a lost executor (a reliable checkpoint would write every shingle to HDFS).
+        if cfg.checkpoint_dir:
+            return df.persist(StorageLevel.MEMORY_AND_DISK)
+        return local_checkpoint_keeping_layout(spark, df)
+
+    # Hash-partitioned and sorted by id, stored as rows: both verification joins and the report's join
     # find the shingle side already in place, so its ~2 KB per document is shuffled once, here.
     shuffle_partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    sig = (docs.select("id", "text")
-           .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
-                               bands=bands, rows=rows, normalize=cfg.normalize), SIGNATURE_SCHEMA)
-           .repartition(shuffle_partitions, "id").sortWithinPartitions("id")
-           .persist(StorageLevel.MEMORY_AND_DISK))
-    # One action fills the cache and gives both counts (each Spark action costs scheduling time).
+    sig = store(docs.select("id", "text")
+                .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
+                                    bands=bands, rows=rows, normalize=cfg.normalize), SIGNATURE_SCHEMA)
+                .repartition(shuffle_partitions, "id").sortWithinPartitions("id"))
     head = sig.agg(F.count("*").alias("n"), F.sum(F.col("bands").isNull().cast("int")).alias("empty")).first()
     records_in, empty_docs = int(head["n"]), int(head["empty"] or 0)
     phases = {"signatures": time.time() - t0}
@@ -112,7 +153,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
     # one checkpoint after verification (all candidate pairs with their Jaccard: small) gives both counts.
     buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
     candidate_tasks = max(shuffle_partitions, -(-(records_in - empty_docs) * bands // BUCKET_ROWS_PER_TASK))
-    candidates = candidate_edges(buckets, cfg.window, candidate_tasks)
+    candidates = candidate_edges(buckets, cfg.window, candidate_tasks, shuffle_partitions)
     shingles = sig.select("id", "shingles")
     a, b = shingles.alias("a"), shingles.alias("b")
     pairs = (candidates
@@ -129,35 +170,48 @@ def run(spark, cfg: DedupConfig) -> Dict:
     labels, cc_rounds = connected_components(verified, cfg.max_iterations, cfg.checkpoint_dir or None, clean=True,
                                              edge_count=verified_pairs,
                                              single_task_max_edges=cfg.single_task_max_edges)
-    # Every document gets its row here (singletons: cluster of itself), hash-partitioned and sorted by
-    # id as written, and cached: the kept/ write and the summary reuse it without recomputing clusters.
+    # Only documents of a verified edge (labelled) share a cluster: the window over clusters runs over
+    # them alone. Every other document is its own cluster of size 1, kept. The report has every
+    # document's row, hash-partitioned and sorted by id as written, and is cached: the summary and the
+    # kept/ write reuse it without recomputing clusters.
     cluster = Window.partitionBy("cluster_id")
-    members = sig.select("id", "length")
+    members = labels.join(sig.select("id", "length"), "id")
     if cfg.keep == "first":  # the input order comes from ingest's columns, not from the signatures
         members = members.join(docs.select("id", "source", F.col("pos").cast("long").alias("pos")), "id")
-    report = (members.join(labels, "id", "left")
-              .withColumn("cluster_id", F.coalesce("cluster_id", "id"))
-              .select("id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
-                      (F.min(keep_key_column(cfg.keep)).over(cluster)["id"] == F.col("id")).alias("kept"))
+    clustered = members.select(
+        "id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
+        (F.min(keep_key_column(cfg.keep)).over(cluster)["id"] == F.col("id")).alias("kept"))
+    report = (sig.select("id").join(clustered, "id", "left")
+              .select("id", F.coalesce("cluster_id", "id").alias("cluster_id"),
+                      F.coalesce("cluster_size", F.lit(1).cast("long")).alias("cluster_size"),
+                      F.coalesce("kept", F.lit(True)).alias("kept"))
               .repartition(partitions, "id").sortWithinPartitions("id")
               .persist(StorageLevel.MEMORY_AND_DISK))
     dirs = output_dirs(cfg)
     report.write.mode("overwrite").parquet(storage.to_spark_path(dirs["report"]))
     phases["components+report"] = time.time() - t0 - sum(phases.values())
 
-    removed = report.where(~F.col("kept")).select("id")
-    _write_sorted(docs.join(removed, "id", "left_anti").select(*docs.columns), dirs["kept"], partitions)
-    phases["write kept"] = time.time() - t0 - sum(phases.values())
     summary = (report.where(F.col("cluster_size") > 1)
                .agg(F.count("*").alias("in_clusters"),
                     F.sum(F.when(F.col("kept"), 0).otherwise(1)).alias("removed"),
                     F.sum(F.col("kept").cast("int")).alias("clusters"),
                     F.max("cluster_size").alias("largest"))
                .first())
-    report.unpersist()
-    scored.unpersist()
-    sig.unpersist()
     duplicates_removed = int(summary["removed"] or 0)
+    removed = report.where(~F.col("kept")).select("id")
+    kept = docs.select(*docs.columns)
+    if duplicates_removed <= REMOVED_IDS_BROADCAST_MAX and partitions == input_partitions:
+        # The removed ids go to every task, the documents stay where they were read: no shuffle of text.
+        kept = kept.join(F.broadcast(removed), "id", "left_anti").sortWithinPartitions("id")
+    else:
+        # Both sides hash-partitioned by id into the output's partitions: one shuffle of the text.
+        kept = (kept.repartition(partitions, "id").join(removed.repartition(partitions, "id"), "id", "left_anti")
+                .sortWithinPartitions("id"))
+    kept.select(*docs.columns).write.mode("overwrite").parquet(storage.to_spark_path(dirs["kept"]))
+    phases["write kept"] = time.time() - t0 - sum(phases.values())
+    report.unpersist()
+    for df in (scored, sig):
+        release(df)
     return {
         "stage": "dedup",
         "seconds": round(time.time() - t0, 3),

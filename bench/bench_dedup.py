@@ -1,8 +1,8 @@
 """Dedup speed side by side, one run, same corpus: datasketch vs our single-process core vs the Spark job.
 
     python bench/bench_dedup.py --docs 10000                 # writes docs/benchmarks/results/dedup_side_by_side_10000.json
-    python bench/bench_dedup.py --docs 100000 --data-dir /work/scale-data
-    python bench/bench_dedup.py --docs 1000000 --skip datasketch --no-rerun-check --data-dir /work/scale-data
+    python bench/bench_dedup.py --docs 100000 --data-dir ~/bench-data
+    python bench/bench_dedup.py --docs 1000000 --skip datasketch --no-rerun-check --data-dir ~/bench-data
     python bench/bench_dedup.py --docs 10000 --sweep 9x13w4 16x8w2 18x7w4 25x5w4   # banding vs recall
 
 Corpus: that of bench/bench_scale.py (`ensure_corpus`): `pipeline sample --docs N --seed 0` up to

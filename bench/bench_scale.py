@@ -2,7 +2,7 @@
 peak memory, shuffle and spill, at 10k, 100k and 1M documents, in Spark local mode.
 
     python bench/bench_scale.py --sizes 10000 100000 1000000 --master "local[2]" \\
-        --data /work/scale-data --out docs/benchmarks/results/scale.json
+        --data ~/bench-data --out docs/benchmarks/results/scale.json
 
 Corpus: `pipeline sample --docs N --seed 0` up to --part-docs documents; above that, N / part-docs
 samples of part-docs documents with seeds 0, 1, ... read together (one `pipeline sample` holds its

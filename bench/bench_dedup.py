@@ -60,17 +60,25 @@ def spark_cpu_s(jvm_pid: int) -> dict:
     return {"jvm": sum(jvm_times[:2]), "python_workers": workers, "driver_python": self_cpu_s()}
 
 
+def read_docs(sample_dirs):
+    """The samples' documents as one Arrow table (read once: the benchmark's systems and the job's
+    input copy all take them from here)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(os.path.join(d, "parquet")) for d in sample_dirs])
+
+
 def corpus(size: int, data_dir: str, part_docs: int):
-    """(sample directories, their documents in one DataFrame, their truth in one DataFrame): the
+    """(sample directories, their documents in one Arrow table, their truth in one DataFrame): the
     corpus of bench_scale, one `pipeline sample --seed 0` up to `part_docs` documents, above that
     size / part_docs samples of part_docs documents with seeds 0, 1, ... (generated when missing).
     Near-duplicates stay within a sample; ids are unique across samples, so truths concatenate."""
     import pandas as pd
 
     dirs = ensure_corpus(data_dir, size, part_docs)
-    docs = pd.concat([pd.read_parquet(os.path.join(d, "parquet")) for d in dirs], ignore_index=True)
     truth = pd.concat([pd.read_parquet(os.path.join(d, "truth.parquet")) for d in dirs], ignore_index=True)
-    return dirs, docs, truth
+    return dirs, read_docs(dirs), truth
 
 
 def bench_datasketch(ids, texts, threshold: float, num_perm: int, bands: int, rows: int):
@@ -168,14 +176,13 @@ def bench_job(spark, rest, label: str, input_dir: str, out_dir: str, threshold: 
     return out
 
 
-def job_input(sample_dirs, dest: str, cores: int, limit: int = 0) -> str:
-    """The samples' documents as ONE parquet file with many row groups. A sample is one parquet file
-    with one row group, which Spark would read as one task; ingest output is many part files. At least
-    4 row groups per core so every core gets signature work, and at most ~25k documents each."""
-    import pyarrow as pa
+def job_input(table, dest: str, cores: int, limit: int = 0) -> str:
+    """The documents (an Arrow table) as ONE parquet file with many row groups. A sample is one
+    parquet file with one row group, which Spark would read as one task; ingest output is many part
+    files. At least 4 row groups per core so every core gets signature work, and at most ~25k
+    documents each."""
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(os.path.join(d, "parquet")) for d in sample_dirs])
     if limit:
         table = table.slice(0, limit)
     os.makedirs(dest)
@@ -208,7 +215,12 @@ def bench_size(spark, rest, size: int, args, cores: int) -> dict:
     from pipeline.dedup.lsh import resolve_bands_rows
 
     sample_dirs, docs, truth = corpus(size, args.data_dir, args.part_docs)
-    ids, texts = docs["id"].tolist(), docs["text"].tolist()
+    tmp = src = None
+    if spark is not None:  # the job's input copy, written before the documents are let go
+        tmp = tempfile.mkdtemp(prefix="bench-dedup-", dir=args.work_dir)
+        src = job_input(docs, os.path.join(tmp, "in"), cores)
+    ids, texts = docs.column("id").to_pylist(), docs.column("text").to_pylist()
+    del docs
     bands, rows = resolve_bands_rows(args.threshold, args.num_perm)
     row = {"docs": size, "corpus": sample_dirs}
     core_report = None
@@ -219,11 +231,9 @@ def bench_size(spark, rest, size: int, args, cores: int) -> dict:
         row["core"], core_report = bench_core(ids, texts, args.threshold, args.num_perm)
         row["core"]["quality"] = quality(pd.DataFrame(core_report), truth)
         print("core: %(wall_s).1f s wall, %(cpu_s).1f cpu-s" % row["core"], flush=True)
-    del docs, ids, texts
+    del ids, texts
     if spark is not None:
-        tmp = tempfile.mkdtemp(prefix="bench-dedup-", dir=args.work_dir)
         try:
-            src = job_input(sample_dirs, os.path.join(tmp, "in"), cores)
             row["job"] = bench_job(spark, rest, "job", src, os.path.join(tmp, "a"), args.threshold, args.num_perm,
                                    args.shuffle_partitions)
             report = pd.read_parquet(os.path.join(tmp, "a", "dedup", "report"))
@@ -309,13 +319,15 @@ def sweep(size: int, args, specs) -> list:
     from pipeline.dedup.local import dedup_local
 
     _, docs, truth = corpus(size, args.data_dir, args.part_docs)
+    ids, texts = docs.column("id").to_pylist(), docs.column("text").to_pylist()
+    del docs
     out = []
     print("\n%-10s %7s %11s %9s %9s %9s %8s" % ("bands", "window", "candidates", "verified", "pairs P",
                                                 "pairs R", "F1"))
     for spec in specs:
         br, window = spec.split("w")
         bands, rows = (int(x) for x in br.split("x"))
-        report, stats = dedup_local(docs["id"].tolist(), docs["text"].tolist(), args.threshold,
+        report, stats = dedup_local(ids, texts, args.threshold,
                                     num_perm=args.num_perm, bands=bands, rows=rows, window=int(window))
         pf = quality(pd.DataFrame(report), truth)["pairs"]
         out.append({"bands": bands, "rows": rows, "window": int(window), "stats": stats, "pairs": pf})
@@ -378,7 +390,7 @@ def main(argv=None) -> int:
             first_sample = ensure_corpus(args.data_dir, args.docs[0], args.part_docs)[:1]
             tmp = tempfile.mkdtemp(prefix="bench-dedup-warmup-", dir=args.work_dir)
             try:
-                src = job_input(first_sample, os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
+                src = job_input(read_docs(first_sample), os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
                 w = bench_job(spark, None, "warmup", src, os.path.join(tmp, "out"), args.threshold, args.num_perm,
                               args.shuffle_partitions)
                 print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]))

@@ -199,7 +199,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
                .first())
     duplicates_removed = int(summary["removed"] or 0)
     removed = report.where(~F.col("kept")).select("id")
-    kept = docs.select(*docs.columns)
+    kept = docs
     if duplicates_removed <= REMOVED_IDS_BROADCAST_MAX and partitions == input_partitions:
         # The removed ids go to every task, the documents stay where they were read: no shuffle of text.
         kept = kept.join(F.broadcast(removed), "id", "left_anti").sortWithinPartitions("id")
@@ -207,6 +207,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
         # Both sides hash-partitioned by id into the output's partitions: one shuffle of the text.
         kept = (kept.repartition(partitions, "id").join(removed.repartition(partitions, "id"), "id", "left_anti")
                 .sortWithinPartitions("id"))
+    # (the join puts id first: the input's column order back)
     kept.select(*docs.columns).write.mode("overwrite").parquet(storage.to_spark_path(dirs["kept"]))
     phases["write kept"] = time.time() - t0 - sum(phases.values())
     report.unpersist()

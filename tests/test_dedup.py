@@ -433,3 +433,86 @@ def test_job_equals_core_on_generated_web_pages(spark, tmp_path):
     assert sorted(kept["id"]) == sorted(report.loc[report["kept"], "id"])
     truth = pd.read_parquet(str(tmp_path / "sample" / "truth.parquet"))
     assert score(report, truth)["pairs"]["f1"] == score(pd.DataFrame(ref), truth)["pairs"]["f1"] > 0.97
+
+
+def test_unique_columns_are_written_without_dictionaries(result, corpus):
+    """id, url and text never repeat: kept/ and report/ write them plain (no dictionary built and then
+    dropped); columns with repeated values keep their dictionaries."""
+    _, root = corpus
+    for d, plain, dictionary in (("kept", {"id", "url", "text"}, {"source"}), ("report", {"id"}, {"cluster_size"})):
+        for path in glob.glob(str(root / "out" / "dedup" / d / "part-*.parquet")):
+            meta = pq.ParquetFile(path).metadata
+            for g in range(meta.num_row_groups):
+                encodings = {meta.schema.column(i).name: set(meta.row_group(g).column(i).encodings)
+                             for i in range(meta.num_columns)}
+                for name in plain:
+                    assert not {"PLAIN_DICTIONARY", "RLE_DICTIONARY"} & encodings[name], (d, name, encodings)
+                for name in dictionary:
+                    assert {"PLAIN_DICTIONARY", "RLE_DICTIONARY"} & encodings[name], (d, name, encodings)
+
+
+def _plan_nodes(plan: str):
+    """(name, parent name) of every node of a physical plan's tree string."""
+    lines = [line for line in plan.splitlines() if line.strip()]
+
+    def depth(line):
+        return len(line) - len(line.lstrip(" :+-"))
+
+    out = []
+    for i, line in enumerate(lines):
+        parents = [p for p in lines[:i] if depth(p) < depth(line)]
+        out.append((line.lstrip(" :+-"), parents[-1].lstrip(" :+-") if parents else ""))
+    return out
+
+
+def test_verification_joins_find_the_signatures_in_place(spark, corpus):
+    """The stored signatures (hash-partitioned and sorted by (id_hash, id)) meet both verification
+    joins without a shuffle: the plan's only exchanges move bucket rows and edges. The pairs are the
+    core's candidate pairs, each with both ends' shingle hashes."""
+    from functools import partial
+
+    import numpy as np
+
+    from pipeline.dedup.batches import SIGNATURE_SCHEMA, signature_batches
+    from pipeline.dedup.lsh import resolve_bands_rows
+    from pipeline.dedup.minhash import MinHasher
+    from pipeline.dedup.shingles import jaccard
+    from pipeline.dedup.spark_plan import (candidate_edges, candidate_shingles, id_hash,
+                                           local_checkpoint_keeping_layout)
+    from pyspark.sql import functions as F
+
+    docs, root = corpus
+    cfg = DedupConfig(input=str(root / "docs"), output=str(root / "unused"))
+    bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm)
+    sig = local_checkpoint_keeping_layout(spark, spark.read.parquet(cfg.input).select("id", "text").mapInArrow(
+        partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram, bands=bands, rows=rows,
+                normalize=cfg.normalize), SIGNATURE_SCHEMA)
+        .withColumn("id_hash", id_hash("id")).repartition(4, "id_hash", "id").sortWithinPartitions("id_hash", "id"))
+    buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
+    pairs = candidate_shingles(candidate_edges(buckets, cfg.window, 4, 4), sig)
+
+    # (a corpus this small would be broadcast whole; the layout under test is that of corpora that are not)
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        plan = pairs._jdf.queryExecution().executedPlan().toString()
+        collected = pairs.collect()
+    finally:
+        spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+    nodes = _plan_nodes(plan)
+    exchanges = [name for name, _ in nodes if name.startswith("Exchange hashpartitioning")]
+    assert len(exchanges) == 3, plan                  # buckets by (key, band), edges by src, edges by dst
+    assert [e for e in exchanges if "(src_hash" in e] and [e for e in exchanges if "(dst_hash" in e], plan
+    # both ends' shingle hashes go from the stored signatures straight into a merge join: no exchange, no sort
+    sides = [parent for name, parent in nodes if name.startswith("Project [id_hash") and "shingles" in name]
+    assert len(sides) == 2 and all(p.startswith("SortMergeJoin") for p in sides), plan
+
+    got = {(r["src"], r["dst"]): (np.frombuffer(r["a"], dtype=np.uint64), np.frombuffer(r["b"], dtype=np.uint64))
+           for r in collected}
+    _, stats = dedup_local(list(docs), list(docs.values()))
+    assert len(got) == stats["candidate_pairs"]
+    assert sum(jaccard(a, b) >= cfg.threshold for a, b in got.values()) == stats["verified_pairs"]
+    hasher = MinHasher(cfg.num_perm, cfg.seed, cfg.ngram, cfg.normalize)
+    flat, offsets, _ = hasher.signatures([docs[i] for i in sorted(docs)])
+    own = {i: flat[offsets[k]:offsets[k + 1]] for k, i in enumerate(sorted(docs))}
+    for (src, dst), (a, b) in got.items():
+        assert src < dst and np.array_equal(a, own[src]) and np.array_equal(b, own[dst])

@@ -2,15 +2,16 @@
 (one row per document).
 
   signatures  mapInArrow: text -> shingle hashes, MinHash signature, LSH band keys; hash-partitioned
-              and sorted by id, stored by a local checkpoint that keeps that layout (the one shuffle
-              of the ~2 KB of shingle hashes per document)
+              and sorted by (id_hash, id), stored by a local checkpoint that keeps that layout (the
+              one shuffle of the ~2 KB of shingle hashes per document)
   candidates  explode bands, hash-partition by bucket; per partition one numpy pass (mapInArrow): edge
               to the bucket min + chain to the next `window` by size; distinct edges, partitioned by src
   verify      join the src side's shingle hashes in place, shuffle by dst, join the dst side's in place;
               one mapInArrow pass: exact Jaccard, keep pairs >= threshold
   components  union-find in one task (few edges) or large-star/small-star -> cluster_id = smallest id
   keep        per cluster one document by the `--keep` rule (pipeline/dedup/keep.py); window over the
-              clustered documents only, every other document is its own cluster, kept
+              clustered documents only, every other document is its own cluster, kept; the report
+              is written, then read back for the summary and the removed ids
   kept/       the input's documents where they were read, less the removed ids (broadcast, at most
               REMOVED_IDS_BROADCAST_MAX); above that bound, or with --partitions other than the
               input's, both sides hash-partitioned by id (one shuffle of the text)
@@ -71,8 +72,9 @@ BUCKET_ROWS_PER_TASK = 1000000
 
 
 def candidate_edges(buckets, window: int = 4, partitions: int = 8, edge_partitions: int = 8):
-    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst) with bounded work,
-    hash-partitioned by src into `edge_partitions` (where a join on src meets them without a shuffle).
+    """Spark: rows (id, n, band, key) -> distinct undirected edges (src < dst, src_hash = id_hash(src))
+    with bounded work, hash-partitioned by (src_hash, src) into `edge_partitions` (where a join on the
+    signatures' (id_hash, id) meets them without a shuffle).
 
     `n` is the document's shingle count. Only members of buckets with >= 2 documents produce edges.
     Rows are hash-partitioned by bucket (no sort) and each partition is one numpy pass in Python
@@ -81,13 +83,51 @@ def candidate_edges(buckets, window: int = 4, partitions: int = 8, edge_partitio
     """
     return (buckets.repartition(partitions, "key", "band")
             .mapInArrow(partial(candidate_batches, window=window), EDGE_SCHEMA)
-            .repartition(edge_partitions, "src").distinct())
+            .select("src", "dst", id_hash("src").alias("src_hash"))
+            .repartition(edge_partitions, "src_hash", "src").distinct())
+
+
+def id_hash(column: str):
+    """A 64-bit hash of a document id, joined on together with the id itself (never instead of it).
+    Spark sorts rows by an 8-byte prefix of the first sort key and compares whole rows only when
+    prefixes tie. WARC ids all begin with `<urn:uuid:`, so a sort by id alone reads both ~2 KB rows
+    of every comparison from memory (the sort of the verification join's dst side held most of the
+    JVM's sort samples in a profile); led by this key, the prefix decides."""
+    return F.xxhash64(column)
+
+
+def candidate_shingles(candidates, sig):
+    """Edges (src, dst, src_hash) as candidate_edges gives them, joined with the shingle hashes of
+    both ends: (src, dst, a, b). `sig` is hash-partitioned and sorted by (id_hash, id), so the src
+    side joins it in place and only the edges with one end's shingles move, by (dst_hash, dst)."""
+    shingles = sig.select("id_hash", "id", "shingles")
+    a, b = shingles.alias("a"), shingles.alias("b")
+    return (candidates
+            .join(a, (F.col("src_hash") == F.col("a.id_hash")) & (F.col("src") == F.col("a.id")))
+            .select("src", "dst", id_hash("dst").alias("dst_hash"), F.col("a.shingles").alias("a"))
+            .join(b, (F.col("dst_hash") == F.col("b.id_hash")) & (F.col("dst") == F.col("b.id")))
+            .select("src", "dst", "a", F.col("b.shingles").alias("b")))
 
 
 # Removed documents' ids sent to every task of the kept/ write at most (a hash table of ~100 bytes an
 # id, built on the driver): a fixed bound, so the driver never holds a data-sized set. Above it the
 # documents are shuffled by id to meet the ids instead.
 REMOVED_IDS_BROADCAST_MAX = 1000000
+
+
+# Columns whose values (almost) never repeat: parquet's dictionary encoding of them only builds a hash
+# table of every value until the dictionary page overflows and then re-encodes the page plain (the
+# kept/ write spent most of its encoding CPU there). Plain encoding from the start, same values.
+UNIQUE_COLUMNS = ("id", "url", "text")
+
+
+def write_parquet(df, path: str, plain_columns: Sequence[str] = ()) -> None:
+    """df as parquet files under `path` (replacing them), `plain_columns` without dictionary encoding."""
+    writer = df.write.mode("overwrite")
+    for column in plain_columns:
+        if column in df.columns:
+            writer = writer.option("parquet.enable.dictionary#" + column, "false")
+    writer.parquet(storage.to_spark_path(path))
 
 
 def local_checkpoint_keeping_layout(spark, df):
@@ -138,13 +178,15 @@ def run(spark, cfg: DedupConfig) -> Dict:
             return df.persist(StorageLevel.MEMORY_AND_DISK)
         return local_checkpoint_keeping_layout(spark, df)
 
-    # Hash-partitioned and sorted by id, stored as rows: both verification joins and the report's join
-    # find the shingle side already in place, so its ~2 KB per document is shuffled once, here.
+    # Hash-partitioned and sorted by (id_hash, id), stored as rows: both verification joins and the
+    # report's joins find the shingle side already in place, so its ~2 KB per document is shuffled
+    # once, here.
     shuffle_partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
     sig = store(docs.select("id", "text")
                 .mapInArrow(partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram,
                                     bands=bands, rows=rows, normalize=cfg.normalize), SIGNATURE_SCHEMA)
-                .repartition(shuffle_partitions, "id").sortWithinPartitions("id"))
+                .withColumn("id_hash", id_hash("id"))
+                .repartition(shuffle_partitions, "id_hash", "id").sortWithinPartitions("id_hash", "id"))
     head = sig.agg(F.count("*").alias("n"), F.sum(F.col("bands").isNull().cast("int")).alias("empty")).first()
     records_in, empty_docs = int(head["n"]), int(head["empty"] or 0)
     phases = {"signatures": time.time() - t0}
@@ -154,13 +196,7 @@ def run(spark, cfg: DedupConfig) -> Dict:
     buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
     candidate_tasks = max(shuffle_partitions, -(-(records_in - empty_docs) * bands // BUCKET_ROWS_PER_TASK))
     candidates = candidate_edges(buckets, cfg.window, candidate_tasks, shuffle_partitions)
-    shingles = sig.select("id", "shingles")
-    a, b = shingles.alias("a"), shingles.alias("b")
-    pairs = (candidates
-             .join(a, F.col("src") == F.col("a.id"))
-             .join(b, F.col("dst") == F.col("b.id"))
-             .select("src", "dst", F.col("a.shingles").alias("a"), F.col("b.shingles").alias("b")))
-    scored = cut(pairs.mapInArrow(verify_batches, VERIFY_SCHEMA))
+    scored = cut(candidate_shingles(candidates, sig).mapInArrow(verify_batches, VERIFY_SCHEMA))
     ok = F.col("jaccard") >= cfg.threshold
     counts = scored.agg(F.count("*").alias("candidates"), F.sum(ok.cast("int")).alias("verified")).first()
     candidate_pairs, verified_pairs = int(counts["candidates"]), int(counts["verified"] or 0)
@@ -172,23 +208,25 @@ def run(spark, cfg: DedupConfig) -> Dict:
                                              single_task_max_edges=cfg.single_task_max_edges)
     # Only documents of a verified edge (labelled) share a cluster: the window over clusters runs over
     # them alone. Every other document is its own cluster of size 1, kept. The report has every
-    # document's row, hash-partitioned and sorted by id as written, and is cached: the summary and the
-    # kept/ write reuse it without recomputing clusters.
+    # document's row, hash-partitioned and sorted by id as written.
     cluster = Window.partitionBy("cluster_id")
-    members = labels.join(sig.select("id", "length"), "id")
+    members = labels.withColumn("id_hash", id_hash("id")).join(sig.select("id_hash", "id", "length"), ["id_hash", "id"])
     if cfg.keep == "first":  # the input order comes from ingest's columns, not from the signatures
         members = members.join(docs.select("id", "source", F.col("pos").cast("long").alias("pos")), "id")
     clustered = members.select(
-        "id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
+        "id_hash", "id", "cluster_id", F.count("*").over(cluster).cast("long").alias("cluster_size"),
         (F.min(keep_key_column(cfg.keep)).over(cluster)["id"] == F.col("id")).alias("kept"))
-    report = (sig.select("id").join(clustered, "id", "left")
+    report = (sig.select("id_hash", "id").join(clustered, ["id_hash", "id"], "left")
               .select("id", F.coalesce("cluster_id", "id").alias("cluster_id"),
                       F.coalesce("cluster_size", F.lit(1).cast("long")).alias("cluster_size"),
                       F.coalesce("kept", F.lit(True)).alias("kept"))
-              .repartition(partitions, "id").sortWithinPartitions("id")
-              .persist(StorageLevel.MEMORY_AND_DISK))
+              .repartition(partitions, "id").sortWithinPartitions("id"))
     dirs = output_dirs(cfg)
-    report.write.mode("overwrite").parquet(storage.to_spark_path(dirs["report"]))
+    write_parquet(report, dirs["report"], UNIQUE_COLUMNS)
+    # The summary and the removed ids come from the report as written: reading back ~20 bytes a
+    # document of parquet costs far less than caching it (Spark's columnar cache builder spent
+    # about 9% of the JVM's CPU of a 100k-document run on these 4 columns).
+    report = spark.read.parquet(storage.to_spark_path(dirs["report"]))
     phases["components+report"] = time.time() - t0 - sum(phases.values())
 
     summary = (report.where(F.col("cluster_size") > 1)
@@ -208,9 +246,8 @@ def run(spark, cfg: DedupConfig) -> Dict:
         kept = (kept.repartition(partitions, "id").join(removed.repartition(partitions, "id"), "id", "left_anti")
                 .sortWithinPartitions("id"))
     # (the join puts id first: the input's column order back)
-    kept.select(*docs.columns).write.mode("overwrite").parquet(storage.to_spark_path(dirs["kept"]))
+    write_parquet(kept.select(*docs.columns), dirs["kept"], UNIQUE_COLUMNS)
     phases["write kept"] = time.time() - t0 - sum(phases.values())
-    report.unpersist()
     for df in (scored, sig):
         release(df)
     return {

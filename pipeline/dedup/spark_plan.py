@@ -210,7 +210,8 @@ def run(spark, cfg: DedupConfig) -> Dict:
     # them alone. Every other document is its own cluster of size 1, kept. The report has every
     # document's row, hash-partitioned and sorted by id as written.
     cluster = Window.partitionBy("cluster_id")
-    members = labels.withColumn("id_hash", id_hash("id")).join(sig.select("id_hash", "id", "length"), ["id_hash", "id"])
+    members = (labels.withColumn("id_hash", id_hash("id"))
+               .join(sig.select("id_hash", "id", "length"), ["id_hash", "id"]))
     if cfg.keep == "first":  # the input order comes from ingest's columns, not from the signatures
         members = members.join(docs.select("id", "source", F.col("pos").cast("long").alias("pos")), "id")
     clustered = members.select(

@@ -132,7 +132,10 @@ def test_compiled_model_takes_the_fused_path():
         assert err < (2e-2 if first else 1e-6), (name, err)
 
 
-def test_fused_residual_only_in_cublaslt_bf16_training(monkeypatch):
+def test_fused_residual_in_bf16_training_and_in_inference_only(monkeypatch):
+    """The plan's fused residual runs in bf16 training and in inference (no gradients, no autocast:
+    the decode engine's setting), not in evaluation under autocast, without bf16 autocast while
+    training, or with recompute."""
     calls = []
     real = rn.residual_norm_forward
     monkeypatch.setattr(rn, "residual_norm_forward", lambda *a: calls.append(1) or real(*a))
@@ -145,9 +148,10 @@ def test_fused_residual_only_in_cublaslt_bf16_training(monkeypatch):
             FastGPT(model, plan)(x, x)
         return len(calls)
     assert fused_ops(FUSED) == 2
-    assert fused_ops(FastPlan(fused_residual=True)) == 0  # cuBLASLt path off
-    assert fused_ops(FUSED, grad=False) == 0  # evaluation: the plain blocks
-    assert fused_ops(FUSED, autocast=False) == 0  # no bf16 autocast
+    assert fused_ops(FastPlan(fused_residual=True)) == 2  # with PyTorch's matmuls too
+    assert fused_ops(FUSED, grad=False) == 0  # evaluation under autocast: the plain blocks
+    assert fused_ops(FUSED, autocast=False) == 0  # training without bf16 autocast
+    assert fused_ops(FastPlan(fused_residual=True), autocast=False, grad=False) == 2  # inference
     assert fused_ops(FastPlan(matmul="cublaslt", fused_residual=True, recompute=True)) == 0
 
 

@@ -78,7 +78,7 @@ def variants(out_dir="bench/results", n=256):
             if engine.cuda_graphs:  # bare replay of the captured step: GPU time per token, no Python loop
                 graph, _ = engine._graphs[max(engine._graphs)]
                 row["replay_ms_window_%d" % max(engine._graphs)[1]] = replay_ms(graph, 200)
-            row["fused_active"] = [engine.fuse_gelu, engine.fuse_ln, engine.fuse_attn]
+            row["fused_active"] = engine.fused
             del engine
         except Exception as e:  # a variant that does not run here is a result too
             row["error"] = "%s: %s" % (type(e).__name__, str(e)[:300])
@@ -121,6 +121,7 @@ def variants(out_dir="bench/results", n=256):
 def decode_sweep(out_dir="bench/results", sweep=(16, 32, 64, 128, 256, 512, 1023)):
     import torch
 
+    from pipeline.gpt import decode_kernels as DK
     from pipeline.gpt import engine as E
     from pipeline.gpt.gen_benchmark import logits_error
     from pipeline.gpt.model import GPT, GPTConfig
@@ -155,7 +156,7 @@ def decode_sweep(out_dir="bench/results", sweep=(16, 32, 64, 128, 256, 512, 1023
                        ("16 splits, merge in 2nd kernel", 16, 1, False)]
     for name, n, mb, red in kernel_variants:
         cur.fill_(1023)
-        step = lambda: [E._decode_attn(qkv, cache[i], cur, pad, H, work, count, n, mb, red)  # noqa: E731
+        step = lambda: [DK.decode_attention(qkv, cache[i], cur, pad, H, work, count, n, mb, red)  # noqa: E731
                         for i in range(L)]
         g, _ = graph_us(step)
         row = {"variant": name, "splits": n, "min_blocks": mb, "reduce_in_kernel": red}
@@ -182,7 +183,7 @@ def decode_sweep(out_dir="bench/results", sweep=(16, 32, 64, 128, 256, 512, 1023
         run = lambda n: engine.generate([HELLO], n, temperature=0, stop_token=None)[0]  # noqa: E731
         tokens[name] = run(1023)  # warm-up: captures the graph
         row = {"variant": name, "splits_b1": engine._splits(1),
-               "fused": [engine.fuse_gelu, engine.fuse_ln, engine.fuse_embed, engine.fuse_attn]}
+               "fused": engine.fused}
         for n in sweep:
             ts = []
             for _ in range(5 if n <= 256 else 3):

@@ -3,8 +3,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pipeline.gpt.engine import (EOT_TOKEN, Engine, filter_logits, reference_generate,  # noqa: E402
-                                 sample_next, split_count)
+from pipeline.gpt.decode_kernels import split_count  # noqa: E402
+from pipeline.gpt.engine import EOT_TOKEN, Engine, filter_logits, reference_generate, sample_next  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig  # noqa: E402
 
 TINY = GPTConfig(block_size=64, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
@@ -174,7 +174,9 @@ def test_cuda_engine_matches_reference(graphs, fuse, dtype):
     model = tiny_model().to("cuda", getattr(torch, dtype))
     engine = Engine(model, max_batch_size=4, cuda_graphs=graphs, fuse=fuse)
     # on a CUDA build both fused kernels must pass their self-checks, or the fast path silently vanished
-    assert engine.fuse_gelu == engine.fuse_ln == engine.fuse_embed == engine.fuse_attn == fuse
+    assert engine.plan.fused_residual == engine.fuse_embed == engine.fuse_attn == fuse
+    # GELU in cuBLASLt's epilogue (the training matmuls) computes in bf16: bf16 models only
+    assert (engine.plan.matmul == "cublaslt") == (fuse and dtype == "bfloat16")
     seen = record_logits(engine)
     prompts = prompts_of([3, 17, 1, 10])
     got = engine.generate(prompts, 40, temperature=0, stop_token=None)
@@ -200,9 +202,9 @@ def test_split_count():
 
 @pytest.mark.gpu
 def test_cuda_split_attention_kernel_variants():
-    from pipeline.gpt.engine import _decode_attn_works
+    from pipeline.gpt.decode_kernels import decode_attention_matches
     for min_blocks in (1, 2):
-        assert _decode_attn_works(torch.device("cuda"), 32, (1, 2, 4, 8, 16), min_blocks)
+        assert decode_attention_matches(torch.device("cuda"), 32, (1, 2, 4, 8, 16), min_blocks)
 
 
 @pytest.mark.gpu

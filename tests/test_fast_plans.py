@@ -214,7 +214,8 @@ def test_fast_decode_greedy_tokens_match_the_reference(dtype):
     with torch.no_grad():  # logits of a few units (the init's are ~0.2): fewer near-ties
         model.transformer.wte.weight.mul_(5)
     engine = Engine(model, max_batch_size=1)
-    assert engine.fuse_attn and engine.fuse_ln and engine.cuda_graphs
+    assert engine.fuse_attn and engine.plan.fused_residual and engine.cuda_graphs
+    assert engine.plan.matmul == ("cublaslt" if dtype == "bfloat16" else "torch")
     prompt = [50256, 464, 3290, 318]
     got = engine.generate([prompt], 24, temperature=0, stop_token=None)[0]
     if dtype == "float32":
@@ -260,3 +261,25 @@ def test_the_reference_imports_no_kernels_and_nothing_reads_the_environment():
         assert "GPT_" not in text, path
         for use in re.findall(r"os\.environ[^\n]*", text):
             assert re.search(r"\"(RANK|WORLD_SIZE|LOCAL_RANK)\"", use), (path, use)
+
+
+def test_the_engine_runs_the_fast_forward_and_adds_only_cached_attention():
+    """One fast forward in the module: the decode engine reaches no block sub-module and no GELU or
+    matmul epilogue of its own; it calls `FastGPT.hidden` with its attention over the cache."""
+    import ast
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = ast.parse(open(os.path.join(root, "pipeline", "gpt", "engine.py")).read())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert "hidden" in used
+    assert not used & {"c_attn", "c_fc", "c_proj", "ln_2", "mlp", "attn", "gelu", "_addmm_activation",
+                       "residual_norm_forward"}, used & {"c_attn", "c_fc", "c_proj", "ln_2", "mlp"}
+    # and on any device the engine's logits are the fast forward's (here: the CPU plan)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    engine = Engine(model, max_seq_len=32, cuda_graphs=False)
+    prompt = [50256, 11, 12, 13, 14]
+    got = engine.generate([prompt], 6, temperature=0, stop_token=None)[0]
+    with torch.no_grad():
+        logits, _ = FastGPT(model, engine.plan)(torch.tensor([prompt + got]))
+    assert got == logits[0, len(prompt) - 1:-1].argmax(-1).tolist()

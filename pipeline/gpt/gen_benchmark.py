@@ -161,7 +161,7 @@ def run(cfg) -> int:
         gen(sweep[-1])  # warm-up; captures a graph for every cache window
         check_len = min(128, block)
         check = logits_error(model, engine, (HELLO + gen(check_len - len(HELLO)))[:check_len])
-        check["fused"] = {"gelu": engine.fuse_gelu, "add_layernorm": engine.fuse_ln, "attention": engine.fuse_attn}
+        check["fused"] = engine.fused
         summary["%s_%s_logits_check" % (impl, name)] = check
         print("  %s %s logits vs full forward: %s" % (impl, name, check), flush=True)
         for n in sweep:

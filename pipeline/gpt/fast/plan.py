@@ -22,6 +22,7 @@ Defaults per device (explicit flags win wherever they can run):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -76,7 +77,9 @@ def self_check(feature: str, device: torch.device, shape: Tuple[int, int, int, i
 
     feature: "cublaslt" (the matmuls and fused MLP), "cudnn_attention" (at the training shape
     (B, T, heads, head_dim), building the graphs the steps will use), "cuda_loss" (the Hopper loss
-    kernel), "triton". Each module checks its kernels once per device (and shape) and caches it."""
+    kernel), "triton", "residual_norm" (the fused residual add + layernorm), and the decode
+    engine's own kernels "decode_attention" (shape = (fewest cache blocks per split, splits, 0,
+    head_dim)) and "embed_norm". Each is checked once per device (and shape) and cached."""
     if device.type != "cuda":
         return "%s is not a CUDA device" % device
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -97,7 +100,22 @@ def self_check(feature: str, device: torch.device, shape: Tuple[int, int, int, i
     if feature == "cuda_loss":
         from pipeline.gpt import loss_kernel
         return None if loss_kernel.available(device) else (loss_kernel.unavailable_reason(index) or "unavailable")
+    if feature in ("residual_norm", "decode_attention", "embed_norm"):
+        ok = _cached_check(feature, torch.device("cuda", index), shape)
+        return None if ok else "self-check failed"
     raise ValueError("unknown feature %r" % feature)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_check(feature: str, device: torch.device, shape: Tuple[int, int, int, int]) -> bool:
+    if feature == "residual_norm":
+        from pipeline.gpt.residual_norm import kernel_matches
+        return kernel_matches(device)
+    from pipeline.gpt import decode_kernels
+    if feature == "embed_norm":
+        return decode_kernels.embed_norm_matches(device)
+    min_blocks, splits, head_dim = max(shape[0], 1), max(shape[1], 1), shape[3]
+    return decode_kernels.decode_attention_matches(device, head_dim, sorted({1, splits}), min_blocks)
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -223,3 +241,14 @@ def resolve_plan(cfg, device: torch.device, model_config, accum: int, ddp: bool,
                     cuda_graphs=bool(graphs), compile=compile_, compile_mode=cfg.compile_mode,
                     recompute=recompute, cudnn_tune=bool(cfg.cudnn_tune))
     return plan, notes
+
+
+def inference_plan(device: torch.device, dtype: torch.dtype, fuse: bool = True) -> FastPlan:
+    """The plan the decode engine runs `FastGPT` under (no gradients, no autocast, the model in
+    `dtype` on `device`): cuBLASLt matmuls with GELU in the epilogue for a bf16 model, the fused
+    residual add + layernorm on CUDA, PyTorch's ops for the rest; `fuse=False` or a CPU: all
+    PyTorch's ops. Each kernel only after its self-check passed here."""
+    if not fuse or device.type != "cuda":
+        return FastPlan()
+    matmul = "cublaslt" if dtype == torch.bfloat16 and self_check("cublaslt", device) is None else "torch"
+    return FastPlan(matmul=matmul, fused_residual=self_check("residual_norm", device) is None)

@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pipeline.gpt.decode_kernels import decode_attention, embed_norm, split_count
 from pipeline.gpt.fast.model import FastGPT
@@ -38,6 +39,9 @@ from pipeline.gpt.fast.plan import inference_plan, self_check
 EOT_TOKEN = 50256
 MIN_WINDOW = 64
 STEP_PREFILL_MAX = 4  # unpadded prompts up to this long are prefilled by replaying the decode graph
+# SDPA backends for attention over the cache. Not cuDNN's: it builds a plan for every new shape (~3 ms
+# on an H100), and an eager decode step reads one more cache slot than the step before.
+CACHE_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,10 +205,11 @@ class Engine:
         q = qkv[..., :C].view(B, T, H, D).transpose(1, 2)
         k = cache[:, :window, :C].view(B, window, H, D).transpose(1, 2)
         v = cache[:, :window, C:].view(B, window, H, D).transpose(1, 2)
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        with sdpa_kernel(CACHE_ATTENTION_BACKENDS):
+            if mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return y.transpose(1, 2).reshape(B, T, C)
 
     def _decode_attention(self, layer: int, qkv: torch.Tensor) -> torch.Tensor:

@@ -255,9 +255,8 @@ class Engine:
     def _decode_step(self, B: int, window: int) -> torch.Tensor:
         """One decode step for the first B sequences, reading static buffers only (graph-safe)."""
         tok, pad, cur = self._tok[:B], self._pad[:B], self._cur
-        if self.fuse_attn and self.fuse_embed:
-            return self._forward(tok[:, None], None, cur, None, window, fused_decode=True)
-        pos = (cur - pad).clamp(min=0)[:, None]
+        # with the embedding kernel, position ids come from _cur/_pad inside it
+        pos = None if self.fuse_attn and self.fuse_embed else (cur - pad).clamp(min=0)[:, None]
         if self.fuse_attn:
             return self._forward(tok[:, None], pos, cur, None, window, fused_decode=True)
         slot = torch.arange(window, device=self.device)
@@ -276,10 +275,12 @@ class Engine:
         return min(w, self.max_seq_len)
 
     def _decode(self, B: int, cur: int) -> torch.Tensor:
-        """Logits of the step that reads _tok[:B] at cache slot `cur`."""
+        """Logits of the step that reads _tok[:B] at cache slot `cur`: the steps `generate` samples
+        from (a short prompt's prefill replays the same step through `_step` without sampling)."""
         return self._step(B, cur)
 
     def _step(self, B: int, cur: int) -> torch.Tensor:
+        """One decode step (a graph replay on CUDA)."""
         self._cur.fill_(cur)
         window = self._window(cur)
         if not self.cuda_graphs:

@@ -40,6 +40,16 @@ INPUT_BYTES_PER_SHUFFLE_PARTITION = 32 << 20
 # At least this many shuffle tasks per core, so one slow task does not leave the other cores idle.
 MIN_SHUFFLE_TASKS_PER_CORE = 2
 
+# HotSpot flags of a local launch's JVM (driver and executor in one), which lives for one run; cluster
+# JVMs keep their defaults. Measured on the 100k-document dedup (docs/benchmarks/dedup.md):
+# - C1 only: the C2 compiler spent 17 of the JVM's 52 CPU-s compiling code that then ran for
+#   seconds, while C1-compiled task code is only ~7% slower.
+# - G1 starts concurrent marking at a fixed 80% heap occupancy instead of its adaptive estimate. The
+#   heap holds short-lived rows and one stored copy of the signatures; the adaptive start ran 0.5-4.6
+#   CPU-s of marking per job, varying from run to run, the fixed start 0-0.2 (at 1M: 0.2 against
+#   3.6-9.3), with no full collection.
+LOCAL_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1", "-XX:-G1UseAdaptiveIHOP", "-XX:InitiatingHeapOccupancyPercent=80")
+
 C = TypeVar("C", bound=JobConfig)
 
 
@@ -103,10 +113,7 @@ def get_spark(app_name: str = "pipeline", options: Optional[SparkOptions] = None
                    .config("spark.driver.memory", local_driver_memory(options.driver_memory))
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "true" if progress else "false")
-                   # A local JVM lives for one run: the C2 compiler's CPU (17 of the JVM's 52 CPU-s in
-                   # a 100k-document dedup) never pays off there, while C1-compiled task code is only
-                   # ~7% slower (docs/benchmarks/dedup.md). Cluster JVMs keep the default.
-                   .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1"))
+                   .config("spark.driver.extraJavaOptions", " ".join(LOCAL_JVM_OPTIONS)))
     conf = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.parquet.compression.codec": "snappy",

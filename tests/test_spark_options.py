@@ -29,6 +29,17 @@ def test_local_driver_memory_auto_is_half_the_machine(spark):
     assert spark.conf.get("spark.driver.memory") == "%dg" % min(32, max(1, total_kib * 1024 // 2 // gib))
 
 
+def test_local_jvm_runs_c1_and_starts_g1_marking_at_a_fixed_occupancy(spark):
+    # What the running JVM reports through its own management interface, not the conf we passed.
+    jvm = spark.sparkContext._jvm
+    bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+    option = {name: bean.getVMOption(name).getValue()
+              for name in ("UseG1GC", "TieredStopAtLevel", "G1UseAdaptiveIHOP", "InitiatingHeapOccupancyPercent")}
+    assert option == {"UseG1GC": "true", "TieredStopAtLevel": "1", "G1UseAdaptiveIHOP": "false",
+                      "InitiatingHeapOccupancyPercent": "80"}
+
+
 def test_auto_shuffle_partitions():
     mib = 1 << 20
     assert auto_shuffle_partitions(0, 2) == 4  # at least 2 per core

@@ -24,7 +24,8 @@ Then the job runs a second time into another directory and the two outputs must 
 CPU seconds: resource.getrusage for datasketch and the core; for the job the JVM (driver and executor
 threads, JIT and GC included), every Python worker under it (live and reaped), and the driver's Python,
 each reported apart; the JVM's CPU also by thread name (/proc/<pid>/task), and every Spark stage's
-task metrics (tasks, task-thread CPU, GC, shuffle bytes) from the status REST API on loopback. On a
+task metrics (tasks, task-thread CPU, GC, shuffle bytes) and the Arrow bytes of every Python operator
+(SQL metrics) from the status REST API on loopback. On a
 shared machine CPU seconds, not wall seconds, are the fair measure of work.
 Quality: pairs/dup-doc precision, recall and F1 of the core's and the job's reports against the
 corpus's truth.parquet (exact all-pairs Jaccard, `pipeline.exact_jaccard`, independent of MinHash/LSH).
@@ -144,6 +145,36 @@ def spark_stages(rest, group: str) -> dict:
             "gc_s": round(sum(r["jvmGcTime"] for r in stages), 2)}
 
 
+SIZE = re.compile(r"([\d.]+) (B|KiB|MiB|GiB|TiB)\b")
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def sql_executions(rest) -> list:
+    return rest._get("/applications/%s/sql?details=true&length=100000" % rest.app)
+
+
+def python_bytes(rest, after_execution: int) -> dict:
+    """Arrow bytes between the JVM and the Python workers, per Python operator (Spark's SQL metrics
+    "data sent to / returned from Python workers"), over the SQL executions with an id above
+    `after_execution`. The UI shows them rounded to 3 significant digits."""
+    operators = []
+    for execution in sql_executions(rest):
+        if execution["id"] <= after_execution:
+            continue
+        for node in execution.get("nodes", []):
+            sizes = {}
+            for metric in node.get("metrics", []):
+                for key, label in (("sent", "data sent to Python workers"),
+                                   ("returned", "data returned from Python workers")):
+                    found = SIZE.search(metric["value"]) if metric["name"] == label else None
+                    if found:
+                        sizes[key] = int(float(found.group(1)) * UNITS[found.group(2)])
+            if sizes:
+                operators.append(dict(execution=execution["id"], operator=node["nodeName"], **sizes))
+    return {"sent": sum(o.get("sent", 0) for o in operators),
+            "returned": sum(o.get("returned", 0) for o in operators), "operators": operators}
+
+
 def bench_job(spark, rest, label: str, input_dir: str, out_dir: str, threshold: float, num_perm: int,
               shuffle_partitions: int = 0):
     """One run of the dedup job as `pipeline dedup` runs it (shuffle partitions set from the input's
@@ -156,6 +187,7 @@ def bench_job(spark, rest, label: str, input_dir: str, out_dir: str, threshold: 
     jvm = spark.sparkContext._gateway.proc.pid
     sc = spark.sparkContext
     partitions = set_shuffle_partitions(spark, SparkOptions(shuffle_partitions=shuffle_partitions), [input_dir])
+    last_execution = max((e["id"] for e in sql_executions(rest)), default=-1) if rest is not None else -1
     sc.setLocalProperty("spark.jobGroup.id", label)
     threads0 = thread_cpu_s(jvm)
     t0, c0 = time.time(), spark_cpu_s(jvm)
@@ -173,6 +205,7 @@ def bench_job(spark, rest, label: str, input_dir: str, out_dir: str, threshold: 
            "phase_seconds": stats["phase_seconds"], "bands_rows": [stats["bands"], stats["rows"]]}
     if rest is not None:
         out["spark"] = spark_stages(rest, label)
+        out["python_bytes"] = python_bytes(rest, last_execution)
     return out
 
 
@@ -309,6 +342,11 @@ def print_stages(name: str, job: dict) -> None:
             st["stage"], st["numTasks"], st["executorCpuTime"], st["executorRunTime"], st["jvmGcTime"],
             st["shuffleReadBytes"] / 1e6, st["shuffleWriteBytes"] / 1e6, st["description"] or st["name"]))
     print("JVM CPU by thread: " + ", ".join("%s %.1f" % kv for kv in job["jvm_threads_cpu_s"].items()))
+    moved = job.get("python_bytes")
+    if moved:
+        print("Arrow to Python %.1f MB, from Python %.1f MB: " % (moved["sent"] / 1e6, moved["returned"] / 1e6)
+              + ", ".join("%.1f/%.1f" % (o.get("sent", 0) / 1e6, o.get("returned", 0) / 1e6)
+                          for o in moved["operators"]))
 
 
 def sweep(size: int, args, specs) -> list:

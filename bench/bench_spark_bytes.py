@@ -34,10 +34,9 @@ import tempfile
 import numpy as np
 import pyarrow as pa
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from runinfo import run_info  # bench/ is sys.path[0] when a bench script runs
 
-from runinfo import run_info  # noqa: E402  (bench/ is sys.path[0])
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PAYLOAD_BYTES = 2040  # 255 shingle hashes of 8 bytes: the median sample document's
 OPERATIONS = ("scan", "to_python", "from_python", "shuffle", "store", "parquet_write", "parquet_read")

@@ -488,8 +488,8 @@ def test_verification_joins_find_the_signatures_in_place(spark, corpus):
         partial(signature_batches, num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram, bands=bands, rows=rows,
                 normalize=cfg.normalize), SIGNATURE_SCHEMA)
         .withColumn("id_hash", id_hash("id")).repartition(4, "id_hash", "id").sortWithinPartitions("id_hash", "id"))
-    buckets = sig.where(F.col("bands").isNotNull()).select("id", "n", F.posexplode("bands").alias("band", "key"))
-    pairs = candidate_shingles(candidate_edges(buckets, cfg.window, 4, 4), sig)
+    with_shingles = sig.where(F.col("bands").isNotNull()).select("id", "n", "bands")
+    pairs = candidate_shingles(candidate_edges(with_shingles, cfg.window, 4, 4), sig)
 
     # (a corpus this small would be broadcast whole; the layout under test is that of corpora that are not)
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
@@ -500,7 +500,7 @@ def test_verification_joins_find_the_signatures_in_place(spark, corpus):
         spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
     nodes = _plan_nodes(plan)
     exchanges = [name for name, _ in nodes if name.startswith("Exchange hashpartitioning")]
-    assert len(exchanges) == 3, plan                  # buckets by (key, band), edges by src, edges by dst
+    assert len(exchanges) == 3, plan                  # routed bucket rows by part, edges by src, edges by dst
     assert [e for e in exchanges if "(src_hash" in e] and [e for e in exchanges if "(dst_hash" in e], plan
     # both ends' shingle hashes go from the stored signatures straight into a merge join: no exchange, no sort
     sides = [parent for name, parent in nodes if name.startswith("Project [id_hash") and "shingles" in name]
@@ -516,3 +516,18 @@ def test_verification_joins_find_the_signatures_in_place(spark, corpus):
     own = {i: flat[offsets[k]:offsets[k + 1]] for k, i in enumerate(sorted(docs))}
     for (src, dst), (a, b) in got.items():
         assert src < dst and np.array_equal(a, own[src]) and np.array_equal(b, own[dst])
+
+
+def test_partition_values_land_in_their_partitions(spark):
+    """hash_partition_values(P)[p] is a value that repartition(P, col) sends to partition p, so the
+    routed bucket rows of candidate partition p all arrive in one task."""
+    from pipeline.dedup.spark_plan import hash_partition_values
+    from pyspark.sql import functions as F
+
+    for partitions in (1, 4, 7, 28):
+        values = hash_partition_values(spark, partitions)
+        assert len(values) == partitions == len(set(values))
+        df = spark.createDataFrame([(v, p) for p, v in enumerate(values)], "part long, expected int")
+        landed = (df.repartition(partitions, "part").select("expected", F.spark_partition_id().alias("landed"))
+                  .collect())
+        assert sorted((r["expected"], r["landed"]) for r in landed) == [(p, p) for p in range(partitions)]

@@ -219,3 +219,51 @@ def test_candidate_batches_follow_the_bucket_rule(trial):
     assert len(got) == len(set(got))
     assert set(got) == bucket_rule_edges(rows, window)
     assert list(candidate_batches(iter([]), window)) == []
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_routed_bucket_rows_keep_buckets_whole_and_give_the_same_edges(trial):
+    """Routing bucket rows to partitions (as the Spark plan does before its shuffle) loses no row, puts
+    every bucket in one partition, and the partitions' edges together are the bucket rule's edges."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.dedup.batches import routed_bucket_batches, routed_candidate_batches
+
+    rng = random.Random(100 + trial)
+    bands = rng.randint(1, 6)
+    ids = list(dict.fromkeys("d%04d%s" % (rng.randint(0, 9999), rng.choice(["", "é", "Ω"]))
+                             for _ in range(rng.randint(1, 200))))
+    docs = [(doc_id, rng.randint(1, 12),
+             [rng.randint(-3, 3) if rng.random() < 0.8 else rng.randint(-2 ** 63, 2 ** 63 - 1)
+              for _ in range(bands)]) for doc_id in ids]
+    exploded = [(d, n, band, key) for d, n, keys in docs for band, key in enumerate(keys)]
+    window = rng.randint(0, 5)
+    part_values = [rng.randint(0, 10 ** 6) for _ in range(rng.randint(1, 7))]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([d for d, _, _ in docs], pa.string()), pa.array([n for _, n, _ in docs], pa.int32()),
+         pa.array([k for _, _, k in docs], pa.list_(pa.int64()))], names=["id", "n", "bands"])
+    cut = rng.randint(0, len(docs))
+    routed = list(routed_bucket_batches(iter([batch.slice(0, cut), batch.slice(cut)]), part_values))
+
+    by_part = {}
+    for out in routed:
+        for part, stream in zip(out.column("part").to_pylist(), out.column("rows")):
+            assert part in part_values
+            for rows in pa.ipc.open_stream(stream.as_buffer()):
+                by_part.setdefault(part, []).append(rows)
+    seen = [r for parts in by_part.values() for b in parts for r in zip(*(b.column(c).to_pylist()
+                                                                         for c in ("id", "n", "band", "key")))]
+    assert sorted(seen) == sorted(exploded)
+    home = {}
+    for part, parts in by_part.items():
+        for b in parts:
+            for band, key in zip(b.column("band").to_pylist(), b.column("key").to_pylist()):
+                assert home.setdefault((band, key), part) == part
+    got = set()
+    for part in by_part:
+        streams = [out.filter(pa.compute.equal(out.column("part"), part)) for out in routed]
+        for edges in routed_candidate_batches(iter(streams), window):
+            got.update(zip(edges.column("src").to_pylist(), edges.column("dst").to_pylist()))
+    assert got == bucket_rule_edges(exploded, window)
+    assert np.all(np.asarray([len(s) for s in by_part.values()]) > 0)

@@ -17,6 +17,7 @@ from pipeline.dedup.shingles import DEFAULT_NORMALIZE, jaccard
 SIGNATURE_SCHEMA = "id string, n int, length long, shingles binary, bands array<long>"
 VERIFY_SCHEMA = "src string, dst string, jaccard double"
 EDGE_SCHEMA = "src string, dst string"
+ROUTED_BUCKETS_SCHEMA = "part long, rows binary"
 EDGE_BATCH_ROWS = 65536
 
 
@@ -61,6 +62,64 @@ def signature_batches(batches: Iterator[pa.RecordBatch], num_perm: int, seed: in
              shingle_col,
              band_col],
             names=["id", "n", "length", "shingles", "bands"])
+
+
+def bucket_partition(keys: np.ndarray, bands: np.ndarray, partitions: int) -> np.ndarray:
+    """The candidate partition of each bucket (band, key), 0 <= p < partitions: the same for every
+    member of a bucket, in every process (no Python hash()). Band keys are already hashes of MinHash
+    values, so mixing in the band and taking the remainder spreads buckets evenly."""
+    mixed = keys.astype(np.int64).view(np.uint64) ^ (bands.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return (mixed % np.uint64(partitions)).astype(np.int64)
+
+
+def routed_bucket_batches(batches: Iterator[pa.RecordBatch], part_values) -> Iterator[pa.RecordBatch]:
+    """(id, n, bands) of documents with shingles -> per input batch, one row per candidate partition
+    p: (part_values[p], an Arrow IPC stream of p's bucket rows (id, n, band, key)).
+
+    Spark then shuffles a few large rows per batch by `part` instead of one small row per document and
+    band (18 per document): at 1M documents that row-by-row explode and shuffle cost the JVM more than
+    the bytes it moved. `part_values[p]` is a value that Spark's hash partitioning sends to partition
+    p (spark_plan.hash_partition_values), so every bucket arrives whole in one task, as
+    candidate_batches needs."""
+    partitions = len(part_values)
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        bands = batch.column("bands")
+        offsets = bands.offsets.to_numpy()
+        offsets = offsets - offsets[0]  # a sliced batch's list offsets start where the slice does
+        keys = bands.flatten().to_numpy()
+        per_doc = np.diff(offsets)
+        doc = np.repeat(np.arange(batch.num_rows), per_doc)
+        band = (np.arange(len(keys)) - np.repeat(offsets[:-1], per_doc)).astype(np.int32)
+        part = bucket_partition(keys, band, partitions)
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(partitions + 1))
+        parts, streams = [], []
+        for p in range(partitions):
+            rows = order[bounds[p]:bounds[p + 1]]
+            if not len(rows):
+                continue
+            members = pa.array(doc[rows])
+            routed = pa.RecordBatch.from_arrays(
+                [batch.column("id").take(members), batch.column("n").take(members), pa.array(band[rows]),
+                 pa.array(keys[rows], type=pa.int64())], names=["id", "n", "band", "key"])
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, routed.schema) as writer:
+                writer.write_batch(routed)
+            parts.append(int(part_values[p]))
+            streams.append(sink.getvalue().to_pybytes())
+        yield pa.RecordBatch.from_arrays([pa.array(parts, pa.int64()), pa.array(streams, pa.binary())],
+                                         names=["part", "rows"])
+
+
+def routed_candidate_batches(batches: Iterator[pa.RecordBatch], window: int) -> Iterator[pa.RecordBatch]:
+    """ALL routed rows (part, rows) of one partition -> its candidate edges (candidate_batches)."""
+    def bucket_rows():
+        for batch in batches:
+            for stream in batch.column("rows"):
+                yield from pa.ipc.open_stream(stream.as_buffer())
+    yield from candidate_batches(bucket_rows(), window)
 
 
 def candidate_batches(batches: Iterator[pa.RecordBatch], window: int) -> Iterator[pa.RecordBatch]:

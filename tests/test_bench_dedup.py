@@ -29,8 +29,8 @@ def test_bench_dedup_counts_the_arrow_bytes_of_every_python_operator(tmp_path):
     assert job["report_equals_core"] and job["rerun_byte_identical"]
 
     moved = job["python_bytes"]
-    # signatures, candidates, verification, union-find: one mapInArrow each, in that order
-    assert len(moved["operators"]) == 4
+    # signatures, bucket routing, candidates, verification, union-find: one mapInArrow each, in order
+    assert len(moved["operators"]) == 5
     assert moved["sent"] == sum(o["sent"] for o in moved["operators"])
     assert moved["returned"] == sum(o["returned"] for o in moved["operators"])
     # the signature pass receives every document's id and text as Arrow: at least their bytes, and

@@ -123,7 +123,7 @@ def routed_candidate_batches(batches: Iterator[pa.RecordBatch], window: int) -> 
 
 
 def candidate_batches(batches: Iterator[pa.RecordBatch], window: int) -> Iterator[pa.RecordBatch]:
-    """ALL bucket rows (id, n, band, key) of one partition, hash-partitioned by (key, band) -> the
+    """ALL bucket rows (id, n, band, key) of one partition, whole buckets only -> the
     partition's distinct candidate edges (src < dst): pipeline.dedup.lsh's rule, with numpy.
 
     Every member of a bucket with >= 2 members gets an edge to the bucket's smallest id and to its

@@ -149,8 +149,8 @@ SIZE = re.compile(r"([\d.]+) (B|KiB|MiB|GiB|TiB)\b")
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
-def sql_executions(rest) -> list:
-    return rest._get("/applications/%s/sql?details=true&length=100000" % rest.app)
+def sql_executions(rest, details: bool = True) -> list:
+    return rest._get("/applications/%s/sql?details=%s&length=100000" % (rest.app, str(details).lower()))
 
 
 def python_bytes(rest, after_execution: int) -> dict:
@@ -187,7 +187,8 @@ def bench_job(spark, rest, label: str, input_dir: str, out_dir: str, threshold: 
     jvm = spark.sparkContext._gateway.proc.pid
     sc = spark.sparkContext
     partitions = set_shuffle_partitions(spark, SparkOptions(shuffle_partitions=shuffle_partitions), [input_dir])
-    last_execution = max((e["id"] for e in sql_executions(rest)), default=-1) if rest is not None else -1
+    last_execution = max((e["id"] for e in sql_executions(rest, details=False)), default=-1) \
+        if rest is not None else -1
     sc.setLocalProperty("spark.jobGroup.id", label)
     threads0 = thread_cpu_s(jvm)
     t0, c0 = time.time(), spark_cpu_s(jvm)

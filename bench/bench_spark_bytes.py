@@ -34,7 +34,8 @@ import tempfile
 import numpy as np
 import pyarrow as pa
 
-from runinfo import run_info  # bench/ is sys.path[0] when a bench script runs
+from bench_dedup import spark_cpu_s  # bench/ is sys.path[0] when a bench script runs
+from runinfo import run_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,16 +69,10 @@ def count_rows(batches):
 ROWS_SCHEMA = "id string, payload binary"
 
 
-def jvm_cpu_s(pid: int) -> float:
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_operation(spark, name: str, rows: int, stored, work_dir: str) -> None:
     from pyspark.sql import functions as F
 
-    from pipeline.dedup.spark_plan import write_parquet
+    from pipeline.dedup.spark_plan import release, write_parquet
 
     payload_sum = F.sum(F.length("payload"))
     if name == "scan":
@@ -91,7 +86,7 @@ def run_operation(spark, name: str, rows: int, stored, work_dir: str) -> None:
     elif name == "store":
         checkpoint = stored.select("id", "payload").localCheckpoint(eager=True)
         checkpoint.agg(payload_sum).first()
-        checkpoint._jdf.queryExecution().logical().rdd().unpersist(False)
+        release(checkpoint)
     elif name == "parquet_write":
         write_parquet(stored, os.path.join(work_dir, "p%d" % rows), ["id", "payload"])
     elif name == "parquet_read":
@@ -111,7 +106,7 @@ def main(argv=None) -> int:
     from pipeline.spark import get_spark
 
     spark = get_spark("bench-spark-bytes", master=args.master)
-    pid = int(spark._jvm.java.lang.ProcessHandle.current().pid())
+    jvm = spark.sparkContext._gateway.proc.pid
     work_dir = tempfile.mkdtemp(prefix="spark-bytes-")
     sizes = (args.rows // 10, args.rows)
     stored = {n: spark.range(0, n, numPartitions=2).mapInArrow(make_rows, ROWS_SCHEMA).localCheckpoint(eager=True)
@@ -124,9 +119,9 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             for name in OPERATIONS:
                 for n in sizes:
-                    before = jvm_cpu_s(pid)
+                    before = spark_cpu_s(jvm)["jvm"]
                     run_operation(spark, name, n, stored[n], work_dir)
-                    cpu[name][n].append(jvm_cpu_s(pid) - before)
+                    cpu[name][n].append(spark_cpu_s(jvm)["jvm"] - before)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

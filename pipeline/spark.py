@@ -113,7 +113,9 @@ def get_spark(app_name: str = "pipeline", options: Optional[SparkOptions] = None
                    .config("spark.driver.memory", local_driver_memory(options.driver_memory))
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "true" if progress else "false")
-                   .config("spark.driver.extraJavaOptions", " ".join(LOCAL_JVM_OPTIONS)))
+                   .config("spark.driver.extraJavaOptions", " ".join(LOCAL_JVM_OPTIONS))
+                   # pyspark's daemon, less a per-task re-read of the archives on the workers' path
+                   .config("spark.python.daemon.module", "pipeline.spark_daemon"))
     conf = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.parquet.compression.codec": "snappy",

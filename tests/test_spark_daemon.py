@@ -1,0 +1,80 @@
+"""The local Python worker daemon (pipeline.spark_daemon): archives on the workers' path keep the
+directory they read across tasks, everything else imports as before."""
+import importlib
+import os
+import sys
+import zipfile
+import zipimport
+
+import pytest
+
+from pipeline.spark_daemon import ArchiveImporter, pin_archives
+
+
+def _zip(path, files):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, body in files.items():
+            z.writestr(name, body)
+    return str(path)
+
+
+@pytest.fixture
+def clean_import_state():
+    hooks, cache, modules = list(sys.path_hooks), dict(sys.path_importer_cache), set(sys.modules)
+    path = list(sys.path)
+    yield
+    sys.path_hooks[:] = hooks
+    sys.path_importer_cache.clear()
+    sys.path_importer_cache.update(cache)
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
+
+
+def test_pinned_archive_and_its_packages_import_and_keep_their_directory(tmp_path, clean_import_state):
+    archive = _zip(tmp_path / "lib.zip", {"pinpkg/__init__.py": "", "pinpkg/sub/__init__.py": "",
+                                          "pinpkg/sub/mod.py": "VALUE = 41\n"})
+    other = _zip(tmp_path / "later.zip", {"laterpkg/__init__.py": "VALUE = 1\n"})
+    assert pin_archives([str(tmp_path), archive, str(tmp_path / "missing.zip")]) == [archive]
+    sys.path.insert(0, archive)
+    assert importlib.import_module("pinpkg.sub.mod").VALUE == 41
+    inside = {k: v for k, v in sys.path_importer_cache.items() if k == archive or k.startswith(archive + os.sep)}
+    assert os.path.join(archive, "pinpkg", "sub") in inside  # the subpackage's own importer
+    assert all(isinstance(v, ArchiveImporter) for v in inside.values())
+
+    # invalidate_caches leaves the pinned directory as read; an unpinned archive is still re-read
+    # (Python >= 3.10), which is the cost the daemon removes.
+    sys.path.insert(0, other)
+    importlib.import_module("laterpkg")
+    assert not isinstance(sys.path_importer_cache[other], ArchiveImporter)
+    directories = dict(zipimport._zip_directory_cache)
+    importlib.invalidate_caches()
+    assert zipimport._zip_directory_cache[archive] is directories[archive]
+    if sys.version_info >= (3, 10):
+        assert zipimport._zip_directory_cache[other] is not directories[other]
+
+
+def test_local_workers_do_not_reread_sparks_archives_per_task(spark):
+    def worker_archives(_):
+        # In a Python worker (defined here, so that it is pickled by value): each archive on its
+        # path, and whether invalidate_caches re-read its directory.
+        before = dict(zipimport._zip_directory_cache)
+        importlib.invalidate_caches()
+        yield from [(k, zipimport._zip_directory_cache.get(k) is not v) for k, v in before.items() if k in sys.path]
+
+    reread = spark.sparkContext.parallelize(range(4), 4).mapPartitions(worker_archives).collect()
+    names = {os.path.basename(path) for path, _ in reread}
+    assert "pyspark.zip" in names  # the archives Spark puts on the workers' path are there...
+    assert not any(was_reread for _, was_reread in reread)  # ...and kept across tasks
+
+
+def test_archive_added_while_running_imports_in_workers(spark, tmp_path):
+    archive = _zip(tmp_path / "added_while_running.zip", {"added_while_running.py": "def f(x):\n    return x * 3\n"})
+    spark.sparkContext.addPyFile(archive)
+
+    def use(rows):
+        import added_while_running
+        for x in rows:
+            yield added_while_running.f(x)
+
+    assert sorted(spark.sparkContext.parallelize([1, 2, 3], 3).mapPartitions(use).collect()) == [3, 6, 9]

@@ -16,8 +16,8 @@ times, one after another in this process:
   core         pipeline.dedup.local.dedup_local: signatures, buckets, exact verification, union-find,
                keep rule; one process, no Spark.
   job          pipeline.dedup.spark_plan.run with the shuffle partitions `pipeline dedup` picks: read
-               parquet .. write dedup/kept + dedup/report, Spark `--master` (local[2]) after a warm-up
-               run on `--warmup-docs` docs in the same application, as a long-running job would be.
+               parquet .. write dedup/kept + dedup/report, Spark `--master` (local[2]) right after a
+               warm-up run on `--warmup-docs` docs in the same application, as a long-running job would be.
 Then the job runs a second time into another directory and the two outputs must be byte-identical
 (`--no-rerun-check` skips that), and the job's report must equal the core's (same algorithm).
 
@@ -243,6 +243,23 @@ def quality(report, truth) -> dict:
     return {k: s[k] for k in ("pairs", "has_dup")}
 
 
+def warm_up(spark, args, cores: int) -> None:
+    """Run the job once on `--warmup-docs` documents of the first sample, right before a timed job:
+    a warm-up at the start would be undone while datasketch and the core run (Spark stops Python
+    workers left idle for a minute)."""
+    if not args.warmup_docs:
+        return
+    first_sample = ensure_corpus(args.data_dir, args.docs[0], args.part_docs)[:1]
+    tmp = tempfile.mkdtemp(prefix="bench-dedup-warmup-", dir=args.work_dir)
+    try:
+        src = job_input(read_docs(first_sample), os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
+        w = bench_job(spark, None, "warmup", src, os.path.join(tmp, "out"), args.threshold, args.num_perm,
+                      args.shuffle_partitions)
+        print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def bench_size(spark, rest, size: int, args, cores: int) -> dict:
     import pandas as pd
 
@@ -268,6 +285,7 @@ def bench_size(spark, rest, size: int, args, cores: int) -> dict:
     del ids, texts
     if spark is not None:
         try:
+            warm_up(spark, args, cores)
             row["job"] = bench_job(spark, rest, "job", src, os.path.join(tmp, "a"), args.threshold, args.num_perm,
                                    args.shuffle_partitions)
             report = pd.read_parquet(os.path.join(tmp, "a", "dedup", "report"))
@@ -425,16 +443,6 @@ def main(argv=None) -> int:
         spark = get_spark("bench-dedup", master=args.master, progress=False, extra_conf=conf)
         rest = SparkRest(spark.sparkContext.uiWebUrl)
         spark.range(1000).selectExpr("sum(id)").collect()  # start the JVM and Python workers first
-        if args.warmup_docs:
-            first_sample = ensure_corpus(args.data_dir, args.docs[0], args.part_docs)[:1]
-            tmp = tempfile.mkdtemp(prefix="bench-dedup-warmup-", dir=args.work_dir)
-            try:
-                src = job_input(read_docs(first_sample), os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
-                w = bench_job(spark, None, "warmup", src, os.path.join(tmp, "out"), args.threshold, args.num_perm,
-                              args.shuffle_partitions)
-                print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(args.out_dir, exist_ok=True)
     for size in args.docs:
         row = bench_size(spark, rest, size, args, cores)

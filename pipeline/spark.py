@@ -114,7 +114,7 @@ def get_spark(app_name: str = "pipeline", options: Optional[SparkOptions] = None
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "true" if progress else "false")
                    .config("spark.driver.extraJavaOptions", " ".join(LOCAL_JVM_OPTIONS))
-                   # pyspark's daemon, less a per-task re-read of the archives on the workers' path
+                   # pyspark's daemon, less the per-task re-read of archives, with the Arrow modules preloaded
                    .config("spark.python.daemon.module", "pipeline.spark_daemon"))
     conf = {
         "spark.sql.session.timeZone": "UTC",

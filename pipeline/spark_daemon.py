@@ -1,21 +1,29 @@
-"""The Python worker daemon of local Spark sessions: pyspark's own daemon, except that the start of a
-task does not re-read the archives on the workers' path.
+"""The Python worker daemon of local Spark sessions: pyspark's own daemon, except that
+
+- the start of a task does not re-read the archives on the workers' path, and
+- the modules every Arrow-based Python operator needs are imported once, before the workers fork.
 
 pyspark's worker calls `importlib.invalidate_caches()` at the start of every task, so that files
 added with `addPyFile` are found. From Python 3.10 that makes every zip importer on `sys.path` re-read
 its archive's whole directory in pure Python, and Spark puts three archives on the workers' path:
-pyspark.zip, py4j's zip and spark-core's jar (5,219 entries). Each Python task paid about 74 ms of
-CPU for it before doing any work: about 1.1 CPU-s of a 100k-document dedup job, 7 at 1M
-(docs/benchmarks/dedup.md). Those archives do not change while the application runs, so the
-importers of the archives on the path when the daemon starts keep the directory they read first.
-Archives added later (`addPyFile`) get ordinary importers, which the worker's call refreshes as
-before.
+pyspark.zip, py4j's zip and spark-core's jar (5,219 entries), each read again by the importer of every
+package imported from it. Each Python task paid about 75 ms of CPU for it before doing any work: 15
+tasks of a 100k-document dedup job, about 90 at 1M (docs/benchmarks/dedup.md). Those archives do not
+change while the application runs, so the importers of the archives on the path when the daemon
+starts keep the directory they read first. Archives added later (`addPyFile`) get ordinary
+importers, which the worker's call refreshes as before.
+
+A new worker then imports pyspark's Arrow serializers, pandas, pyarrow and numpy: about 0.45 CPU-s
+each time, and Spark stops a worker left idle for a minute and starts another when work comes back.
+Imported in the daemon, every forked worker has them (numpy and pyarrow reinitialise their thread
+pools after a fork, which `multiprocessing`'s fork start method relies on too).
 
 `pipeline.spark.get_spark` starts local sessions with `spark.python.daemon.module` set to this
 module; clusters keep pyspark's daemon (EMR's Python 3.9 has no such re-read).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import zipimport
@@ -63,7 +71,24 @@ def pin_archives(path: Iterable[str]) -> List[str]:
     return archives
 
 
+# What every Arrow-based Python operator imports in a new worker (module docstring).
+PRELOADED_MODULES = ("numpy", "pyarrow", "pyarrow.compute", "pandas", "pyspark.sql.pandas.serializers")
+
+
+def preload(modules: Iterable[str]) -> List[str]:
+    """Import `modules` (those that are installed); returns the ones imported."""
+    loaded = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        loaded.append(name)
+    return loaded
+
+
 if __name__ == "__main__":
     pin_archives(list(sys.path))
+    preload(PRELOADED_MODULES)
     from pyspark.daemon import manager
     manager()

@@ -1,6 +1,8 @@
 """The local Python worker daemon (pipeline.spark_daemon): archives on the workers' path keep the
-directory they read across tasks, everything else imports as before."""
+directory they read across tasks, the Arrow modules are imported before the workers fork, everything
+else imports as before."""
 import importlib
+import importlib.util
 import os
 import sys
 import zipfile
@@ -8,7 +10,7 @@ import zipimport
 
 import pytest
 
-from pipeline.spark_daemon import ArchiveImporter, pin_archives
+from pipeline.spark_daemon import PRELOADED_MODULES, ArchiveImporter, pin_archives, preload
 
 
 def _zip(path, files):
@@ -78,3 +80,16 @@ def test_archive_added_while_running_imports_in_workers(spark, tmp_path):
             yield added_while_running.f(x)
 
     assert sorted(spark.sparkContext.parallelize([1, 2, 3], 3).mapPartitions(use).collect()) == [3, 6, 9]
+
+
+def test_local_workers_start_with_the_arrow_modules_imported(spark):
+    wanted = [m for m in PRELOADED_MODULES if importlib.util.find_spec(m.split(".")[0])]
+    assert {"numpy", "pyarrow", "pyspark.sql.pandas.serializers"} <= set(wanted)
+
+    def imported(_):
+        # An RDD task: nothing on its way imports pandas or pyarrow, so what is there came from the daemon.
+        yield from [(m, m in sys.modules) for m in wanted]
+
+    seen = spark.sparkContext.parallelize(range(2), 2).mapPartitions(imported).collect()
+    assert seen and all(there for _, there in seen)
+    assert preload(["json", "no_such_module_anywhere"]) == ["json"]

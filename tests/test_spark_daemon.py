@@ -2,6 +2,7 @@
 directory they read across tasks, the Arrow modules are imported before the workers fork, everything
 else imports as before."""
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -23,14 +24,22 @@ def _zip(path, files):
 @pytest.fixture
 def clean_import_state():
     hooks, cache, modules = list(sys.path_hooks), dict(sys.path_importer_cache), set(sys.modules)
-    path = list(sys.path)
     yield
     sys.path_hooks[:] = hooks
     sys.path_importer_cache.clear()
     sys.path_importer_cache.update(cache)
-    sys.path[:] = path
     for name in set(sys.modules) - modules:
         del sys.modules[name]
+
+
+def _import_from(entry, name):
+    """Import top-level package `name` from path entry `entry` the way sys.path would (through
+    sys.path_hooks and sys.path_importer_cache), without putting `entry` on sys.path."""
+    spec = importlib.machinery.PathFinder.find_spec(name, [entry])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_pinned_archive_and_its_packages_import_and_keep_their_directory(tmp_path, clean_import_state):
@@ -38,7 +47,7 @@ def test_pinned_archive_and_its_packages_import_and_keep_their_directory(tmp_pat
                                           "pinpkg/sub/mod.py": "VALUE = 41\n"})
     other = _zip(tmp_path / "later.zip", {"laterpkg/__init__.py": "VALUE = 1\n"})
     assert pin_archives([str(tmp_path), archive, str(tmp_path / "missing.zip")]) == [archive]
-    sys.path.insert(0, archive)
+    _import_from(archive, "pinpkg")
     assert importlib.import_module("pinpkg.sub.mod").VALUE == 41
     inside = {k: v for k, v in sys.path_importer_cache.items() if k == archive or k.startswith(archive + os.sep)}
     assert os.path.join(archive, "pinpkg", "sub") in inside  # the subpackage's own importer
@@ -46,8 +55,7 @@ def test_pinned_archive_and_its_packages_import_and_keep_their_directory(tmp_pat
 
     # invalidate_caches leaves the pinned directory as read; an unpinned archive is still re-read
     # (Python >= 3.10), which is the cost the daemon removes.
-    sys.path.insert(0, other)
-    importlib.import_module("laterpkg")
+    assert _import_from(other, "laterpkg").VALUE == 1
     assert not isinstance(sys.path_importer_cache[other], ArchiveImporter)
     directories = dict(zipimport._zip_directory_cache)
     importlib.invalidate_caches()

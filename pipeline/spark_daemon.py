@@ -15,8 +15,10 @@ importers, which the worker's call refreshes as before.
 
 A new worker then imports pyspark's Arrow serializers, pandas, pyarrow and numpy: about 0.45 CPU-s
 each time, and Spark stops a worker left idle for a minute and starts another when work comes back.
-Imported in the daemon, every forked worker has them (numpy and pyarrow reinitialise their thread
-pools after a fork, which `multiprocessing`'s fork start method relies on too).
+Imported in the daemon, every forked worker has them. Importing starts no thread that a fork
+would break: pyarrow makes its thread pools on first use and remakes them after a fork, and
+OpenBLAS, under numpy, stops its threads before a fork (the same holds under `multiprocessing`'s
+fork start method).
 
 `pipeline.spark.get_spark` starts local sessions with `spark.python.daemon.module` set to this
 module; clusters keep pyspark's daemon (EMR's Python 3.9 has no such re-read).

@@ -17,7 +17,8 @@ times, one after another in this process:
                keep rule; one process, no Spark.
   job          pipeline.dedup.spark_plan.run with the shuffle partitions `pipeline dedup` picks: read
                parquet .. write dedup/kept + dedup/report, Spark `--master` (local[2]) right after a
-               warm-up run on `--warmup-docs` docs in the same application, as a long-running job would be.
+               warm-up run on the corpus's first `--warmup-docs` docs in the same application, as a
+               long-running job would be.
 Then the job runs a second time into another directory and the two outputs must be byte-identical
 (`--no-rerun-check` skips that), and the job's report must equal the core's (same algorithm).
 
@@ -243,21 +244,15 @@ def quality(report, truth) -> dict:
     return {k: s[k] for k in ("pairs", "has_dup")}
 
 
-def warm_up(spark, args, cores: int) -> None:
-    """Run the job once on `--warmup-docs` documents of the first sample, right before a timed job:
-    a warm-up at the start would be undone while datasketch and the core run (Spark stops Python
-    workers left idle for a minute)."""
-    if not args.warmup_docs:
-        return
-    first_sample = ensure_corpus(args.data_dir, args.docs[0], args.part_docs)[:1]
-    tmp = tempfile.mkdtemp(prefix="bench-dedup-warmup-", dir=args.work_dir)
+def warm_up(spark, src: str, out_dir: str, args) -> None:
+    """Run the job once on the warm-up input `src`, right before a timed job: a warm-up at the start
+    would be undone while datasketch and the core run (Spark stops Python workers left idle for a
+    minute)."""
     try:
-        src = job_input(read_docs(first_sample), os.path.join(tmp, "in"), cores, limit=args.warmup_docs)
-        w = bench_job(spark, None, "warmup", src, os.path.join(tmp, "out"), args.threshold, args.num_perm,
-                      args.shuffle_partitions)
+        w = bench_job(spark, None, "warmup", src, out_dir, args.threshold, args.num_perm, args.shuffle_partitions)
         print("warm-up on %d docs: %.1f s wall, %.1f cpu-s" % (args.warmup_docs, w["wall_s"], w["cpu_s"]), flush=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def bench_size(spark, rest, size: int, args, cores: int) -> dict:
@@ -266,10 +261,12 @@ def bench_size(spark, rest, size: int, args, cores: int) -> dict:
     from pipeline.dedup.lsh import resolve_bands_rows
 
     sample_dirs, docs, truth = corpus(size, args.data_dir, args.part_docs)
-    tmp = src = None
-    if spark is not None:  # the job's input copy, written before the documents are let go
+    tmp = src = warmup_src = None
+    if spark is not None:  # the job's input copies, written before the documents are let go
         tmp = tempfile.mkdtemp(prefix="bench-dedup-", dir=args.work_dir)
         src = job_input(docs, os.path.join(tmp, "in"), cores)
+        if args.warmup_docs:  # the corpus's first documents
+            warmup_src = job_input(docs, os.path.join(tmp, "warmup-in"), cores, limit=args.warmup_docs)
     ids, texts = docs.column("id").to_pylist(), docs.column("text").to_pylist()
     del docs
     bands, rows = resolve_bands_rows(args.threshold, args.num_perm)
@@ -285,7 +282,8 @@ def bench_size(spark, rest, size: int, args, cores: int) -> dict:
     del ids, texts
     if spark is not None:
         try:
-            warm_up(spark, args, cores)
+            if warmup_src is not None:
+                warm_up(spark, warmup_src, os.path.join(tmp, "warmup-out"), args)
             row["job"] = bench_job(spark, rest, "job", src, os.path.join(tmp, "a"), args.threshold, args.num_perm,
                                    args.shuffle_partitions)
             report = pd.read_parquet(os.path.join(tmp, "a", "dedup", "report"))
@@ -408,8 +406,9 @@ def main(argv=None) -> int:
                    help="the job's --shuffle-partitions; 0 = from the input's bytes, as `pipeline dedup` picks")
     p.add_argument("--work-dir", default=None, help="where the job's input copy and outputs go (temporary)")
     p.add_argument("--warmup-docs", type=int, default=2000,
-                   help="run the Spark job once on this many docs first (JVM JIT, codegen cache, "
-                        "Python workers), as a long-running job would be; 0 = cold")
+                   help="run the Spark job once on the corpus's first this many docs right before "
+                        "each timed job (JVM JIT, codegen cache, Python workers), as a long-running "
+                        "job would be; 0 = cold")
     p.add_argument("--no-rerun-check", dest="rerun_check", action="store_false",
                    help="skip the second job run and the byte-identical comparison")
     p.add_argument("--spark-conf", nargs="*", default=[], metavar="KEY=VALUE",

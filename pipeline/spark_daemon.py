@@ -45,15 +45,14 @@ def pin_archives(path: Iterable[str]) -> List[str]:
     the entries themselves and those of the packages inside them (`pyspark.zip/pyspark/sql`: each
     keeps its own copy of the archive's directory), made now or later. Returns the archives; other
     entries, and archives added to the path later, keep the import system's own importers."""
-    archives = []
+    archives = {}
     for entry in path:
         try:
-            ArchiveImporter(entry)
+            archives[entry] = ArchiveImporter(entry)
         except (zipimport.ZipImportError, OSError, TypeError):
             continue  # a directory, a missing file, or not a zip archive
-        archives.append(entry)
     if not archives:
-        return archives
+        return []
 
     def inside(entry: str) -> bool:
         return any(entry == archive or entry.startswith(archive + os.sep) for archive in archives)
@@ -68,9 +67,8 @@ def pin_archives(path: Iterable[str]) -> List[str]:
     for entry, importer in list(sys.path_importer_cache.items()):
         if inside(entry) and not isinstance(importer, ArchiveImporter):
             sys.path_importer_cache[entry] = ArchiveImporter(entry)
-    for entry in archives:
-        sys.path_importer_cache[entry] = ArchiveImporter(entry)
-    return archives
+    sys.path_importer_cache.update(archives)
+    return list(archives)
 
 
 # What every Arrow-based Python operator imports in a new worker (module docstring).

@@ -1,7 +1,8 @@
 """The Python worker daemon of local Spark sessions: pyspark's own daemon, except that
 
 - the start of a task does not re-read the archives on the workers' path, and
-- the modules every Arrow-based Python operator needs are imported once, before the workers fork.
+- the modules every Arrow-based Python operator needs are imported once, before the workers fork,
+  and the objects they made are frozen out of the garbage collector's reach.
 
 pyspark's worker calls `importlib.invalidate_caches()` at the start of every task, so that files
 added with `addPyFile` are found. From Python 3.10 that makes every zip importer on `sys.path` re-read
@@ -20,11 +21,20 @@ would break: pyarrow makes its thread pools on first use and remakes them after 
 OpenBLAS, under numpy, stops its threads before a fork (the same holds under `multiprocessing`'s
 fork start method).
 
+pyspark's worker runs a full `gc.collect()` after every task it serves, and with those modules loaded
+each one walks about 68,000 objects: 28 ms of CPU in a fresh process, and in a py-spy profile of a
+100k-document dedup job 5.6% of its Python workers' samples (about 1.5 CPU-s over 15 tasks).
+`gc.freeze()` just before the first fork moves them to the collector's permanent generation, which
+the workers inherit: their collections walk only what the tasks made (0.04 ms in a worker after a
+signature task), and the modules' pages stay shared with the daemon instead of being copied when a
+collection touches their objects.
+
 `pipeline.spark.get_spark` starts local sessions with `spark.python.daemon.module` set to this
 module; clusters keep pyspark's daemon (EMR's Python 3.9 has no such re-read).
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -91,4 +101,5 @@ if __name__ == "__main__":
     pin_archives(list(sys.path))
     preload(PRELOADED_MODULES)
     from pyspark.daemon import manager
+    gc.freeze()
     manager()

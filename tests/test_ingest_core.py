@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ingest_inputs import WarcBuilder, html_page, page_bytes, write_jsonl
+from ingest_inputs import WarcBuilder, html_page, junk_bytes, page_bytes, write_jsonl
 from pipeline.ingest import charset, core, tabular
 from pipeline.ingest.records import IngestOptions
 from pipeline.ingest.extract import EXTRACTORS, get_extractor
@@ -62,6 +62,26 @@ def test_wrong_declarations_fall_back_to_what_the_bytes_are():
     assert "naïve" in charset.decode_html(utf8, "x-no-such-charset")[0]
     assert "naïve" in charset.decode_html(utf8, "base64")[0]
 
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("label", ["idna", "punycode", "undefined", "unicode_escape"])
+def test_a_page_naming_a_non_web_codec_is_read_and_the_records_after_it_too(label, reader):
+    """Python knows these codec names, but decoding a page with them raises UnicodeError (or turns
+    backslashes into other characters): the label is ignored like an unknown one, and no record of
+    the file is lost to it."""
+    b = WarcBuilder()
+    first = b.response("http://ex.com/0", page_bytes(0))
+    odd = b.response("http://ex.com/odd", html_page("t", ["naïve café 1"]).encode("utf-8"),
+                     content_type="text/html; charset=%s" % label)
+    meta = b.response("http://ex.com/meta", html_page("t", ["naïve café 2"], charset=label).encode("utf-8"),
+                      content_type="text/html")
+    after = [b.response("http://ex.com/%d" % i, page_bytes(i)) for i in (1, 2)]
+    recs = warc_records(b.bytes(), reader)
+    assert [r.id for r in recs] == [first, odd, meta] + after
+    assert all(r.reason is None for r in recs), [(r.reason, r.detail) for r in recs]
+    assert "naïve café 1" in recs[1].text and "naïve café 2" in recs[2].text
+    assert charset.normalise_charset(label) is None
 
 def test_no_declaration_utf8_then_cp1252_with_replacement():
     assert charset.decode_html("plain ✓ text".encode("utf-8"))[0] == "plain ✓ text"
@@ -141,7 +161,7 @@ def mixed_warc(gz=True):
     expect[b.response("http://ex.com/404", b"<html>gone</html>", status="404 Not Found")] = "http_status"
     expect[b.response("http://ex.com/301", b"", status="301 Moved Permanently")] = "http_status"
     expect[b.response("http://ex.com/png", b"\x89PNG\r\n\x1a\n" + bytes(300), content_type="image/png")] = "not_html"
-    expect[b.response("http://ex.com/junk", os.urandom(6000), content_type="text/html")] = "decode_error"
+    expect[b.response("http://ex.com/junk", junk_bytes(6000, seed=101), content_type="text/html")] = "decode_error"
     expect[b.response("http://ex.com/empty", b"<html><body><script>x()</script></body></html>")] = "empty_text"
     expect[b.response("http://ex.com/big", b"<html><body>" + b"<p>word</p>" * 200000 + b"</body></html>")] = "too_large"
     expect[b.raw_response("http://ex.com/broken", b"NOT-HTTP garbage\r\n\r\n<p>hi</p>")] = "bad_record"
@@ -229,7 +249,7 @@ def test_gzip_member_cut_inside_its_trailer_is_still_truncated(reader):
 
 def test_file_that_is_not_a_warc_is_one_unreadable_file_record(reader):
     # b"\n" + junk: after a leading blank line warcio hands out a header-less record for any bytes.
-    for junk in (os.urandom(5000), b"\n" + os.urandom(4999), gzip.compress(b"just some text\n" * 50),
+    for junk in (junk_bytes(5000, seed=102), b"\n" + junk_bytes(4999, seed=103), gzip.compress(b"just some text\n" * 50),
                  b"hello, world\n" * 10):
         recs = warc_records(junk, reader)
         assert len(recs) == 1 and recs[0].reason == "unreadable_file" and recs[0].source == "mem.warc.gz"
@@ -240,7 +260,7 @@ def test_garbage_after_valid_records_is_one_bad_tail(reader):
     b = WarcBuilder()
     for i in range(3):
         b.response("http://ex.com/%d" % i, page_bytes(i))
-    recs = warc_records(b.bytes() + os.urandom(3000), reader)
+    recs = warc_records(b.bytes() + junk_bytes(3000, seed=104), reader)
     assert [r.reason for r in recs] == [None, None, None, "bad_record"]
 
 
@@ -410,6 +430,17 @@ def test_jsonl_text_col_options_and_limits(tmp_path):
     assert [r.reason for r in recs] == ["too_large", None]
 
 
+
+def test_a_jsonl_line_nested_too_deep_is_one_bad_record(tmp_path):
+    """json.loads raises RecursionError, not ValueError, for deep nesting: that line alone is a
+    bad_record and the lines after it are read."""
+    path = tmp_path / "deep.jsonl"
+    deep = b'{"text": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    path.write_bytes(b'{"text": "first document here"}\n' + deep + b'\n{"text": "third document here"}\n')
+    recs = jsonl_records(str(path))
+    assert [(r.pos, r.reason) for r in recs] == [(1, None), (2, "bad_record"), (3, None)]
+    assert "invalid JSON" in recs[1].detail
+
 def test_truncated_jsonl_gz_is_one_bad_tail(tmp_path):
     rows = [{"text": "document number %d " % i * 20} for i in range(200)]
     data = gzip.compress(b"".join(tabular.json.dumps(r).encode() + b"\n" for r in rows))
@@ -496,3 +527,19 @@ def test_large_warc_gzipped_as_a_whole(tmp_path, reader):
     assert path.stat().st_size > 16384
     recs = list(core.process_file(str(path), "warc", IngestOptions(warc_reader=reader)))
     assert [r.id for r in recs] == b.ids and all(r.reason is None for r in recs)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_an_extractor_that_cannot_load_fails_the_file_not_each_page(reader, monkeypatch):
+    """On an executor without the extractor's library the task must fail (Spark retries it, then
+    says why), not drop every page as extract_error and report success."""
+    from pipeline.ingest.extract import ExtractorUnavailable
+
+    def unavailable():
+        raise ExtractorUnavailable("the test's extractor library is not installed")
+
+    monkeypatch.setitem(EXTRACTORS, "unavailable-in-test", unavailable)
+    b = WarcBuilder()
+    b.response("http://ex.com/0", page_bytes(0))
+    with pytest.raises(ExtractorUnavailable):
+        warc_records(b.bytes(), reader, extractor="unavailable-in-test")

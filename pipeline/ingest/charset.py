@@ -26,6 +26,11 @@ _SUPERSETS = {
 # Labels seen on the web that Python's codec registry does not know.
 _LABELS = {"x-sjis": "cp932", "windows-31j": "cp932", "x-euc-jp": "euc_jp", "x-gbk": "gb18030",
            "unicode-1-1-utf-8": "utf-8", "x-mac-roman": "mac_roman"}
+# Python codecs that a page can name but that are not text charsets of the web: they decode nothing
+# (`undefined`), or raise UnicodeError rather than UnicodeDecodeError for ordinary bytes (`idna`,
+# `punycode`), or turn backslash sequences into other characters (`*unicode_escape`). WHATWG's
+# encoding standard has none of them; a label naming one is ignored like an unknown label.
+_NOT_WEB_CHARSETS = {"undefined", "idna", "punycode", "unicode-escape", "raw-unicode-escape"}
 _SINGLE_BYTE_LATIN = {"cp1252", "iso8859-15", "cp1254", "iso8859-9", "mac-roman"}
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"),
          (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF16_LE, "utf-16-le"),
@@ -51,7 +56,7 @@ def normalise_charset(label: Optional[str]) -> Optional[str]:
         info = codecs.lookup(_LABELS.get(label, label))
     except LookupError:
         return None
-    if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib ...
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_WEB_CHARSETS:  # base64, zlib, idna ...
         return None
     return _SUPERSETS.get(info.name, info.name)
 

@@ -46,7 +46,7 @@ def json_record(line: bytes, source: str, lineno: int, opts: IngestOptions) -> R
     where = "line %d" % lineno
     try:
         obj = json.loads(line)
-    except ValueError as e:  # includes invalid UTF-8
+    except (ValueError, RecursionError) as e:  # invalid UTF-8 included; RecursionError: nesting too deep
         return dropped(source, lineno, "bad_record", "%s: invalid JSON: %s" % (where, str(e)[:200]))
     if not isinstance(obj, dict):
         return dropped(source, lineno, "bad_record", "%s: not a JSON object" % where)

@@ -166,6 +166,8 @@ def _response(f: WarcFields, block: _CountingReader, opts: IngestOptions) -> Tup
         html, encoding = charset.decode_html(body, charset.charset_from_content_type(content_type))
     except charset.DecodeError as e:
         return "decode_error", None, str(e)
+    except (UnicodeError, LookupError) as e:  # a codec's own failure: this record's, not the file's
+        return "decode_error", None, "%s: %s" % (type(e).__name__, str(e)[:200])
     try:
         text = get_extractor(opts.extractor)(html)
     except Exception as e:
@@ -195,7 +197,11 @@ def iter_warc(stream: IO[bytes], source: str, opts: IngestOptions,
               reopen: Optional[Callable[[], IO[bytes]]] = None) -> Iterator[Record]:
     """Records of one WARC stream, read with `opts.warc_reader`. `reopen` (a fresh stream of the
     same file; a seekable `stream` is rewound instead) lets a file be read a second time: a WARC
-    gzipped as a whole, and whatever the FastWARC path hands over to warcio."""
+    gzipped as a whole, and whatever the FastWARC path hands over to warcio.
+
+    The extractor is loaded before the first record: an executor without its library fails the task
+    (and Spark says why) instead of dropping every page of the file as `extract_error`."""
+    get_extractor(opts.extractor)
     if opts.warc_reader == "fastwarc":
         yield from _fastwarc_records(stream, source, opts, reopen)
     elif opts.warc_reader == "warcio":

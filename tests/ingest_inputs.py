@@ -12,6 +12,12 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 
+def junk_bytes(n: int, seed: int) -> bytes:
+    """n random bytes, the same in every run (binary junk for the ingest tests: os.urandom could now
+    and then make bytes that read as something else)."""
+    return random.Random(seed).randbytes(n)
+
+
 def html_page(title: str, paragraphs: Sequence[str], charset: Optional[str] = None) -> str:
     meta = '<meta charset="%s">' % charset if charset else ""
     body = "".join("<p>%s</p>\n" % p for p in paragraphs)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ingest_inputs import WarcBuilder, page_bytes, write_jsonl, write_parquet
+from ingest_inputs import WarcBuilder, junk_bytes, page_bytes, write_jsonl, write_parquet
 from jobs import ingest_job
 from pipeline.accounting import DROP_REASONS, NOT_DOCUMENT_REASONS
 from pipeline.ingest import spark_plan
@@ -29,7 +29,7 @@ def build_inputs(d):
         a.response("http://a.example/%d" % i, page_bytes(i))
     a.response("http://a.example/404", b"<p>gone</p>", status="404 Not Found")
     a.response("http://a.example/img", b"\x89PNG" + bytes(200), content_type="image/png")
-    a.response("http://a.example/bin", os.urandom(5000))
+    a.response("http://a.example/bin", junk_bytes(5000, seed=105))
     a.response("http://a.example/empty", b"<html><body></body></html>")
     a.response("http://a.example/dup", page_bytes(50), record_id=DUP_ID)
     a.write(os.path.join(d, "a.warc.gz"))
@@ -47,7 +47,7 @@ def build_inputs(d):
         f.write(t.bytes()[:(t.offsets[3] + t.offsets[4]) // 2])  # cut inside the 4th record
     n += 4  # 3 complete records + one bad tail
     with open(os.path.join(d, "junk.warc.gz"), "wb") as f:
-        f.write(os.urandom(4000))
+        f.write(junk_bytes(4000, seed=106))
     n += 1
     write_jsonl(os.path.join(d, "c.jsonl.gz"), [
         {"id": "j1", "text": "a json document", "url": "http://c.example/1"},
@@ -237,7 +237,7 @@ def test_missing_text_column_is_a_clear_error(spark, tmp_path):
 
 def test_all_inputs_unreadable_fails_naming_them(spark, tmp_path):
     for name in ("x.warc.gz", "y.warc"):
-        (tmp_path / name).write_bytes(os.urandom(2000))
+        (tmp_path / name).write_bytes(junk_bytes(2000, seed=107))
     with pytest.raises(spark_plan.IngestError, match=r"(?s)every input file is unreadable.*x\.warc\.gz.*y\.warc"):
         spark_plan.run(spark, IngestConfig(input=(str(tmp_path / "*.warc*"),), output=str(tmp_path / "out")))
 
@@ -267,7 +267,7 @@ def test_corrupt_parquet_is_a_clear_error(spark, tmp_path):
     from pipeline.storage import InputError
 
     bad = tmp_path / "broken.parquet"
-    bad.write_bytes(b"PAR1" + os.urandom(500))
+    bad.write_bytes(b"PAR1" + junk_bytes(500, seed=108))
     with pytest.raises(InputError, match=r"cannot read parquet input \(.*broken\.parquet\)"):
         spark_plan.run(spark, IngestConfig(input=(str(bad),), output=str(tmp_path / "out")))
 

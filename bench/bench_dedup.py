@@ -418,7 +418,7 @@ def main(argv=None) -> int:
                    help="instead of the speed runs: score the core with these bands x rows / windows on "
                         "each --docs corpus (e.g. 9x13w4 16x8w2 18x7w4 25x5w4); JSON to "
                         "OUT_DIR/dedup_banding_<docs>.json")
-    p.add_argument("--out-dir", default=os.path.join(REPO, "docs", "benchmarks", "results"),
+    p.add_argument("--out-dir", default=os.path.join(REPO, "bench", "results"),
                    help="JSON goes to OUT_DIR/dedup_side_by_side_<docs>.json")
     args = p.parse_args(argv)
 

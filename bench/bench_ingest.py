@@ -160,8 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pages", type=int, default=300, help="large generated pages (~34 KB each)")
     ap.add_argument("--sample-docs", type=int, default=2000, help="documents of the `pipeline sample` set")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                  "docs", "benchmarks", "results", "ingest_extractors.json"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  "ingest_extractors.json"))
     args = ap.parse_args(argv)
     register_extractor(NO_EXTRACTION, lambda: (lambda html: "x"))
 

@@ -63,7 +63,9 @@ def main() -> int:
         rows.append({"docs": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak_mb),
                      **{k + "_s": v for k, v in res["seconds"].items()},
                      "warc_mb": round(_dir_mb(os.path.join(out, "warc")), 1),
-                     "warc_records": sum(res["warc_records"].values()), "dup_docs": res["dup_docs"],
+                     # doc_responses counts the HTML documents among the responses, which are in "response" too
+                     "warc_records": sum(res["warc_records"].values()) - res["warc_records"]["doc_responses"],
+                     "dup_docs": res["dup_docs"],
                      "dup_clusters": res["dup_clusters"], "similar_pairs": res["similar_pairs"],
                      "families": res["n_families"]})
         last = out

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=100000, help="rows of the large run (the small run has a tenth)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--master", default="local[2]")
-    p.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks", "results", "spark_bytes.json"))
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "spark_bytes.json"))
     args = p.parse_args(argv)
 
     from pipeline.spark import get_spark

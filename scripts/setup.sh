@@ -58,7 +58,7 @@ fi
 if ! .venv/bin/python -m pip install -q --only-binary=resiliparse,fastwarc -e ".[$extras]"; then
   extras="${extras#fast,}"; extras="${extras#fast}"
   echo "WARNING: no resiliparse/fastwarc wheels for this machine: installing without them; ingest" \
-       "falls back to beautifulsoup4 + warcio (about 6x slower per document)" >&2
+       "falls back to beautifulsoup4 + warcio (7-10x slower per document)" >&2
   .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
 fi
 echo "installed into .venv (extras: ${extras:-none})"

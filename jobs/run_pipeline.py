@@ -16,7 +16,14 @@ from pipeline.spark import SparkOptions, get_spark
 
 def main(argv: Optional[List[str]] = None) -> int:
     ns = stages.build_parser().parse_args(argv)
-    summary = stages.run_stages(get_spark("pipeline-run", SparkOptions.from_args(ns)), ns)
+    try:
+        summary = stages.run_stages(get_spark("pipeline-run", SparkOptions.from_args(ns)), ns)
+    except stages.StageStopped as e:  # a problem the user can act on: no traceback
+        if e.summary:
+            print(accounting.format_table(e.summary))
+            print("summary: %s" % storage.join(ns.output, "summary.json"))
+        print("pipeline run: error: %s" % e, file=sys.stderr)
+        return 2
     print(accounting.format_table(summary))
     print("summary: %s" % storage.join(ns.output, "summary.json"))
     return 0

@@ -20,6 +20,7 @@ from pipeline.ingest import spark_plan as ingest_plan
 from pipeline.ingest.config import IngestConfig
 from pipeline.shards import spark_plan as shards_plan
 from pipeline.shards.config import ShardsConfig
+from pipeline.shards.plan import PlanError
 from pipeline.spark import SparkOptions, set_shuffle_partitions
 from pipeline.tokenize import spark_plan as tokenize_plan
 from pipeline.tokenize.config import TokenizeConfig
@@ -95,15 +96,39 @@ def run_stage(spark, stage: Stage, cfg, spark_opts: SparkOptions) -> dict:
     return stats
 
 
+class StageStopped(Exception):
+    """A stage refused its input with a problem the user can act on (no tokens to shard, a
+    validation split too large). `summary` is the checked summary of the stages before it, already
+    written to summary.json."""
+
+    def __init__(self, stage: str, message: str, summary: dict):
+        super().__init__("%s: %s" % (stage, message))
+        self.summary = summary
+
+
 def run_stages(spark, ns: argparse.Namespace) -> dict:
-    """Run the chosen stages one after the other; write and return the checked run summary."""
+    """Run the chosen stages one after the other; write and return the checked run summary.
+
+    A stage that stops on a planning problem (pipeline.shards.plan.PlanError: e.g. a crawl whose
+    every record was dropped leaves no tokens) still leaves summary.json, with every record of the
+    stages that ran accounted for and `stopped_at` naming the stage; StageStopped carries it."""
     spark_opts = SparkOptions.from_args(ns)
     previous = spark.conf.get("spark.sql.shuffle.partitions")
+    all_stats: List[dict] = []
+    extra = {"input": list(ns.input), "output": ns.output}
     try:
-        all_stats = [run_stage(spark, stage, cfg, spark_opts) for stage, cfg in stage_configs(ns)]
+        for stage, cfg in stage_configs(ns):
+            try:
+                all_stats.append(run_stage(spark, stage, cfg, spark_opts))
+            except PlanError as e:
+                summary = accounting.build_summary(all_stats, extra=dict(
+                    extra, stopped_at={"stage": stage.name, "error": str(e)})) if all_stats else {}
+                if summary:
+                    accounting.write_summary(summary, ns.output)
+                raise StageStopped(stage.name, str(e), summary) from e
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", previous)
-    summary = accounting.build_summary(all_stats, extra={"input": list(ns.input), "output": ns.output})
+    summary = accounting.build_summary(all_stats, extra=extra)
     accounting.write_summary(summary, ns.output)
     return summary
 

@@ -225,3 +225,34 @@ def test_separate_launch_gives_same_rows_and_identical_shards(runs, sample):
     assert [os.path.basename(p) for p in sa] == [os.path.basename(p) for p in sb]
     for fa, fb in zip(sa, sb):
         assert open(fa, "rb").read() == open(fb, "rb").read(), fa
+
+
+def test_a_crawl_without_any_document_to_keep_ends_with_its_summary(spark, tmp_path, capsys):
+    """Every record dropped or not a document: the stages before shards run on empty data, shards
+    has no tokens to lay out, and the run stops with exit status 2, a one-line error and a
+    summary.json that accounts for every record (counted here with warcio)."""
+    from ingest_inputs import WarcBuilder, page_bytes
+    from jobs import run_pipeline
+
+    warc_dir = tmp_path / "warc"
+    warc_dir.mkdir()
+    b = WarcBuilder()
+    b.warcinfo()
+    b.request("http://ex.com/a")
+    b.response("http://ex.com/a", page_bytes(1), status="404 Not Found")
+    b.response("http://ex.com/logo.png", b"\x89PNG....", content_type="image/png")
+    b.write(str(warc_dir / "all_dropped.warc.gz"))
+    with open(warc_dir / "all_dropped.warc.gz", "rb") as f:
+        records = sum(1 for _ in ArchiveIterator(f))
+
+    out = str(tmp_path / "out")
+    assert run_pipeline.main(["--input", str(warc_dir), "--output", out]) == 2
+    assert "pipeline run: error: shards: no tokens to shard" in capsys.readouterr().err
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["stopped_at"]["stage"] == "shards"
+    assert [s["stage"] for s in summary["stages"]] == ["ingest", "dedup", "tokenize"]
+    assert summary["records_in"] == records == 4
+    assert summary["not_documents"] == {"not_response": 2}
+    assert summary["dropped"] == {"http_status": 1, "not_html": 1}
+    assert summary["kept"] == 0 and summary["duplicates_removed"] == 0

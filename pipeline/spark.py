@@ -135,6 +135,16 @@ def get_spark(app_name: str = "pipeline", options: Optional[SparkOptions] = None
     return spark
 
 
+def release(df) -> None:
+    """Free a persisted or locally checkpointed DataFrame's blocks now. DataFrame.unpersist does not
+    reach a local checkpoint's blocks, which Spark drops only once the driver has garbage-collected
+    its RDD; the stages after it in one application (`pipeline run`) would share memory with them."""
+    df.unpersist()
+    plan = df._jdf.queryExecution().logical()
+    if plan.nodeName() == "LogicalRDD":
+        plan.rdd().unpersist(False)
+
+
 def local_driver_memory(setting: str, physical_bytes: Optional[int] = None) -> str:
     """spark.driver.memory for a local launch. In local mode the driver JVM is also the only
     executor, so a fixed small heap is what limits corpus size on one machine: a million documents

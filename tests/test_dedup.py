@@ -299,12 +299,15 @@ def test_connected_components_long_path(spark):
     edges = [(path[i], path[i + 1]) for i in range(len(path) - 1)]
     edges += [("m2", "m1"), ("m3", "m2"), ("m1", "m3"), ("z1", "z0"), ("z0", "z1"), ("z1", "z1")]
     df = spark.createDataFrame(edges, "src string, dst string")
+    stored_before = set(spark.sparkContext._jsc.getPersistentRDDs().keySet())
     labels, rounds = connected_components(df)
     got = {r["id"]: r["cluster_id"] for r in labels.collect()}
     assert len(got) == labels.count() == 400 + 5
     assert all(got[n] == "n0000" for n in nodes)
     assert got["m3"] == got["m2"] == "m1" and got["z1"] == "z0" == got["z0"]
     assert 2 <= rounds <= 30                                       # log-ish, not the path length
+    # Each round's local checkpoint is freed when the next one is taken: only the last stays stored.
+    assert len(set(spark.sparkContext._jsc.getPersistentRDDs().keySet()) - stored_before) == 1
 
 
 def test_single_task_components_match_distributed(spark):

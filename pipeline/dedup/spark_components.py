@@ -30,6 +30,7 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from pipeline.dedup.components import union_find_batches
+from pipeline.spark import release
 
 
 def _cut_lineage(df, reliable: bool):
@@ -104,7 +105,7 @@ def connected_components(edges, max_iterations: int = 100, checkpoint_dir: Optio
             raise RuntimeError("connected components did not converge in %d rounds" % max_iterations)
         nxt = _cut_lineage(_small_star(_large_star(cur)), reliable)
         if cur is not edges:
-            cur.unpersist()
+            release(cur)  # this round's checkpoint: unpersist() alone leaves a local checkpoint's blocks
         cur = nxt
         rounds += 1
     # A star forest: every edge is (leaf, root) with root < leaf; roots label themselves.

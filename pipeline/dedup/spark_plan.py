@@ -32,6 +32,7 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from pipeline import storage
+from pipeline.spark import release
 from pipeline.dedup.batches import (EDGE_SCHEMA, ROUTED_BUCKETS_SCHEMA, SIGNATURE_SCHEMA, VERIFY_SCHEMA,
                                     routed_bucket_batches, routed_candidate_batches, signature_batches,
                                     verify_batches)
@@ -162,16 +163,6 @@ def local_checkpoint_keeping_layout(spark, df):
         return df.localCheckpoint(eager=True)
     finally:
         spark.conf.set(key, before)
-
-
-def release(df) -> None:
-    """Free a persisted or locally checkpointed DataFrame's blocks now. DataFrame.unpersist does not
-    reach a local checkpoint's blocks, which Spark drops only once the driver has garbage-collected
-    its RDD; the stages after dedup in one application (`pipeline run`) would share memory with them."""
-    df.unpersist()
-    plan = df._jdf.queryExecution().logical()
-    if plan.nodeName() == "LogicalRDD":
-        plan.rdd().unpersist(False)
 
 
 def run(spark, cfg: DedupConfig) -> Dict:

@@ -97,7 +97,7 @@ def test_bundle_imports_and_compiles_on_python39(tmp_path):
     package.build_bundle(str(zpath))
     script = (
         "import sys, zipfile\n"
-        "z = sys.argv[1]; sys.path.insert(0, z)\n"
+        "z = sys.argv[1]\n"
         "bad = []\n"
         "for n in zipfile.ZipFile(z).namelist():\n"
         "    if n.endswith('.py'):\n"
@@ -107,8 +107,10 @@ def test_bundle_imports_and_compiles_on_python39(tmp_path):
         "import pipeline, pipeline.storage, pipeline.config, pipeline.accounting, jobs\n"
         "assert pipeline.storage.__file__.startswith(z), pipeline.storage.__file__\n"
         "print('ok')\n")
+    # The zip goes on the path the way spark-submit's --py-files puts it there: PYTHONPATH.
+    env = dict(os.environ, PYTHONPATH=str(zpath))
     res = subprocess.run([PY39, "-c", script, str(zpath)], capture_output=True, text=True,
-                         cwd=str(tmp_path), timeout=120)
+                         cwd=str(tmp_path), timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
 

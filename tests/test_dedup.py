@@ -534,3 +534,31 @@ def test_partition_values_land_in_their_partitions(spark):
         landed = (df.repartition(partitions, "part").select("expected", F.spark_partition_id().alias("landed"))
                   .collect())
         assert sorted((r["expected"], r["landed"]) for r in landed) == [(p, p) for p in range(partitions)]
+
+
+def test_every_algorithm_flag_reaches_the_job(spark, tmp_path):
+    """Non-default --threshold, --ngram, --num-perm, --bands/--rows, --window, --seed and the
+    distributed components (--single-task-max-edges 0, --max-iterations) through the CLI: the report
+    and the counts are the core's with the same settings, and differ from the defaults' (so a flag
+    that did not reach the job would show)."""
+    from pipeline.sample import write_sample
+
+    write_sample(str(tmp_path / "sample"), 400, seed=11, workers=1)
+    docs = pd.read_parquet(str(tmp_path / "sample" / "parquet"))
+    out = tmp_path / "out"
+    flags = {"threshold": 0.6, "ngram": 3, "num_perm": 64, "bands": 16, "rows": 4, "window": 2, "seed": 5}
+    argv = ["--input", str(tmp_path / "sample" / "parquet"), "--output", str(out),
+            "--single-task-max-edges", "0", "--max-iterations", "50"]
+    for name, value in flags.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    assert dedup_job.main(argv) == 0
+    report = pd.read_parquet(str(out / "dedup" / "report"))
+    ref, ref_stats = dedup_local(docs["id"].tolist(), docs["text"].tolist(), **flags)
+    assert {r["id"]: (r["cluster_id"], r["kept"]) for r in ref} == \
+        {i: (c, k) for i, c, k in zip(report["id"], report["cluster_id"], report["kept"])}
+    _, default_stats = dedup_local(docs["id"].tolist(), docs["text"].tolist())
+    assert ref_stats["candidate_pairs"] != default_stats["candidate_pairs"]
+    assert ref_stats["duplicates_removed"] != default_stats["duplicates_removed"]
+    with open(str(out / "dedup" / "report" / "_config.json")) as f:
+        saved = json.load(f)
+    assert {k: saved["config"][k] for k in flags} == flags

@@ -169,7 +169,9 @@ class _S3Reader(io.RawIOBase):
 
     Hours-long WARC streams on a busy cluster do see resets and read timeouts; instead of failing the
     file we re-request the rest with a Range GET (up to `retries` times in a row). The object length
-    from the first response tells a real end of file from a connection that closed early.
+    from the first response tells a real end of file from a connection that closed early, and its
+    ETag (sent as If-Match) makes sure the rest comes from the same version of the object: one
+    replaced in between fails the read instead of splicing two versions.
     """
 
     def __init__(self, path: str, retries: int = 3):
@@ -179,6 +181,7 @@ class _S3Reader(io.RawIOBase):
         self._retries = retries
         self._pos = 0
         self._size = -1
+        self._etag = None
         self._body = None
         self._request()
 
@@ -188,12 +191,19 @@ class _S3Reader(io.RawIOBase):
         kwargs = {"Bucket": self._bucket, "Key": self._key}
         if self._pos:
             kwargs["Range"] = "bytes=%d-" % self._pos
+            kwargs["IfMatch"] = self._etag
         try:
             resp = self._client.get_object(**kwargs)
-        except (ClientError, BotoCoreError) as e:  # the S3 error code is in the message
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                raise InputError("cannot read %s: the object changed while it was read (at byte %d)"
+                                 % (self._path, self._pos)) from e
+            raise InputError("cannot read %s: %s" % (self._path, e)) from e
+        except BotoCoreError as e:  # the S3 error code is in the message
             raise InputError("cannot read %s: %s" % (self._path, e)) from e
         if self._size < 0:
             self._size = int(resp["ContentLength"])
+            self._etag = resp["ETag"]
         self._body = resp["Body"]
 
     def readable(self) -> bool:

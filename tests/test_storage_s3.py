@@ -128,6 +128,18 @@ def test_open_read_resumes_after_a_dropped_connection(s3):
     assert first + rest == data
 
 
+def test_open_read_does_not_splice_an_object_replaced_mid_read(s3):
+    old, new = bytes(range(256)) * 8192, bytes(reversed(range(256))) * 8192  # 2 MiB each
+    s3.put_object(Bucket=BUCKET, Key="big.bin", Body=old)
+    f = storage.open_read("s3://%s/big.bin" % BUCKET)
+    assert f.read(1 << 20) == old[:1 << 20]
+    s3.put_object(Bucket=BUCKET, Key="big.bin", Body=new)  # replaced, then the connection drops
+    f.raw._body.close()
+    with pytest.raises(InputError, match="changed while it was read"):
+        f.read()
+    f.close()
+
+
 def test_open_read_gzip_roundtrip(s3):
     text = "".join("line %d\n" % i for i in range(20000)).encode()
     s3.put_object(Bucket=BUCKET, Key="t.txt.gz", Body=gzip.compress(text))

@@ -121,9 +121,10 @@ def run_stages(spark, ns: argparse.Namespace) -> dict:
             try:
                 all_stats.append(run_stage(spark, stage, cfg, spark_opts))
             except PlanError as e:
-                summary = accounting.build_summary(all_stats, extra=dict(
-                    extra, stopped_at={"stage": stage.name, "error": str(e)})) if all_stats else {}
-                if summary:
+                summary = {}
+                if all_stats:
+                    summary = accounting.build_summary(
+                        all_stats, extra=dict(extra, stopped_at={"stage": stage.name, "error": str(e)}))
                     accounting.write_summary(summary, ns.output)
                 raise StageStopped(stage.name, str(e), summary) from e
     finally:

@@ -32,7 +32,6 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from pipeline import storage
-from pipeline.spark import release
 from pipeline.dedup.batches import (EDGE_SCHEMA, ROUTED_BUCKETS_SCHEMA, SIGNATURE_SCHEMA, VERIFY_SCHEMA,
                                     routed_bucket_batches, routed_candidate_batches, signature_batches,
                                     verify_batches)
@@ -40,6 +39,7 @@ from pipeline.dedup.config import DedupConfig
 from pipeline.dedup.keep import COLUMNS_NEEDED
 from pipeline.dedup.lsh import resolve_bands_rows
 from pipeline.dedup.spark_components import connected_components
+from pipeline.spark import release
 
 
 def output_dirs(cfg: DedupConfig) -> Dict[str, str]:

@@ -26,6 +26,10 @@ NODE_VENV = "/opt/pipeline/venv"
 NODE_PYTHON = NODE_VENV + "/bin/python"
 NODE_TIKTOKEN_DIR = "/opt/pipeline/tiktoken"
 JOBS_TAKING_BPE = ("run_pipeline", "tokenize")
+JOBS_DEDUPING = ("run_pipeline", "dedup")
+# Where dedup checkpoints when the core nodes are spot instances: the cluster's HDFS, which EMR
+# replicates across core nodes, so the stage survives one of them being taken back.
+SPOT_CHECKPOINT_DIR = "hdfs:///tmp/pipeline-dedup-checkpoints"
 
 # (vCPUs, EMR's default yarn.nodemanager.resource.memory-mb) per instance type, as in EMR's "Task
 # configuration" tables (not checked against a live cluster here). Override with --yarn-memory-mb for
@@ -286,6 +290,10 @@ def spark_submit_args(cfg: LaunchConfig) -> List[str]:
     if cfg.job in JOBS_TAKING_BPE and "--bpe-file" not in cfg.job_args \
             and "--tiktoken-cache" not in cfg.job_args:
         args += ["--bpe-file", a["bpe"]]
+    if cfg.core_market == "SPOT" and cfg.job in JOBS_DEDUPING and "--checkpoint-dir" not in cfg.job_args:
+        # Local checkpoints live on the executors: a spot node taken back mid-dedup would lose the
+        # stored signatures and fail the stage. Reliable checkpoints (and recomputable persists) don't.
+        args += ["--checkpoint-dir", SPOT_CHECKPOINT_DIR]
     args += list(cfg.job_args)
     return args
 

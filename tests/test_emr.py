@@ -621,6 +621,19 @@ def test_course_step_is_the_courses_spark_submit_line_token_by_token():
                                   "--bpe-file", code + "/bpe/r50k_base.tiktoken"]
 
 
+
+def test_spot_core_nodes_give_dedup_reliable_checkpoints():
+    base = LaunchConfig(s3_prefix=PREFIX, input="s3://i/", output="s3://o/")
+    assert "--checkpoint-dir" not in spec.spark_submit_args(base)
+    for job in ("run_pipeline", "dedup"):
+        args = spec.spark_submit_args(dataclasses.replace(base, core_market="SPOT", job=job))
+        assert args[args.index("--checkpoint-dir") + 1] == "hdfs:///tmp/pipeline-dedup-checkpoints"
+    assert "--checkpoint-dir" not in spec.spark_submit_args(dataclasses.replace(base, core_market="SPOT",
+                                                                                job="tokenize"))
+    own = spec.spark_submit_args(dataclasses.replace(base, core_market="SPOT",
+                                                     job_args=("--checkpoint-dir", "s3://b/ckpt")))
+    assert own.count("--checkpoint-dir") == 1 and own[-1] == "s3://b/ckpt"
+
 def test_spark_submit_options_from_flags():
     cfg = launch.parse(["submit", "--s3-prefix", PREFIX, "--cluster-id", "j-1", "--input", "s3://i/",
                         "--output", "s3://o/", "--deploy-mode", "cluster", "--driver-memory", "8g",

@@ -22,6 +22,13 @@ class InputError(Exception):
     """An input path that cannot be found or read at all (the message names the path)."""
 
 
+class ReadInterrupted(InputError):
+    """An object that opened could not be read to its end: the connection failed past the retries,
+    or the object changed or went away meanwhile. Not a fault of the data: the readers let it
+    through, so the task fails and Spark runs it again, instead of counting the rest of the file as
+    a broken tail."""
+
+
 def is_s3(path: str) -> bool:
     return path.startswith(S3_SCHEMES)
 
@@ -195,12 +202,13 @@ class _S3Reader(io.RawIOBase):
         try:
             resp = self._client.get_object(**kwargs)
         except ClientError as e:
+            error = ReadInterrupted if self._pos else InputError
             if e.response.get("Error", {}).get("Code") == "PreconditionFailed":
-                raise InputError("cannot read %s: the object changed while it was read (at byte %d)"
-                                 % (self._path, self._pos)) from e
-            raise InputError("cannot read %s: %s" % (self._path, e)) from e
+                raise error("cannot read %s: the object changed while it was read (at byte %d)"
+                            % (self._path, self._pos)) from e
+            raise error("cannot read %s: %s" % (self._path, e)) from e
         except BotoCoreError as e:  # the S3 error code is in the message
-            raise InputError("cannot read %s: %s" % (self._path, e)) from e
+            raise (ReadInterrupted if self._pos else InputError)("cannot read %s: %s" % (self._path, e)) from e
         if self._size < 0:
             self._size = int(resp["ContentLength"])
             self._etag = resp["ETag"]
@@ -217,8 +225,8 @@ class _S3Reader(io.RawIOBase):
             return 0
         failures = 0
         while True:
-            try:
-                data = self._body.read(len(buf))
+            try:  # no body: the last re-request failed, so this read asks again (and fails again)
+                data = self._body.read(len(buf)) if self._body is not None else b""
             except (BotoCoreError, HTTPError, OSError, ValueError):
                 data = b""  # ValueError: read on a closed stream
             if data:
@@ -227,8 +235,8 @@ class _S3Reader(io.RawIOBase):
                 return len(data)
             failures += 1
             if failures > self._retries:
-                raise InputError("cannot read %s: connection lost at byte %d of %d"
-                                 % (self._path, self._pos, self._size))
+                raise ReadInterrupted("cannot read %s: connection lost at byte %d of %d"
+                                      % (self._path, self._pos, self._size))
             self._close_body()
             self._request()
 

@@ -312,3 +312,44 @@ def test_ingest_job_over_s3_matches_reading_the_same_bytes_locally(s3_server, sp
         (r.id, r.url, r.text, r.warc_date, src(k), r.pos) for (k, _), r in expected.items() if r.reason is None)
     assert sorted((d.source, d.record_id or "", d.reason) for d in dropped) == sorted(
         (src(k), r.id or "", r.reason) for (k, _), r in expected.items() if r.reason is not None)
+
+
+@pytest.mark.parametrize("reader", ["warcio", "fastwarc"])
+def test_a_read_cut_off_mid_file_fails_the_task_instead_of_ending_the_file(s3, reader):
+    """The storage failed, not the data: ingest's readers let ReadInterrupted through (Spark then
+    retries the task) rather than counting the rest of the file as one broken-tail drop."""
+    from ingest_inputs import WarcBuilder, page_bytes
+
+    from pipeline.ingest.records import IngestOptions
+    from pipeline.ingest.warc import iter_warc
+
+    b = WarcBuilder(gzip=False)
+    for i in range(300):
+        b.response("http://ex.com/%d" % i, page_bytes(i, words=1500))  # ~3 MB: more than one buffer
+    path = "s3://%s/crawl.warc" % BUCKET
+    s3.put_object(Bucket=BUCKET, Key="crawl.warc", Body=b.bytes())
+    stream = storage.open_read(path)
+    records = iter_warc(stream, path, IngestOptions(warc_reader=reader), reopen=lambda: storage.open_read(path))
+    assert next(records).reason is None
+    s3.put_object(Bucket=BUCKET, Key="crawl.warc", Body=b"replaced")  # the object changes...
+    stream.raw._body.close()  # ...and the connection drops: the resumed read must not go on
+    with pytest.raises(storage.ReadInterrupted, match="changed while it was read"):
+        list(records)
+    stream.close()
+
+
+def test_a_jsonl_read_cut_off_mid_file_fails_the_task(s3):
+    from pipeline.ingest import core, tabular
+    from pipeline.ingest.records import IngestOptions
+
+    body = b"".join(b'{"text": "document %d %s"}\n' % (i, b"x" * 1000) for i in range(3000))  # ~3 MB
+    path = "s3://%s/docs.jsonl" % BUCKET
+    s3.put_object(Bucket=BUCKET, Key="docs.jsonl", Body=body)
+    stream = storage.open_read(path)
+    records = tabular.iter_jsonl(core._buffered(stream), path, IngestOptions())
+    assert next(records).reason is None
+    s3.delete_object(Bucket=BUCKET, Key="docs.jsonl")
+    stream.raw._body.close()
+    with pytest.raises(storage.ReadInterrupted):
+        list(records)
+    stream.close()

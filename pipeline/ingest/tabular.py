@@ -17,6 +17,7 @@ import hashlib
 import json
 from typing import IO, Iterator, Optional
 
+from pipeline import storage
 from pipeline.ingest.charset import BINARY_CONTROL_SHARE, BINARY_SAMPLE_BYTES, control_share
 from pipeline.ingest.records import IngestOptions, Record, dropped, kept, text_problem
 
@@ -111,6 +112,8 @@ def iter_jsonl(stream: IO[bytes], source: str, opts: IngestOptions) -> Iterator[
                               "not a JSON-lines file: its first bytes are binary")
                 return
             first = False
+    except storage.ReadInterrupted:
+        raise  # the storage failed, not the file: the task fails and Spark retries it
     except Exception as e:
         msg = "%s: %s" % (type(e).__name__, " ".join(str(e).split())[:300])
         if lineno == 0:

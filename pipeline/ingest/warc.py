@@ -41,6 +41,7 @@ import zlib
 from collections import namedtuple
 from typing import IO, Callable, Dict, Iterator, Optional, Tuple
 
+from pipeline import storage
 from pipeline.ingest import charset
 from pipeline.ingest.extract import get_extractor
 from pipeline.ingest.records import IngestOptions, Record, dropped, kept, text_problem
@@ -139,6 +140,8 @@ def _response(f: WarcFields, block: _CountingReader, opts: IngestOptions) -> Tup
     try:
         http = _parse_http(block)
         status = int(http.get_statuscode())
+    except storage.ReadInterrupted:
+        raise
     except Exception as e:  # EOF, garbage status line, undecodable headers
         return "bad_record", None, "broken HTTP headers: %s" % (str(e)[:200] or type(e).__name__)
     if status != 200:
@@ -155,6 +158,8 @@ def _response(f: WarcFields, block: _CountingReader, opts: IngestOptions) -> Tup
             f.length - block.count, opts.max_record_bytes)
     try:
         body = _content_stream(http, block, f.length).read(opts.max_record_bytes + 1)
+    except storage.ReadInterrupted:
+        raise
     except Exception as e:
         return "decode_error", None, "cannot decode %s body: %s" % (
             http.get_header("Content-Encoding") or "chunked", str(e)[:200])
@@ -300,6 +305,8 @@ def _iter_archive(stream: IO[bytes], source: str, opts: IngestOptions, skip: int
         if n > 0 and size - last_end > _MAX_TRAILING_BYTES:
             yield dropped(source, last_end, "bad_record", "truncated file: %d bytes after the last "
                           "complete record (offset %d) are not a record" % (size - last_end, last_end))
+    except storage.ReadInterrupted:
+        raise  # the storage failed, not the file: the task fails and Spark retries it
     except Exception as e:
         if n > 0 and "non-chunked gzip" in str(e):
             raise _WholeFileGzip(skip + yielded)
@@ -511,7 +518,7 @@ def _fastwarc_records(stream: IO[bytes], source: str, opts: IngestOptions,
             raise _HandOver("the file does not end right after its last record")
         if pending is None and not (tap.eof and tap.pos == 0):
             raise _HandOver("no record found")
-    except (GeneratorExit, KeyboardInterrupt, SystemExit):
+    except (GeneratorExit, KeyboardInterrupt, SystemExit, storage.ReadInterrupted):
         raise
     except BaseException:  # _HandOver, FastWARC's errors, and a Rust panic (not an Exception)
         again = _read_again(stream, reopen)

@@ -196,19 +196,20 @@ class _S3Reader(io.RawIOBase):
         from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs = {"Bucket": self._bucket, "Key": self._key}
+        if self._etag:
+            kwargs["IfMatch"] = self._etag
         if self._pos:
             kwargs["Range"] = "bytes=%d-" % self._pos
-            kwargs["IfMatch"] = self._etag
+        error = ReadInterrupted if self._size >= 0 else InputError  # opened before: a re-request
         try:
             resp = self._client.get_object(**kwargs)
         except ClientError as e:
-            error = ReadInterrupted if self._pos else InputError
             if e.response.get("Error", {}).get("Code") == "PreconditionFailed":
                 raise error("cannot read %s: the object changed while it was read (at byte %d)"
                             % (self._path, self._pos)) from e
             raise error("cannot read %s: %s" % (self._path, e)) from e
         except BotoCoreError as e:  # the S3 error code is in the message
-            raise (ReadInterrupted if self._pos else InputError)("cannot read %s: %s" % (self._path, e)) from e
+            raise error("cannot read %s: %s" % (self._path, e)) from e
         if self._size < 0:
             self._size = int(resp["ContentLength"])
             self._etag = resp["ETag"]

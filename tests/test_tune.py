@@ -189,8 +189,10 @@ def test_plan_over_budget_is_refused_before_any_training(shards, tmp_path, capsy
 
 
 def _tune(out, shards, *extra):
+    # 48 steps, about 4 s of training per trial here: the kill below lands mid-trial even when the
+    # polling test is descheduled for a while (12 steps left under a second).
     return [sys.executable, "-m", "pipeline", "tune", "--strategy", "grid", "--n-lrs", "3", "--lr-range",
-            "3e-3", "3e-1", "--budget-usd", "1", "--out", out, "-x", "12"] + list(extra) + shards + TINY
+            "3e-3", "3e-1", "--budget-usd", "1", "--out", out, "-x", "48"] + list(extra) + shards + TINY
 
 
 def test_sigkill_mid_trial_then_resume_gives_the_uninterrupted_table(shards, tmp_path):
